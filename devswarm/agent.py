@@ -1,0 +1,278 @@
+"""The agent loop: one short obvious loop; Prefect only wraps the model call.
+
+    messages → model → tool calls → observations → ... until finish (or a structured answer)
+
+Recoverable problems (unknown tool, bad arguments, a command timeout, an answer that fails its
+schema) go back to the model as messages; terminal ones (finished, limits, stuck, stopped) end
+the loop with a status. Records and the transcript are written after every step, so a crash
+never loses what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from devswarm.budget import BudgetExhausted
+from devswarm.config import AgentLimits
+from devswarm.llm import ModelCallError
+from devswarm.records import RecordLog, now, span_id
+from devswarm.stuck import StuckDetector
+from devswarm.toolbox import Toolbox
+
+ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
+
+KEEP_RECENT = 8  # messages whose tool output is never shortened
+TOOL_OUTPUT_BUDGET = 3000  # characters an older tool output may keep
+FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+
+
+class Outcome(BaseModel):
+    """How an agent run ended."""
+
+    status: str  # finished | stuck | limit:<name> | budget_exhausted | stopped | error
+    reason: str = ""
+    steps: int = 0
+    finish: dict[str, Any] | None = None  # the finish tool's arguments (workers)
+    answer: dict[str, Any] | None = None  # the validated structured answer (planners, judges)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def shorten(text: str, keep: int) -> str:
+    """Head and tail of a long text with a note of what was cut."""
+    if len(text) <= keep:
+        return text
+    half = keep // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut from an old tool output ...]\n{text[-half:]}"
+
+
+def prepare_messages(messages: list[dict[str, Any]], budget: int = TOOL_OUTPUT_BUDGET) -> list[dict[str, Any]]:
+    """Old tool outputs beyond a budget are shortened in what is sent (deterministically)."""
+    cut = len(messages) - KEEP_RECENT
+    out = []
+    for i, m in enumerate(messages):
+        if i < cut and m.get("role") == "tool" and len(m.get("content") or "") > budget:
+            m = {**m, "content": shorten(m["content"], budget)}
+        out.append(m)
+    return out
+
+
+def parse_json_answer(content: str | None, schema: type[BaseModel]) -> BaseModel:
+    """Parse a structured answer, tolerating code fences around the JSON."""
+    text = FENCE.sub("", (content or "").strip()).strip()
+    start, end = text.find("{"), text.rfind("}")
+    if start > 0 and end > start:
+        text = text[start : end + 1]
+    return schema.model_validate_json(text)
+
+
+class Agent:
+    """One conversation with one model, its toolbox and its limits."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        run_id: str,
+        role: str,
+        model: str,
+        call: ModelFn,
+        toolbox: Toolbox,
+        system: str,
+        user: str,
+        limits: AgentLimits,
+        log: RecordLog,
+        transcript: Path | None = None,
+        answer_schema: type[BaseModel] | None = None,
+        should_stop: Callable[[], str | None] = lambda: None,
+        stuck: StuckDetector | None = None,
+        structured_output: bool = True,
+    ) -> None:
+        self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
+        self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
+        self.transcript = transcript
+        self.answer_schema = answer_schema
+        self.should_stop = should_stop
+        self.stuck = stuck or StuckDetector()
+        self.structured_output = structured_output
+        self.messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]
+        self.outcome = Outcome(status="running")
+        self.started = time.monotonic()
+        self._saved = 0
+        self._bad_answers = 0
+        self._save()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        """Run until a terminal status; may be called again after `tell()`."""
+        try:
+            while True:
+                if (end := self._limit_reached()) is not None:
+                    return self._end(*end)
+                try:
+                    reply = self._query()
+                except BudgetExhausted as exc:
+                    return self._end("budget_exhausted", f"global budget exhausted: {exc}")
+                except ModelCallError as exc:
+                    return self._end("error", f"model call failed: {exc.error_type}: {exc}")
+                if (done := self._observe(reply)) is not None:
+                    return done
+                if (pattern := self.stuck.check()) is not None:
+                    return self._end("stuck", pattern)
+        finally:
+            self._save()
+
+    def tell(self, text: str) -> None:
+        """Give the agent a new message (a failed check, a conflict) before running it again."""
+        self.messages.append({"role": "user", "content": text})
+        self.outcome = Outcome(status="running", steps=self.outcome.steps, **self._usage())
+        self._save()
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _query(self) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": prepare_messages(self.messages),
+            "max_tokens": self.limits.max_output_tokens,
+        }
+        specs = self.toolbox.specs()
+        if specs:
+            request["tools"] = specs
+        if self.answer_schema is not None and self.structured_output:
+            request["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": self.answer_schema.__name__,
+                    "schema": self.answer_schema.model_json_schema(),
+                },
+            }
+        step = self.outcome.steps
+        try:
+            reply = self.call(request, step)
+        except ModelCallError as exc:
+            if exc.error_type != "context_length_exceeded":
+                raise
+            # Shorten hard and try once more rather than failing the task.
+            request["messages"] = prepare_messages(self.messages, budget=400)
+            reply = self.call(request, step)
+        self.outcome.steps += 1
+        self.outcome.input_tokens += reply.get("input_tokens", 0)
+        self.outcome.output_tokens += reply.get("output_tokens", 0)
+        self.outcome.cost_usd += reply.get("cost_usd", 0.0)
+        return reply
+
+    def _observe(self, reply: dict[str, Any]) -> Outcome | None:
+        calls = reply.get("tool_calls") or []
+        message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+        if calls:
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in calls
+            ]
+        self.messages.append(message)
+        step = self.outcome.steps - 1
+        if not calls:
+            return self._answer(reply.get("content"))
+        finished: dict[str, Any] | None = None
+        for c in calls:
+            t0, started = time.perf_counter(), now()
+            result = self.toolbox.call(c["name"], c["arguments"])
+            self.messages.append({"role": "tool", "tool_call_id": c["id"], "content": result.output})
+            self.log.write(
+                "tool_call",
+                run_id=self.run_id,
+                agent_id=self.agent_id,
+                step=step,
+                tool_call_id=c["id"],
+                tool_name=c["name"],
+                arguments=str(c["arguments"])[:4096],
+                output_excerpt=result.output[:2048],
+                error_type=result.error_type,
+                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+                started_at=started,
+                span_id=span_id(self.agent_id, str(step), c["id"]),
+                parent_span_id=span_id(self.agent_id),
+            )
+            self.stuck.add(f"{c['name']} {c['arguments']}", result.output, result.error_type)
+            if result.finish is not None:
+                finished = result.finish
+        self._save()
+        if finished is not None:
+            self.outcome.finish = finished
+            return self._end("finished", "")
+        return None
+
+    def _answer(self, content: str | None) -> Outcome | None:
+        if self.answer_schema is None:
+            self.stuck.add("(no tool call)", content or "")
+            self.messages.append(
+                {"role": "user", "content": "Use the tools to do the work; call `finish` when the task is done."}
+            )
+            self._save()
+            return None
+        try:
+            answer = parse_json_answer(content, self.answer_schema)
+        except (ValidationError, ValueError) as exc:
+            self._bad_answers += 1
+            if self._bad_answers > 2:
+                return self._end("error", f"no valid {self.answer_schema.__name__} after 3 answers")
+            errors = str(exc).splitlines()[:12]
+            self.messages.append(
+                {
+                    "role": "user",
+                    "content": f"That answer is not a valid {self.answer_schema.__name__} JSON object:\n"
+                    + "\n".join(errors)
+                    + "\nReply with the corrected JSON object only.",
+                }
+            )
+            self._save()
+            return None
+        self.outcome.answer = answer.model_dump(mode="json")
+        return self._end("finished", "")
+
+    # -- limits, records --------------------------------------------------------------------
+
+    def _limit_reached(self) -> tuple[str, str] | None:
+        if reason := self.should_stop():
+            return "stopped", reason
+        o, lim = self.outcome, self.limits
+        if o.steps >= lim.max_steps:
+            return "limit:steps", f"reached {lim.max_steps} steps"
+        if o.input_tokens + o.output_tokens >= lim.max_tokens:
+            return "limit:tokens", f"used {o.input_tokens + o.output_tokens} tokens (cap {lim.max_tokens})"
+        if o.cost_usd >= lim.max_cost_usd:
+            return "limit:cost", f"spent ${o.cost_usd:.4f} (cap ${lim.max_cost_usd})"
+        if time.monotonic() - self.started >= lim.max_wall_seconds:
+            return "limit:wall_time", f"ran {lim.max_wall_seconds:.0f} s"
+        return None
+
+    def _usage(self) -> dict[str, Any]:
+        o = self.outcome
+        return {"input_tokens": o.input_tokens, "output_tokens": o.output_tokens, "cost_usd": o.cost_usd}
+
+    def _end(self, status: str, reason: str) -> Outcome:
+        self.outcome.status, self.outcome.reason = status, reason
+        return self.outcome
+
+    def _save(self) -> None:
+        """Append the new messages to the transcript (JSONL, one message a line)."""
+        if self.transcript is None or self._saved >= len(self.messages):
+            return
+        self.transcript.parent.mkdir(parents=True, exist_ok=True)
+        with self.transcript.open("a", encoding="utf-8") as f:
+            for m in self.messages[self._saved :]:
+                f.write(json.dumps({"agent_id": self.agent_id, "at": now(), "message": m}, default=str) + "\n")
+        self._saved = len(self.messages)

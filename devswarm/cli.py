@@ -1,0 +1,199 @@
+"""The devswarm command line. Bad input ends in one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from devswarm.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Swarms of coding agents on one git repository.")
+
+
+def _quiet_prefect() -> None:
+    """Settings that must be in place before Prefect is imported."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"devswarm: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    repo: Annotated[Path, typer.Option(help="The git repository to work on")],
+    goal: Annotated[str | None, typer.Option(help="The goal, as text")] = None,
+    goal_file: Annotated[Path | None, typer.Option(help="The goal, from a file")] = None,
+    branch: Annotated[str | None, typer.Option(help="Branch to land on (default devswarm/<run>)")] = None,
+    check: Annotated[str | None, typer.Option(help="Repository check command, e.g. 'python -m pytest -q'")] = None,
+    setup: Annotated[str | None, typer.Option(help="Setup command run in each fresh worktree")] = None,
+    workers: Annotated[int, typer.Option(help="Workers at once")] = 8,
+    cycles: Annotated[int, typer.Option(help="Most plan → work → judge cycles")] = 3,
+    model: Annotated[str | None, typer.Option(help="One model for every role")] = None,
+    planner_model: Annotated[str | None, typer.Option(help="Planner's model")] = None,
+    worker_model: Annotated[str | None, typer.Option(help="Workers' model")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge's model")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")] = None,
+    db: Annotated[Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")] = None,
+    home: Annotated[Path | None, typer.Option(help="Data folder (default $DEVSWARM_HOME)")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Dollar cap for the whole run")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Token cap for the whole run")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Name of the run (default <repo>-<time>)")] = None,
+) -> None:
+    """Run a swarm on a repository against any OpenAI-compatible endpoint."""
+    from pydantic import SecretStr
+
+    from devswarm.config import Models, SwarmConfig
+
+    try:
+        text = _goal(goal, goal_file)
+        if not repo.exists():
+            raise UserError(f"repository {repo} does not exist")
+        cfg = SwarmConfig(goal=text, repo=repo, branch=branch, check=check, setup=setup, run_name=run_name)
+        cfg.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+        if model:
+            cfg.models = Models.single(model)
+        for role, value in (("planner", planner_model), ("worker", worker_model), ("judge", judge_model)):
+            if value:
+                setattr(cfg.models, role, value)
+        cfg.max_workers, cfg.max_cycles = workers, cycles
+        if home:
+            cfg.home = home.expanduser().resolve()
+        cfg.db = db
+        if max_cost is not None:
+            cfg.budget.max_cost_usd = max_cost
+        if max_tokens is not None:
+            cfg.budget.max_tokens = max_tokens
+        summary = execute(cfg)
+    except UserError as exc:
+        _fail(str(exc))
+    print_summary(summary)
+    if summary["status"] not in {"done", "max_cycles", "stopped"}:
+        raise typer.Exit(1)
+
+
+def _goal(goal: str | None, goal_file: Path | None) -> str:
+    if goal_file is not None:
+        if not goal_file.is_file():
+            raise UserError(f"goal file {goal_file} does not exist")
+        goal = goal_file.read_text()
+    if not goal or not goal.strip():
+        raise UserError("the goal is empty; give --goal TEXT or --goal-file FILE")
+    return goal
+
+
+def execute(cfg) -> dict:
+    """Validate, then run the swarm flow in this process and wait for Prefect's history."""
+    from devswarm.llm import ModelClient
+    from devswarm.swarm import Run, new_run_name
+
+    cfg.repo = cfg.repo.expanduser().resolve()
+    cfg.run_name = cfg.run_name or new_run_name(cfg.repo)
+    if cfg.base_url is None and not cfg.api_key.get_secret_value():
+        raise UserError("no model endpoint: set OPENAI_BASE_URL/--base-url or OPENAI_API_KEY")
+    ModelClient(cfg.base_url, cfg.api_key, timeout=10).preflight()
+    # Validate the repository and branch before Prefect starts (fast, one-line errors).
+    probe = Run(cfg)
+    probe.close()
+    _quiet_prefect()
+    # Answered model calls are cached with the run's data, so a resumed run replays them.
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
+    if not os.environ.get("PREFECT_API_URL") and cfg.max_workers > 4:
+        typer.echo(
+            f"note: Prefect's temporary server (SQLite) holds few concurrent subflows; running 4 workers "
+            f"at once instead of {cfg.max_workers}. For more, start a server and set PREFECT_API_URL.",
+            err=True,
+        )
+        cfg.max_workers = 4
+    from flows.runtime import run_swarm
+
+    return run_swarm(cfg)
+
+
+def print_summary(summary: dict) -> None:
+    from devswarm.report import summary_lines
+
+    for line in summary_lines(summary):
+        typer.echo(line)
+
+
+@app.command()
+def demo(
+    dir: Annotated[Path, typer.Option("--dir", help="Where to put the demo repository and data")] = Path("devswarm-demo"),
+) -> None:
+    """Run the offline demo: a small repository, a scripted model server, a real swarm."""
+    from devswarm.demo import run_demo
+
+    try:
+        summary = run_demo(dir)
+    except UserError as exc:
+        _fail(str(exc))
+    print_summary(summary)
+    if summary["status"] != "done":
+        raise typer.Exit(1)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run on the store")],
+    db: Annotated[Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")] = None,
+) -> None:
+    """Run SQL on the DuckDB store and print a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from devswarm.config import default_home
+    from devswarm.store import open_readonly
+
+    path = db or default_home() / "devswarm.duckdb"
+    try:
+        if not path.exists():
+            raise UserError(f"no store at {path}; run a swarm first or pass --db")
+        store = open_readonly(path)
+        try:
+            cols, rows = store.query(query)
+        finally:
+            store.close()
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # DuckDB's own parse/bind errors are the user's to fix
+        _fail(str(exc).splitlines()[0])
+    table = Table(*cols)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    Console(width=200).print(table)
+
+
+@app.command("model-server")
+def model_server(
+    scenario: Annotated[Path, typer.Option(help="Scenario JSON file")],
+    port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 0,
+    log: Annotated[Path | None, typer.Option(help="Request log (JSONL)")] = None,
+) -> None:
+    """Serve the offline OpenAI-compatible model server on 127.0.0.1."""
+    from devswarm.modelserver import serve_forever
+
+    try:
+        serve_forever(scenario, port=port, log_path=log)
+    except UserError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("devswarm: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Run configuration: one pydantic model built from flags, environment and Prefect blocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    input: float
+    cached_input: float | None = None
+    output: float
+
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
+        """Cost of one call; cached input tokens are billed once, at the cached rate."""
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        fresh = max(0, input_tokens - cached_tokens)
+        return (fresh * self.input + cached_tokens * cached_rate + output_tokens * self.output) / 1e6
+
+
+# A few list prices so common models are costed out of the box; anything else falls back.
+KNOWN_PRICES: dict[str, Price] = {
+    "gpt-4.1": Price(input=2.0, cached_input=0.5, output=8.0),
+    "gpt-4.1-mini": Price(input=0.4, cached_input=0.1, output=1.6),
+    "gpt-4o": Price(input=2.5, cached_input=1.25, output=10.0),
+    "gpt-4o-mini": Price(input=0.15, cached_input=0.075, output=0.6),
+    "offline-model": Price(input=1.0, cached_input=0.1, output=4.0),
+}
+
+
+class Models(BaseModel):
+    """The model used for each role (a strong planner with cheaper workers is the economical mix)."""
+
+    planner: str = "gpt-4.1"
+    worker: str = "gpt-4.1-mini"
+    judge: str = "gpt-4.1"
+
+    @classmethod
+    def single(cls, model: str) -> Models:
+        return cls(planner=model, worker=model, judge=model)
+
+
+class AgentLimits(BaseModel):
+    """Per-agent caps, checked before every model call."""
+
+    max_steps: int = 40
+    max_tokens: int = 600_000
+    max_cost_usd: float = 3.0
+    max_wall_seconds: float = 1800.0
+    max_output_tokens: int = 4096  # per call; also what a call reserves from the budget
+
+
+class Budget(BaseModel):
+    """Global caps for a run: finite by default, so nobody spends without bound by accident."""
+
+    max_tokens: int = 5_000_000
+    max_cost_usd: float = 20.0
+    max_wall_seconds: float = 4 * 3600.0
+    fallback_price: Price = Price(input=5.0, cached_input=5.0, output=15.0)
+
+
+def default_home() -> Path:
+    """devswarm's data folder: $DEVSWARM_HOME, else $XDG_DATA_HOME/devswarm, else ~/.local/share/devswarm."""
+    if env := os.environ.get("DEVSWARM_HOME"):
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return (Path(xdg) / "devswarm").resolve()
+
+
+class SwarmConfig(BaseModel):
+    """Everything one swarm run needs. Secrets stay in SecretStr and never reach records."""
+
+    goal: str
+    repo: Path
+    branch: str | None = None  # default devswarm/<run name>
+    check: str | None = None  # repository check; a landing may not turn it from passing to failing
+    setup: str | None = None  # runs in each fresh worktree before the agent starts
+    run_name: str | None = None
+
+    base_url: str | None = None
+    api_key: SecretStr = SecretStr("")
+    models: Models = Field(default_factory=Models)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    request_timeout: float = 120.0
+    max_model_calls_at_once: int = 32
+
+    max_cycles: int = 3
+    max_workers: int = 8
+    max_planners: int = 4
+    plan_depth: int = 2
+    max_tasks_per_plan: int = 12
+    conflict_turns: int = 2
+    check_turns: int = 2
+    command_timeout: float = 300.0
+    use_bwrap: bool | None = None
+
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+    budget: Budget = Field(default_factory=Budget)
+
+    home: Path = Field(default_factory=default_home)
+    db: Path | None = None  # default <home>/devswarm.duckdb
+
+    def price(self, model: str) -> Price | None:
+        return self.prices.get(model) or KNOWN_PRICES.get(model)
+
+    @property
+    def db_path(self) -> Path:
+        return self.db or self.home / "devswarm.duckdb"

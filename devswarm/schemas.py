@@ -1,0 +1,107 @@
+"""Pydantic models for everything that crosses a boundary: plans, tasks, reports, verdicts."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+_ID = re.compile(r"[^a-z0-9-]+")
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A lowercase id made of [a-z0-9-], used for task ids and agent ids."""
+    return _ID.sub("-", text.lower()).strip("-")[:limit].strip("-") or "x"
+
+
+class TaskSpec(BaseModel):
+    """One unit of work a planner hands to a worker."""
+
+    id: str = Field(description="Short unique id, lowercase words joined by '-', e.g. 'add-tokenizer'.")
+    title: str = Field(description="One line: what the task delivers.")
+    description: str = Field(description="What to change and why; enough for someone new to the code.")
+    acceptance: list[str] = Field(
+        default_factory=list, description="Concrete, checkable acceptance criteria."
+    )
+    files: list[str] = Field(
+        default_factory=list, description="Files (or directories) this task may change."
+    )
+    check: str | None = Field(
+        default=None,
+        description="Optional shell command that must exit 0 when the task is done, "
+        "e.g. 'python -m pytest -q tests/test_x.py'.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _slug_id(cls, value: str) -> str:
+        return slug(value)
+
+
+class SubScope(BaseModel):
+    """A part of the goal handed to a sub-planner, which owns the given paths."""
+
+    name: str = Field(description="Short id of the scope, e.g. 'parser'.")
+    goal: str = Field(description="What the sub-planner must achieve inside its paths.")
+    paths: list[str] = Field(default_factory=list, description="Paths this scope owns.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug_name(cls, value: str) -> str:
+        return slug(value, 24)
+
+
+class Plan(BaseModel):
+    """A planner's output: tasks for workers and scopes for sub-planners."""
+
+    summary: str = Field(description="Two or three sentences: the approach and why.")
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    scopes: list[SubScope] = Field(
+        default_factory=list, description="Parts of the goal to hand to sub-planners (optional)."
+    )
+
+
+class Verdict(BaseModel):
+    """The judge's decision at the end of a cycle."""
+
+    decision: Literal["continue", "done", "stop"] = Field(
+        description="continue: another cycle is worth it; done: the goal is met; "
+        "stop: no further progress is possible."
+    )
+    reasons: str = Field(description="Why, in a few sentences, citing evidence.")
+    score: float = Field(default=0.0, ge=0.0, le=1.0, description="How much of the goal is met, 0-1.")
+
+
+class PlannedTask(BaseModel):
+    """A task as the orchestrator tracks it: the spec plus where it came from."""
+
+    spec: TaskSpec
+    key: str  # unique in the run: c<cycle>.<plan path>.<task id>
+    cycle: int
+    plan_path: str
+    planner_agent_id: str
+    base_commit: str
+    check: str | None = None  # the task's own check (spec.check)
+
+
+class WorkerReport(BaseModel):
+    """What a worker subflow returns to the swarm."""
+
+    task_key: str
+    agent_id: str
+    status: str  # landed | failed | abandoned | stuck | limit:<name> | setup_failed | error
+    commit: str | None = None
+    handoff: str = ""
+    reason: str | None = None
+    conflicts: int = 0
+    records: str | None = None  # path of the worker's JSONL records
+
+
+class CheckResult(BaseModel):
+    """A shell check's outcome (exit code, cut output)."""
+
+    command: str
+    passed: bool
+    exit_code: int | None
+    output: str

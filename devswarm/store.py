@@ -1,0 +1,652 @@
+"""The run store: DuckDB tables of runs, cycles, agents, tasks, model calls, tool calls, landings.
+
+DuckDB allows one writing process, so the orchestrating process owns the file and imports the
+agents' JSONL record files (devswarm.records) into it. Import is an idempotent upsert on each
+table's primary key, so re-importing a file (or a longer one after a resume) never duplicates a
+row. How a row is merged:
+
+- within a file, lines for the same key are merged in order: a later line overwrites the
+  fields it names (an explicit null included) and keeps the others;
+- against the stored row, the fields a record names overwrite it if the record is at least as
+  new (``recorded_at``) as the stored row; an older record only fills fields that are still
+  NULL. So importing several files that touch one row gives the same result in any order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from devswarm.errors import UserError
+from devswarm.records import (
+    RECORDED_AT,
+    TABLES,
+    TEXT_LIMITS,
+    Table,
+    read_records,
+    table_for,
+    truncate_utf8,
+)
+from devswarm.records import now as _now
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# version -> statements that take a store from version-1 to version. A new store is created at
+# SCHEMA_VERSION directly from TABLES, so TABLES must always describe the latest shape.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+_SQL_TYPES = {
+    "text": "VARCHAR",
+    "json": "VARCHAR",
+    "int": "INTEGER",
+    "bigint": "BIGINT",
+    "double": "DOUBLE",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+}
+
+# Batches up to this size go in as one VALUES statement; larger ones through a temporary JSON
+# file and read_json (row-by-row executemany costs ~2 ms a row in DuckDB).
+_VALUES_MAX_ROWS = 100
+
+
+# --- value coercion: records come from many writers; a bad value becomes NULL, not a failed import
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict | list | tuple):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def _json(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def _integer(bits: int) -> Callable[[Any], int]:
+    bound = 2 ** (bits - 1)
+
+    def convert(v: Any) -> int:
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise ValueError(v)
+            v = int(v)
+        elif not isinstance(v, int):  # bool is an int: True -> 1
+            v = int(str(v).strip())
+        if not -bound <= v < bound:
+            raise ValueError(v)
+        return int(v)
+
+    return convert
+
+
+def _double(v: Any) -> float:
+    f = float(v)
+    if not math.isfinite(f):  # JSON has no NaN/inf
+        raise ValueError(v)
+    return f
+
+
+_TRUTHS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in _TRUTHS:
+        return _TRUTHS[v.strip().lower()]
+    raise ValueError(v)
+
+
+def _timestamp(v: Any) -> str:
+    """A UTC timestamp as DuckDB TIMESTAMP text; naive inputs are taken to be UTC already."""
+    if isinstance(v, str):
+        t = datetime.fromisoformat(v.strip())
+    elif isinstance(v, datetime):
+        t = v
+    elif isinstance(v, int | float) and not isinstance(v, bool):
+        t = datetime.fromtimestamp(v, UTC)
+    else:
+        raise ValueError(v)
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC).replace(tzinfo=None)
+    return t.isoformat(sep=" ", timespec="microseconds")
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    "text": _text,
+    "json": _json,
+    "int": _integer(32),
+    "bigint": _integer(64),
+    "double": _double,
+    "bool": _bool,
+    "timestamp": _timestamp,
+}
+
+
+_INT_BOUNDS = {"int": 2**31, "bigint": 2**63}
+
+
+def _columns(table: Table) -> dict[str, str]:
+    """All columns of a table, the record-time column included."""
+    return {**table.columns, RECORDED_AT: "timestamp"}
+
+
+def _coercers(table: Table) -> dict[str, Callable[[Any], Any]]:
+    out = {name: _COERCE[kind] for name, kind in _columns(table).items()}
+    for (tname, col), limit in TEXT_LIMITS.items():
+        if tname == table.name:
+            out[col] = lambda v, _limit=limit: truncate_utf8(_text(v), _limit)
+    return out
+
+
+_COERCERS = {name: _coercers(table) for name, table in TABLES.items()}
+# Python types of key values that need no coercion.
+_KEY_TYPES = {
+    name: tuple(int if table.columns[c] in _INT_BOUNDS else str for c in table.key)
+    for name, table in TABLES.items()
+}
+
+
+class _Coercion:
+    """Coerce record values to column types, counting (not raising on) bad values.
+
+    Most values already have the right type; the fast paths keep a 50k-line import in Python
+    from being dominated by per-value function calls.
+    """
+
+    def __init__(self) -> None:
+        self.bad = 0
+
+    def value(self, convert: Callable[[Any], Any], v: Any) -> Any:
+        if v is None:
+            return None
+        try:
+            return convert(v)
+        except (TypeError, ValueError, OverflowError):
+            self.bad += 1
+            return None
+
+    def column(self, kind: str, convert: Callable[[Any], Any], values: list) -> list:
+        slow = self.value
+        if kind in ("text", "json") and convert in (_text, _json):  # not a length-limited one
+            return [v if v is None or type(v) is str else slow(convert, v) for v in values]
+        if kind in _INT_BOUNDS:
+            b = _INT_BOUNDS[kind]
+            return [
+                v if v is None or (type(v) is int and -b <= v < b) else slow(convert, v)
+                for v in values
+            ]
+        if kind == "double":
+            fin = math.isfinite
+            return [
+                v if v is None or (type(v) is float and fin(v)) else slow(convert, v)
+                for v in values
+            ]
+        if kind == "bool":
+            return [v if v is None or type(v) is bool else slow(convert, v) for v in values]
+        if kind == "timestamp":
+            # now()'s own UTC "...Z" text goes to DuckDB as is (TRY_CAST there); anything else
+            # (offsets, datetimes, epochs) is normalised to UTC here.
+            return [
+                v if v is None or (type(v) is str and v[-1:] == "Z") else slow(convert, v)
+                for v in values
+            ]
+        return [slow(convert, v) for v in values]
+
+
+# --- SQL
+
+
+def _create_table_sql(table: Table) -> str:
+    cols = [f"{name} {_SQL_TYPES[kind]}" for name, kind in _columns(table).items()]
+    cols.append(f"PRIMARY KEY ({', '.join(table.key)})")
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(cols)})"
+
+
+def _upsert_sql(table: Table, cols: list[str], source: str) -> str:
+    """INSERT the rows of ``source`` (a relation with ``cols``) into ``table``, merged by key."""
+    all_types = _columns(table)
+    select = ", ".join(f"TRY_CAST({c} AS {_SQL_TYPES[all_types[c]]}) AS {c}" for c in cols)
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {select} FROM {source}"
+    data_cols = [c for c in cols if c not in table.key and c != RECORDED_AT]
+    if not data_cols and RECORDED_AT not in cols:
+        return sql + f" ON CONFLICT ({', '.join(table.key)}) DO NOTHING"
+    t, new = table.name, "excluded"
+    # NULL times compare as "newer": records without times fall back to plain last-wins.
+    newer = f"coalesce({new}.{RECORDED_AT} >= {t}.{RECORDED_AT}, true)"
+    sets = [
+        f"{c} = CASE WHEN {newer} THEN {new}.{c} ELSE coalesce({t}.{c}, {new}.{c}) END"
+        for c in data_cols
+    ]
+    if RECORDED_AT in cols:
+        sets.append(f"{RECORDED_AT} = greatest({t}.{RECORDED_AT}, {new}.{RECORDED_AT})")
+    return sql + f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {', '.join(sets)}"
+
+
+_VIEWS = {
+    "agent_metrics": """
+SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_id, a.request_model, a.status, a.steps,
+    coalesce(l.calls, 0) AS calls,
+    coalesce(l.failed_calls, 0) AS failed_calls,
+    coalesce(l.input_tokens, 0) AS input_tokens,
+    coalesce(l.output_tokens, 0) AS output_tokens,
+    coalesce(l.cache_read_input_tokens, 0) AS cache_read_input_tokens,
+    l.cost_usd,
+    coalesce(tc.tool_calls, 0) AS tool_calls,
+    coalesce(tc.tool_errors, 0) AS tool_errors,
+    coalesce(tk.tasks_landed, 0) AS tasks_landed,
+    coalesce(tk.tasks_failed, 0) AS tasks_failed,
+    coalesce(ld.conflicts, 0) AS conflicts,
+    date_diff('microsecond', a.started_at, a.ended_at) / 1e6 AS wall_seconds
+FROM agents a
+-- each side is aggregated per agent first, so the joins cannot multiply rows
+LEFT JOIN (
+    SELECT agent_id, count(*) AS calls, count(error_type) AS failed_calls,
+        sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+        sum(cache_read_input_tokens)::BIGINT AS cache_read_input_tokens, sum(cost_usd) AS cost_usd
+    FROM llm_calls GROUP BY agent_id
+) l USING (agent_id)
+LEFT JOIN (
+    SELECT agent_id, count(*) AS tool_calls, count(error_type) AS tool_errors
+    FROM tool_calls GROUP BY agent_id
+) tc USING (agent_id)
+LEFT JOIN (
+    SELECT worker_agent_id AS agent_id,
+        count(*) FILTER (WHERE status = 'landed') AS tasks_landed,
+        count(*) FILTER (WHERE status IN ('failed', 'abandoned')) AS tasks_failed
+    FROM tasks GROUP BY worker_agent_id
+) tk USING (agent_id)
+LEFT JOIN (
+    SELECT agent_id, count(*) FILTER (WHERE status = 'conflict') AS conflicts
+    FROM landings GROUP BY agent_id
+) ld USING (agent_id)
+""",
+    "run_summary": """
+SELECT r.run_id, r.run_name, r.goal, r.branch, r.status, r.started_at, r.ended_at,
+    date_diff('microsecond', r.started_at, r.ended_at) / 1e6 AS wall_seconds,
+    r.cycles,
+    coalesce(a.agents, 0) AS agents,
+    coalesce(tk.tasks, 0) AS tasks,
+    coalesce(tk.tasks_landed, 0) AS tasks_landed,
+    coalesce(tk.tasks_failed, 0) AS tasks_failed,
+    coalesce(l.llm_calls, 0) AS llm_calls,
+    coalesce(l.failed_calls, 0) AS failed_calls,
+    coalesce(l.input_tokens, 0) AS input_tokens,
+    coalesce(l.output_tokens, 0) AS output_tokens,
+    coalesce(l.cache_read_input_tokens, 0) AS cache_read_input_tokens,
+    l.cost_usd,
+    coalesce(tc.tool_calls, 0) AS tool_calls,
+    coalesce(ld.landings, 0) AS landings,
+    coalesce(ld.conflicts, 0) AS conflicts
+FROM runs r
+LEFT JOIN (SELECT run_id, count(*) AS agents FROM agents GROUP BY run_id) a USING (run_id)
+LEFT JOIN (
+    SELECT run_id, count(*) AS tasks,
+        count(*) FILTER (WHERE status = 'landed') AS tasks_landed,
+        count(*) FILTER (WHERE status IN ('failed', 'abandoned')) AS tasks_failed
+    FROM tasks GROUP BY run_id
+) tk USING (run_id)
+LEFT JOIN (
+    SELECT run_id, count(*) AS llm_calls, count(error_type) AS failed_calls,
+        sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+        sum(cache_read_input_tokens)::BIGINT AS cache_read_input_tokens, sum(cost_usd) AS cost_usd
+    FROM llm_calls GROUP BY run_id
+) l USING (run_id)
+LEFT JOIN (SELECT run_id, count(*) AS tool_calls FROM tool_calls GROUP BY run_id) tc USING (run_id)
+LEFT JOIN (
+    SELECT run_id, count(*) FILTER (WHERE status = 'landed') AS landings,
+        count(*) FILTER (WHERE status = 'conflict') AS conflicts
+    FROM landings GROUP BY run_id
+) ld USING (run_id)
+""",
+}
+
+
+def _is_lock_error(exc: duckdb.Error) -> bool:
+    # Another process holds the file (IOException "Could not set lock"), or this process has it
+    # open with another configuration (ConnectionException).
+    text = str(exc)
+    return "lock" in text.lower() or "different configuration" in text
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class Store:
+    """A DuckDB run store. Not for sharing across processes; safe to share across threads."""
+
+    def __init__(
+        self, path: Path, *, read_only: bool = False, _cleanup: Path | None = None
+    ) -> None:
+        """Open (creating and migrating if writable) the store at ``path``.
+
+        Raises UserError if the file is missing (read-only), held by another process, not a
+        devswarm store, or written by a newer devswarm.
+        """
+        self.path = Path(path)
+        self.read_only = read_only
+        self._cleanup = _cleanup  # snapshot folder to delete on close
+        self._lock = threading.RLock()
+        if read_only and not self.path.exists():
+            raise UserError(f"no store at {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            if _is_lock_error(exc):
+                raise UserError(
+                    f"the store {self.path} is being written by another process;"
+                    " try again when the run ends"
+                ) from exc
+            raise UserError(f"cannot open the store {self.path}: {_one_line(exc)}") from exc
+        try:
+            self._check_or_migrate()
+        except duckdb.Error as exc:  # e.g. a damaged file
+            self._con.close()
+            raise UserError(f"cannot open the store {self.path}: {_one_line(exc)}") from exc
+        except BaseException:
+            self._con.close()
+            raise
+
+    # --- schema
+
+    def _check_or_migrate(self) -> None:
+        has_version = self._con.execute(
+            "SELECT count(*) FROM information_schema.tables"
+            " WHERE table_schema = 'main' AND table_name = 'schema_version'"
+        ).fetchone()[0]
+        if self.read_only:
+            if not has_version:
+                raise UserError(f"{self.path} is not a devswarm store")
+            self._version_ok(self._version())
+            return
+        self._con.execute("BEGIN")
+        try:
+            if not has_version:
+                # A new store is created at the latest shape; migrations are for old files.
+                self._con.execute(
+                    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
+                )
+                for table in TABLES.values():
+                    self._con.execute(_create_table_sql(table))
+                self._stamp(SCHEMA_VERSION)
+            else:
+                current = self._version()
+                self._version_ok(current)
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(version, ()):
+                        self._con.execute(statement)
+                    self._stamp(version)
+            # Views hold no data: recreate them on every open so a new release's views apply.
+            for name, sql in _VIEWS.items():
+                self._con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+
+    def _version(self) -> int:
+        return self._con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[
+            0
+        ]
+
+    def _version_ok(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"the store {self.path} has schema version {version}; this devswarm knows up to"
+                f" {SCHEMA_VERSION} (upgrade devswarm)"
+            )
+
+    def _stamp(self, version: int) -> None:
+        self._con.execute(
+            "INSERT INTO schema_version VALUES (?, CAST(? AS TIMESTAMP))",
+            [version, _now().rstrip("Z")],
+        )
+
+    # --- writing
+
+    def import_jsonl(self, path: Path) -> int:
+        """Upsert the records of one JSONL file; returns the number of rows upserted.
+
+        Idempotent: importing a file again (or a longer version of it) changes only what the new
+        lines change. A missing file imports nothing (the agent never wrote a record). Records of
+        unknown kinds and unknown fields are ignored; records without their key are skipped.
+        """
+        path = Path(path)
+        if not path.exists():
+            return 0
+        return self._upsert_records(read_records(path), source=str(path))
+
+    def add(self, kind: str, **fields: Any) -> None:
+        """Upsert one record directly (``recorded_at`` defaults to now)."""
+        if table_for(kind) is None:
+            raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(TABLES)}")
+        fields.setdefault(RECORDED_AT, _now())
+        self._upsert_records([{"kind": kind, **fields}], source="add()")
+
+    def _upsert_records(self, records: Iterable[dict], *, source: str) -> int:
+        self._check_writable()
+        merged: dict[str, dict[tuple, dict]] = {}
+        coercion = _Coercion()
+        unknown = keyless = 0
+        for record in records:
+            table = table_for(record.get("kind"))  # type: ignore[arg-type]
+            if table is None:
+                unknown += 1
+                continue
+            key = tuple(record.get(c) for c in table.key)
+            if not all(type(v) is t for v, t in zip(key, _KEY_TYPES[table.name], strict=True)):
+                convert = _COERCERS[table.name]
+                key = tuple(
+                    coercion.value(convert[c], v) for c, v in zip(table.key, key, strict=True)
+                )
+                if any(part is None for part in key):
+                    keyless += 1
+                    continue
+            # Later lines overwrite the fields they name; unknown fields are dropped later.
+            merged.setdefault(table.name, {}).setdefault(key, {}).update(record)
+
+        if unknown:
+            log.debug("%s: ignored %d records of unknown kinds", source, unknown)
+        if keyless:
+            log.warning("%s: skipped %d records without their key", source, keyless)
+
+        total = 0
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                for name, rows in merged.items():
+                    total += self._upsert_rows(TABLES[name], rows.values(), coercion)
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+        if coercion.bad:
+            log.warning("%s: %d values of the wrong type were stored as NULL", source, coercion.bad)
+        return total
+
+    def _upsert_rows(self, table: Table, rows: Iterable[dict], coercion: _Coercion) -> int:
+        convert, kinds = _COERCERS[table.name], _columns(table)
+        # Rows naming different fields become separate statements, so a record never sets a
+        # field it did not name (a partial status update keeps the row's other fields). Rows
+        # from one writer share their field order, so the dict's own key order groups them.
+        groups: dict[tuple[str, ...], list[dict]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row), []).append(row)
+        count = 0
+        for fields, group in groups.items():
+            named = set(fields)
+            cols = [c for c in kinds if c in named]  # table order, known columns only
+            columns = [coercion.column(kinds[c], convert[c], [r[c] for r in group]) for c in cols]
+            count += len(group)
+            if len(group) <= _VALUES_MAX_ROWS:
+                self._upsert_values(table, cols, columns)
+            else:
+                self._upsert_file(table, cols, columns)
+        return count
+
+    def _upsert_values(self, table: Table, cols: list[str], columns: list[list[Any]]) -> None:
+        placeholders = "(" + ", ".join("?" * len(cols)) + ")"
+        source = f"(VALUES {', '.join([placeholders] * len(columns[0]))}) AS v({', '.join(cols)})"
+        params = [v for values in zip(*columns, strict=True) for v in values]
+        self._con.execute(_upsert_sql(table, cols, source), params)
+
+    def _upsert_file(self, table: Table, cols: list[str], columns: list[list[Any]]) -> None:
+        types = _columns(table)
+        # Timestamps are read as text and TRY_CAST in SQL (see _Coercion.column).
+        spec = ", ".join(
+            f"'{c}': '{'VARCHAR' if types[c] == 'timestamp' else _SQL_TYPES[types[c]]}'"
+            for c in cols
+        )
+        rows = [dict(zip(cols, values, strict=True)) for values in zip(*columns, strict=True)]
+        fd, tmp = tempfile.mkstemp(prefix=f"devswarm-{table.name}-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(rows))  # one call into the C encoder (json.dump isn't C)
+            source = f"read_json(?, format = 'array', columns = {{{spec}}})"
+            self._con.execute(_upsert_sql(table, cols, source), [tmp])
+        finally:
+            os.unlink(tmp)
+
+    def import_store(self, path: Path) -> int:
+        """Merge every row of another store file (e.g. a finished run's) into this one.
+
+        Uses the same merge rule as import_jsonl, so merging twice changes nothing. Returns the
+        number of rows read from the other store.
+        """
+        self._check_writable()
+        quoted = str(Path(path)).replace("'", "''")
+        total = 0
+        with self._lock:
+            try:
+                self._con.execute(f"ATTACH '{quoted}' AS other (READ_ONLY)")
+            except duckdb.Error as exc:
+                if _is_lock_error(exc):
+                    raise UserError(
+                        f"the store {path} is being written by another process;"
+                        " try again when the run ends"
+                    ) from exc
+                raise UserError(f"cannot read the store {path}: {_one_line(exc)}") from exc
+            try:
+                try:
+                    version = self._con.execute(
+                        "SELECT max(version) FROM other.main.schema_version"
+                    ).fetchone()[0]
+                except duckdb.Error as exc:
+                    raise UserError(f"{path} is not a devswarm store") from exc
+                if version != self._version():
+                    raise UserError(
+                        f"the store {path} has schema version {version}, this one"
+                        f" {self._version()}; open it once with this devswarm to migrate it"
+                    )
+                self._con.execute("BEGIN")
+                try:
+                    for table in TABLES.values():
+                        source = f"other.main.{table.name}"
+                        total += self._con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+                        self._con.execute(_upsert_sql(table, list(_columns(table)), source))
+                    self._con.execute("COMMIT")
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+            finally:
+                self._con.execute("DETACH other")
+        return total
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise UserError(f"the store {self.path} is open read-only")
+
+    # --- reading
+
+    def query(self, sql: str, params: Any = None) -> tuple[list[str], list[tuple]]:
+        """Run SQL; returns (column names, rows). A SQL error becomes a one-line UserError."""
+        with self._lock:
+            try:
+                cursor = self._con.execute(sql, params)
+                columns = [d[0] for d in cursor.description] if cursor.description else []
+                return columns, cursor.fetchall()
+            except duckdb.Error as exc:
+                raise UserError(_one_line(exc)) from exc
+
+    def close(self) -> None:
+        """Close the connection (and delete the snapshot copy, if this is one)."""
+        with self._lock:
+            self._con.close()
+            if self._cleanup is not None:
+                shutil.rmtree(self._cleanup, ignore_errors=True)
+                self._cleanup = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def open_readonly(path: Path, *, attempts: int = 5) -> Store:
+    """Open a store for reading, even while a run's process is writing it.
+
+    DuckDB locks the file per process; if it is locked, copy the file and its WAL to a temporary
+    snapshot (retrying if the writer changes them mid-copy) and open that. Raises UserError if
+    no consistent snapshot can be had.
+    """
+    path = Path(path)
+    busy = UserError(
+        f"the store {path} is being written by another process; try again when the run ends"
+    )
+    try:
+        return Store(path, read_only=True)
+    except UserError as exc:
+        if not (exc.__cause__ is not None and _is_lock_error(exc.__cause__)):  # type: ignore[arg-type]
+            raise
+    wal = path.with_name(path.name + ".wal")
+    for attempt in range(attempts):
+        folder = Path(tempfile.mkdtemp(prefix="devswarm-store-"))
+        snapshot = folder / path.name
+        before = (_file_state(path), _file_state(wal))
+        try:
+            shutil.copyfile(path, snapshot)
+            if before[1] is not None:
+                shutil.copyfile(wal, snapshot.with_name(snapshot.name + ".wal"))
+        except FileNotFoundError:
+            pass  # the WAL was checkpointed away mid-copy: the state check below retries
+        if (_file_state(path), _file_state(wal)) == before:
+            try:
+                return Store(snapshot, read_only=True, _cleanup=folder)
+            except UserError as exc:
+                if exc.__cause__ is None:  # not a torn copy: e.g. not a store, newer schema
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
+        shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(0.05 * (attempt + 1))
+    raise busy

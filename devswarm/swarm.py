@@ -1,0 +1,613 @@
+"""The swarm's plain-Python core: a Run and the three jobs of a cycle (plan, work, judge).
+
+Prefect wraps these in flows (flows/) and the model call in a task (tasks/); everything here can
+be called directly by a test with a plain model function.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from devswarm import prompts
+from devswarm.agent import Agent, ModelFn, Outcome
+from devswarm.budget import Ledger
+from devswarm.config import SwarmConfig
+from devswarm.errors import UserError
+from devswarm.llm import ModelCallError, ModelClient
+from devswarm.records import RecordLog, now, span_id
+from devswarm.sandbox import run_command, scrubbed_env
+from devswarm.schemas import CheckResult, Plan, PlannedTask, Verdict, WorkerReport, slug
+from devswarm.store import Store
+from devswarm.toolbox import Toolbox
+from devswarm.workspace import LandResult, Workspace, check_branch_name
+
+CallFactory = Callable[["Run", str], ModelFn]  # (run, agent_id) -> model function
+LandFn = Callable[[Workspace, Path], LandResult]
+
+_RUNS: dict[str, Run] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def get_run(run_id: str) -> Run:
+    """The live Run of this process (flows pass run ids, not objects, between runs)."""
+    try:
+        return _RUNS[run_id]
+    except KeyError:
+        raise RuntimeError(f"run {run_id} is not active in this process") from None
+
+
+def new_run_name(repo: Path) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{slug(repo.name, 24)}-{stamp}"
+
+
+def safe_name(agent_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", agent_id)
+
+
+def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
+    """A model function without Prefect: retries transient failures, honouring Retry-After."""
+    log = run.agent_log(agent_id)
+
+    def call(request: dict[str, Any], step: int) -> dict[str, Any]:
+        for attempt in range(1, attempts + 1):
+            try:
+                return run.client.chat(
+                    request, run_id=run.run_id, agent_id=agent_id, step=step, attempt=attempt, log=log
+                )
+            except ModelCallError as exc:
+                if not exc.transient or attempt == attempts:
+                    raise
+                time.sleep(min(exc.retry_after or 0.5 * 2**attempt, 60))
+        raise AssertionError("unreachable")
+
+    return call
+
+
+class Run:
+    """Everything one swarm run holds: config, workspace, ledger, model client, record files."""
+
+    def __init__(self, config: SwarmConfig) -> None:
+        if not config.goal.strip():
+            raise UserError("the goal is empty; give --goal TEXT or --goal-file FILE")
+        repo = config.repo.expanduser().resolve()
+        self.config = config
+        self.run_id = config.run_name or new_run_name(repo)
+        self.branch = check_branch_name(config.branch or f"devswarm/{self.run_id}")
+        self.dir = config.home / "runs" / self.run_id
+        self.workspace = Workspace(repo, config.home / "repos" / _repo_key(repo), self.branch)
+        self.workspace.prune()
+        self.ledger = Ledger(config.budget.max_tokens, config.budget.max_cost_usd, config.budget.max_wall_seconds)
+        models = {config.models.planner, config.models.worker, config.models.judge}
+        self.client = ModelClient(
+            config.base_url,
+            config.api_key,
+            timeout=config.request_timeout,
+            prices={m: config.price(m) for m in models},
+            fallback_price=config.budget.fallback_price,
+            ledger=self.ledger,
+        )
+        self.unpriced = sorted(m for m in models if config.price(m) is None)
+        self.secrets = [s for s in [config.api_key.get_secret_value()] if s]
+        self.log = RecordLog(self.dir / "records" / "swarm.jsonl")
+        self.hot_files: Counter[str] = Counter()
+        self.stop_reason: str | None = None
+        self.started_at = now()
+        self._check_cache: dict[str, CheckResult] = {}
+        self._check_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._logs: dict[str, RecordLog] = {}
+        self._imported: set[Path] = set()
+        with _RUNS_LOCK:
+            _RUNS[self.run_id] = self
+
+    # -- records ----------------------------------------------------------------------------
+
+    def agent_log(self, agent_id: str) -> RecordLog:
+        with self._lock:
+            if agent_id not in self._logs:
+                self._logs[agent_id] = RecordLog(self.dir / "records" / f"{safe_name(agent_id)}.jsonl")
+            return self._logs[agent_id]
+
+    def transcript(self, agent_id: str) -> Path:
+        return self.dir / "transcripts" / f"{safe_name(agent_id)}.jsonl"
+
+    def record_run(self, status: str, cycles: int, flow_run_id: str | None = None) -> None:
+        self.log.write(
+            "run",
+            run_id=self.run_id,
+            run_name=self.run_id,
+            goal=self.config.goal,
+            repo_path=str(self.workspace.user_repo),
+            branch=self.branch,
+            base_commit=self.workspace.base_commit,
+            tip_commit=self.workspace.tip(),
+            status=status,
+            started_at=self.started_at,
+            ended_at=None if status == "running" else now(),
+            cycles=cycles,
+            flow_run_id=flow_run_id,
+            config=self.config.model_dump_json(exclude={"api_key"}),
+        )
+
+    def import_records(self, paths: list[Path] | None = None) -> int:
+        """Import agents' JSONL files into DuckDB (idempotent), retrying while another process writes."""
+        records = self.dir / "records"
+        files = paths if paths is not None else sorted(records.glob("*.jsonl"))
+        for attempt in range(50):
+            try:
+                with Store(self.config.db_path) as store:
+                    return sum(store.import_jsonl(p) for p in files if p.exists())
+            except Exception as exc:  # DuckDB's lock error when another process holds the file
+                if "lock" not in str(exc).lower() or attempt == 49:
+                    raise
+                time.sleep(0.1 + 0.05 * attempt)
+        return 0
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.ledger.stop(reason)
+
+    def should_stop(self) -> str | None:
+        if self.stop_reason:
+            return self.stop_reason
+        if (self.dir / "STOP").exists():
+            self.stop("stop requested")
+        return self.stop_reason or self.ledger.exhausted
+
+    def close(self) -> None:
+        with _RUNS_LOCK:
+            _RUNS.pop(self.run_id, None)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        return scrubbed_env(secrets=self.secrets)
+
+    def run_check(self, command: str, cwd: Path) -> CheckResult:
+        result = run_command(
+            command, cwd, timeout=self.config.command_timeout, env=self.env(), use_bwrap=self.config.use_bwrap
+        )
+        return CheckResult(
+            command=command,
+            passed=result.exit_code == 0 and not result.timed_out,
+            exit_code=result.exit_code,
+            output=result.output,
+        )
+
+    def check_at(self, commit: str) -> CheckResult | None:
+        """The repository check at a commit, run once per commit in a scratch worktree."""
+        command = self.config.check
+        if not command:
+            return None
+        with self._lock:
+            lock = self._check_locks.setdefault(commit, threading.Lock())
+        with lock:
+            if commit not in self._check_cache:
+                wt = self.workspace.add_worktree(f"check-{commit[:12]}-{threading.get_ident()}", commit)
+                try:
+                    self._setup(wt)
+                    self._check_cache[commit] = self.run_check(command, wt)
+                finally:
+                    self.workspace.remove_worktree(wt)
+            return self._check_cache[commit]
+
+    def _setup(self, worktree: Path) -> CheckResult | None:
+        if not self.config.setup:
+            return None
+        return self.run_check(self.config.setup, worktree)
+
+
+def _repo_key(repo: Path) -> str:
+    return f"{slug(repo.name, 24)}-{span_id(str(repo))[:8]}"
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+
+def planner_id(run: Run, cycle: int, plan_path: str) -> str:
+    return f"planner/{run.run_id}/c{cycle}/{plan_path}"
+
+
+def plan_scope(
+    run: Run,
+    calls: CallFactory,
+    *,
+    cycle: int,
+    plan_path: str,
+    goal: str,
+    scope_paths: list[str],
+    depth: int,
+    previous: str | None = None,
+) -> tuple[Plan, list[PlannedTask]]:
+    """One planner explores the tip read-only and returns its Plan and the tasks it owns."""
+    agent_id = planner_id(run, cycle, plan_path)
+    cfg = run.config
+    tip = run.workspace.tip()
+    log = run.agent_log(agent_id)
+    _agent_row(run, log, agent_id, "planner", cycle, plan_path, None, cfg.models.planner, "running")
+    wt = run.workspace.add_worktree(safe_name(agent_id), tip)
+    try:
+        agent = Agent(
+            agent_id=agent_id,
+            run_id=run.run_id,
+            role="planner",
+            model=cfg.models.planner,
+            call=calls(run, agent_id),
+            toolbox=Toolbox(wt, read_only=True),
+            system=prompts.planner_system(cfg.max_tasks_per_plan, depth < cfg.plan_depth),
+            user=prompts.planner_user(goal, scope_paths, cfg.check, previous, dict(run.hot_files)),
+            limits=cfg.limits,
+            log=log,
+            transcript=run.transcript(agent_id),
+            answer_schema=Plan,
+            should_stop=run.should_stop,
+        )
+        outcome = agent.run()
+    finally:
+        run.workspace.remove_worktree(wt)
+    _agent_end(run, log, agent_id, "planner", cycle, plan_path, None, cfg.models.planner, outcome)
+    if outcome.status != "finished" or outcome.answer is None:
+        return Plan(summary=f"planner ended: {outcome.status} {outcome.reason}"), []
+    plan = Plan.model_validate(outcome.answer)
+    if depth >= cfg.plan_depth:
+        plan.scopes = []
+    tasks: list[PlannedTask] = []
+    seen: set[str] = set()
+    for spec in plan.tasks[: cfg.max_tasks_per_plan]:
+        while spec.id in seen:
+            spec.id = f"{spec.id}-{len(seen)}"
+        seen.add(spec.id)
+        task = PlannedTask(
+            spec=spec,
+            key=f"c{cycle}.{plan_path}.{spec.id}",
+            cycle=cycle,
+            plan_path=plan_path,
+            planner_agent_id=agent_id,
+            base_commit=tip,
+            check=spec.check,
+        )
+        tasks.append(task)
+        _task_row(run, task, "pending")
+    return plan, tasks
+
+
+# -- work -----------------------------------------------------------------------------------
+
+
+def worker_id(run: Run, task: PlannedTask, attempt: int = 1) -> str:
+    return f"worker/{run.run_id}/c{task.cycle}/{task.plan_path}/{task.spec.id}/a{attempt}"
+
+
+def _land_plain(workspace: Workspace, worktree: Path) -> LandResult:
+    return workspace.land(worktree)
+
+
+def work_task(
+    run: Run, calls: CallFactory, task: PlannedTask, *, attempt: int = 1, land: LandFn = _land_plain
+) -> WorkerReport:
+    """One worker: worktree at the task's base → agent → checks → commit → land → report."""
+    cfg = run.config
+    agent_id = worker_id(run, task, attempt)
+    log = run.agent_log(agent_id)
+    report = WorkerReport(task_key=task.key, agent_id=agent_id, status="error", records=str(log.path))
+    _agent_row(run, log, agent_id, "worker", task.cycle, task.plan_path, task.key, cfg.models.worker, "running")
+    _task_row(run, task, "running", worker=agent_id, attempts=attempt, started=True)
+    outcome: Outcome | None = None
+    wt: Path | None = None
+    try:
+        if reason := run.should_stop():
+            report.status, report.reason = "skipped", f"not started: {reason}"
+            return report
+        wt = run.workspace.add_worktree(safe_name(agent_id), task.base_commit)
+        setup = run._setup(wt)
+        if setup is not None and not setup.passed:
+            report.status, report.reason = "setup_failed", f"setup `{setup.command}` failed: {setup.output[-2000:]}"
+            return report
+        agent = Agent(
+            agent_id=agent_id,
+            run_id=run.run_id,
+            role="worker",
+            model=cfg.models.worker,
+            call=calls(run, agent_id),
+            toolbox=Toolbox(
+                wt,
+                command_timeout=cfg.command_timeout,
+                env=run.env(),
+                use_bwrap=cfg.use_bwrap,
+            ),
+            system=prompts.WORKER,
+            user=prompts.worker_user(task, ""),
+            limits=cfg.limits,
+            log=log,
+            transcript=run.transcript(agent_id),
+            should_stop=run.should_stop,
+        )
+        outcome = agent.run()
+        _finish_work(run, agent, task, wt, report, land)
+        outcome = agent.outcome
+    except ModelCallError as exc:
+        report.status, report.reason = "error", f"model call failed: {exc}"
+    finally:
+        if wt is not None:
+            run.workspace.remove_worktree(wt)
+        if outcome is not None and outcome.finish:
+            report.handoff = _handoff(outcome.finish)
+        elif not report.handoff:
+            report.handoff = report.reason or ""
+        _agent_end(run, log, agent_id, "worker", task.cycle, task.plan_path, task.key, cfg.models.worker, outcome, report)
+        _task_row(run, task, report.status, worker=agent_id, attempts=attempt, reason=report.reason, commit=report.commit, ended=True)
+    return report
+
+
+def _finish_work(run: Run, agent: Agent, task: PlannedTask, wt: Path, report: WorkerReport, land: LandFn) -> None:
+    """After the agent finishes: checks (with turns back to the agent), commit, land, conflicts."""
+    cfg = run.config
+    ws = run.workspace
+    check_turns = conflict_turns = 0
+    while True:
+        o = agent.outcome
+        if o.status != "finished":
+            report.status, report.reason = o.status, o.reason
+            return
+        # The task's own check, then the repository check in no-regression mode.
+        failure: str | None = None
+        if task.check:
+            res = run.run_check(task.check, wt)
+            if not res.passed:
+                failure = prompts.check_failed(task.check, res.output)
+                report.reason = f"task check `{task.check}` failed"
+        if failure is None and cfg.check:
+            before = run.check_at(task.base_commit)
+            if before is not None and before.passed:
+                res = run.run_check(cfg.check, wt)
+                if not res.passed:
+                    failure = prompts.regression(cfg.check, res.output)
+                    report.reason = f"the change turns the passing check `{cfg.check}` red"
+        if failure is not None:
+            if check_turns >= cfg.check_turns:
+                report.status = "failed"
+                return
+            check_turns += 1
+            agent.tell(failure)
+            agent.run()
+            continue
+        if ws.conflict_markers_left(wt):
+            sha = ws.continue_conflict(wt)
+        else:
+            sha = ws.commit(wt, _commit_message(task), _trailers(run, task, report.agent_id))
+        if sha is None and not _ahead(ws, wt, task.base_commit):
+            report.status, report.reason = "failed", "the worker finished without changing anything"
+            return
+        started = now()
+        result = land(ws, wt)
+        _landing_row(run, task, report.agent_id, result, started, resolved=conflict_turns > 0)
+        if result.status == "landed":
+            report.status, report.commit, report.reason = "landed", result.new_tip, None
+            report.conflicts = conflict_turns
+            return
+        if result.status != "conflict":
+            report.status, report.reason = "failed", f"landing {result.status}: {result.reason}"
+            return
+        for f in result.conflict_files:
+            run.hot_files[f] += 1
+        if conflict_turns >= cfg.conflict_turns:
+            report.status, report.reason = "abandoned", f"unresolved conflicts in {', '.join(result.conflict_files)}"
+            report.conflicts = conflict_turns + 1
+            return
+        conflict_turns += 1
+        files = ws.begin_conflict(wt, ws.tip())
+        if not files:  # the tip moved and the rebase went through cleanly this time
+            continue
+        agent.tell(prompts.conflict(files, result.their_commits))
+        agent.run()
+
+
+def _ahead(ws: Workspace, wt: Path, base: str) -> bool:
+    return bool(ws.changed_files(wt, base))
+
+
+def _commit_message(task: PlannedTask) -> str:
+    return f"{task.spec.title}\n\n{task.spec.description.strip()}"[:4000]
+
+
+def _trailers(run: Run, task: PlannedTask, agent_id: str) -> dict[str, str]:
+    return {"Devswarm-Run": run.run_id, "Devswarm-Task": task.key, "Devswarm-Agent": agent_id}
+
+
+def _handoff(finish: dict[str, Any]) -> str:
+    parts = [str(finish.get("summary") or "").strip()]
+    if finish.get("not_done"):
+        parts.append(f"Not done: {finish['not_done']}")
+    if finish.get("concerns"):
+        parts.append(f"Concerns: {finish['concerns']}")
+    return "\n".join(p for p in parts if p)
+
+
+# -- judge ----------------------------------------------------------------------------------
+
+
+def judge_cycle(run: Run, calls: CallFactory, *, cycle: int, reports: list[WorkerReport]) -> tuple[Verdict, CheckResult | None]:
+    """Run the full check on the tip and let the judge decide: continue, done or stop."""
+    cfg = run.config
+    agent_id = f"judge/{run.run_id}/c{cycle}"
+    log = run.agent_log(agent_id)
+    tip = run.workspace.tip()
+    check = run.check_at(tip)
+    _agent_row(run, log, agent_id, "judge", cycle, "", None, cfg.models.judge, "running")
+    wt = run.workspace.add_worktree(safe_name(agent_id), tip)
+    try:
+        agent = Agent(
+            agent_id=agent_id,
+            run_id=run.run_id,
+            role="judge",
+            model=cfg.models.judge,
+            call=calls(run, agent_id),
+            toolbox=Toolbox(wt, read_only=True),
+            system=prompts.JUDGE,
+            user=prompts.judge_user(
+                cfg.goal,
+                cfg.check,
+                check.passed if check else None,
+                check.output[-4000:] if check else "",
+                [r.model_dump(include={"task_key", "status", "reason", "handoff"}) for r in reports],
+                {k: v for k, v in run.ledger.left().items() if k != "seconds"},
+            ),
+            limits=cfg.limits,
+            log=log,
+            transcript=run.transcript(agent_id),
+            answer_schema=Verdict,
+            should_stop=run.should_stop,
+        )
+        outcome = agent.run()
+    finally:
+        run.workspace.remove_worktree(wt)
+    _agent_end(run, log, agent_id, "judge", cycle, "", None, cfg.models.judge, outcome)
+    if outcome.answer is None:
+        verdict = Verdict(decision="stop", reasons=f"the judge ended without a verdict: {outcome.status} {outcome.reason}")
+    else:
+        verdict = Verdict.model_validate(outcome.answer)
+    return verdict, check
+
+
+# -- rows -----------------------------------------------------------------------------------
+
+
+def _agent_row(run: Run, log: RecordLog, agent_id: str, role: str, cycle: int, plan_path: str, task_key: str | None, model: str, status: str) -> None:
+    log.write(
+        "agent",
+        agent_id=agent_id,
+        run_id=run.run_id,
+        cycle=cycle,
+        role=role,
+        plan_path=plan_path,
+        task_id=task_key,
+        parent_agent_id=planner_id(run, cycle, plan_path) if role == "worker" else None,
+        request_model=model,
+        status=status,
+        steps=0,
+        started_at=now(),
+        span_id=span_id(agent_id),
+        parent_span_id=span_id(run.run_id, str(cycle)),
+    )
+
+
+def _agent_end(
+    run: Run,
+    log: RecordLog,
+    agent_id: str,
+    role: str,
+    cycle: int,
+    plan_path: str,
+    task_key: str | None,
+    model: str,
+    outcome: Outcome | None,
+    report: WorkerReport | None = None,
+) -> None:
+    status = report.status if report else (outcome.status if outcome else "error")
+    # Re-emit the whole row: the last line per key wins on import.
+    first = next((r for r in _read_agent_start(log, agent_id)), {})
+    log.write(
+        "agent",
+        agent_id=agent_id,
+        run_id=run.run_id,
+        cycle=cycle,
+        role=role,
+        plan_path=plan_path,
+        task_id=task_key,
+        parent_agent_id=planner_id(run, cycle, plan_path) if role == "worker" else None,
+        request_model=model,
+        status=status,
+        steps=outcome.steps if outcome else 0,
+        started_at=first.get("started_at"),
+        ended_at=now(),
+        handoff=(report.handoff if report else (outcome.reason if outcome else "")) or None,
+        span_id=span_id(agent_id),
+        parent_span_id=span_id(run.run_id, str(cycle)),
+    )
+
+
+def _read_agent_start(log: RecordLog, agent_id: str):
+    from devswarm.records import read_records
+
+    for rec in read_records(log.path):
+        if rec.get("kind") == "agent" and rec.get("agent_id") == agent_id:
+            yield rec
+
+
+def _task_row(
+    run: Run,
+    task: PlannedTask,
+    status: str,
+    *,
+    worker: str | None = None,
+    attempts: int = 0,
+    reason: str | None = None,
+    commit: str | None = None,
+    started: bool = False,
+    ended: bool = False,
+) -> None:
+    import json
+
+    log = run.agent_log(worker) if worker else run.agent_log(task.planner_agent_id)
+    fields: dict[str, Any] = {
+        "run_id": run.run_id,
+        "task_id": task.key,
+        "cycle": task.cycle,
+        "planner_agent_id": task.planner_agent_id,
+        "worker_agent_id": worker,
+        "title": task.spec.title,
+        "description": task.spec.description,
+        "acceptance": "\n".join(task.spec.acceptance),
+        "files": json.dumps(task.spec.files),
+        "check_command": task.check,
+        "depends_on": "[]",
+        "status": status,
+        "reason": reason,
+        "attempts": attempts,
+        "base_commit": task.base_commit,
+        "commit_sha": commit,
+    }
+    if started:
+        task_starts[(run.run_id, task.key)] = now()
+    fields["started_at"] = task_starts.get((run.run_id, task.key))
+    fields["ended_at"] = now() if ended else None
+    log.write("task", **fields)
+
+
+task_starts: dict[tuple[str, str], str] = {}
+
+
+def _landing_row(run: Run, task: PlannedTask, agent_id: str, result: LandResult, started: str, *, resolved: bool) -> None:
+    import json
+
+    run.agent_log(agent_id).write(
+        "landing",
+        landing_id=span_id(agent_id, "landing", started),
+        run_id=run.run_id,
+        cycle=task.cycle,
+        task_id=task.key,
+        agent_id=agent_id,
+        branch=run.branch,
+        commit_sha=result.new_tip if result.status == "landed" else result.commit,
+        old_tip=result.old_tip,
+        new_tip=result.new_tip,
+        status=result.status,
+        cas_retries=result.cas_retries,
+        conflict_files=json.dumps(result.conflict_files),
+        resolved=resolved and result.status == "landed",
+        started_at=started,
+        ended_at=now(),
+        duration_ms=result.duration_ms,
+        span_id=span_id(agent_id, "landing", started),
+        parent_span_id=span_id(agent_id),
+    )

@@ -1,0 +1,433 @@
+"""run_command: process groups, timeouts, cut output, scrubbed environment, limits, bubblewrap."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devswarm.errors import UserError
+from devswarm.sandbox import (
+    ResourceLimits,
+    bwrap_available,
+    cut_output,
+    run_command,
+    scrubbed_env,
+)
+
+NEEDS_BWRAP = pytest.mark.skipif(
+    not bwrap_available(),
+    reason="bubblewrap is not installed here or cannot create namespaces (no user namespaces?)",
+)
+# Every behaviour that must hold with and without bubblewrap runs in both modes.
+MODES = [pytest.param(False, id="plain"), pytest.param(True, id="bwrap", marks=NEEDS_BWRAP)]
+
+MARKER = re.compile(r"\[\.\.\. (\d+) bytes cut \.\.\.\]\n")
+
+
+def _marker_seconds() -> str:
+    """A sleep duration no other process on the machine uses, to find ours in /proc."""
+    return f"30.{uuid.uuid4().int % 10**9:09d}"
+
+
+def _alive(needle: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose command line contains `needle`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle.encode() in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _eventually(check, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+# -- environment ----------------------------------------------------------------------------
+
+
+def test_scrubbed_env_drops_credentials_by_name_and_prefix():
+    base = {
+        "OPENAI_API_KEY": "a",
+        "OPENAI_BASE_URL": "b",
+        "github_token": "c",
+        "DB_PASSWORD": "d",
+        "MYSQL_PASSWD": "e",
+        "SSH_AUTH_SOCK": "f",
+        "GOOGLE_APPLICATION_CREDENTIALS": "g",
+        "CLIENT_SECRET": "h",
+        "PREFECT_API_URL": "i",
+        "ANTHROPIC_MODEL": "j",
+        "AWS_REGION": "k",
+        "DEVSWARM_DATA": "l",
+        "GIT_DIR": "/elsewhere/.git",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PATH": "/usr/bin:/bin",
+        "GIT_AUTHOR_NAME": "someone",
+    }
+    env = scrubbed_env(base)
+    assert set(env) == {
+        "HOME",
+        "LANG",
+        "PATH",
+        "GIT_AUTHOR_NAME",
+        "GIT_TERMINAL_PROMPT",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+    }
+    assert env["PATH"].split(os.pathsep) == [os.path.dirname(sys.executable), "/usr/bin", "/bin"]
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    assert base["OPENAI_API_KEY"] == "a"  # the caller's mapping is left alone
+
+
+def test_scrubbed_env_drops_variables_whose_value_holds_a_secret():
+    base = {"HARMLESS_NAME": "Bearer sk-live-123", "OTHER": "fine", "PATH": "/bin"}
+    env = scrubbed_env(base, secrets=["sk-live-123", ""])
+    assert "HARMLESS_NAME" not in env
+    assert env["OTHER"] == "fine"  # an empty secret must not match everything
+
+
+def test_scrubbed_env_defaults_to_os_environ(monkeypatch):
+    monkeypatch.setenv("DEVSWARM_TEST_PLAIN_VAR_XYZ", "1")
+    monkeypatch.setenv("SOME_VISIBLE_VAR_XYZ", "2")
+    env = scrubbed_env()
+    assert env["SOME_VISIBLE_VAR_XYZ"] == "2"
+    assert "DEVSWARM_TEST_PLAIN_VAR_XYZ" not in env
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_command_does_not_see_the_api_key(tmp_path, monkeypatch, sandboxed):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("INNOCENT_LOOKING", "xx-sk-secret-xx")
+    result = run_command(
+        "env; python -c 'import sys; print(sys.executable)'",
+        tmp_path,
+        env=scrubbed_env(secrets=["sk-secret"]),
+        use_bwrap=sandboxed,
+    )
+    assert result.exit_code == 0
+    assert "sk-secret" not in result.output
+    assert "PATH=" in result.output
+    # `python` is the interpreter devswarm runs on
+    assert os.path.dirname(sys.executable) in result.output.splitlines()[-1]
+
+
+def test_default_env_is_scrubbed(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    result = run_command("env", tmp_path, use_bwrap=False)
+    assert "sk-secret" not in result.output and "HOME=" in result.output
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_exit_code_and_interleaved_output(tmp_path, sandboxed):
+    result = run_command(
+        "echo one; echo two >&2; echo three; pwd; exit 3", tmp_path, use_bwrap=sandboxed
+    )
+    assert result.exit_code == 3
+    assert result.output == f"one\ntwo\nthree\n{os.path.realpath(tmp_path)}\n"
+    assert not result.timed_out and not result.truncated
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_stdin_is_closed(tmp_path, sandboxed):
+    result = run_command("cat; echo done", tmp_path, timeout=10, use_bwrap=sandboxed)
+    assert result.exit_code == 0
+    assert result.output == "done\n"
+    assert result.duration_s < 5
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_timeout_kills_the_command_and_its_children(tmp_path, sandboxed):
+    secs = _marker_seconds()
+    command = (
+        f"sleep {secs} & echo $! >> pids; "
+        f"(sleep {secs}; true) & echo $! >> pids; "
+        f"echo started; sleep {secs}"
+    )
+    started = time.monotonic()
+    result = run_command(command, tmp_path, timeout=0.5, use_bwrap=sandboxed)
+    assert result.timed_out
+    assert result.exit_code is None
+    assert result.output == "started\n"
+    assert time.monotonic() - started < 3
+    assert _eventually(lambda: not _alive(secs)), f"survivors: {_alive(secs)}"
+    if not sandboxed:  # inside bubblewrap the PIDs are those of its own PID namespace
+        pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+        assert len(pids) == 2
+        assert _eventually(lambda: not any(_pid_alive(p) for p in pids))
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_background_children_do_not_outlive_their_command(tmp_path, sandboxed):
+    secs = _marker_seconds()
+    result = run_command(f"sleep {secs} & echo bye", tmp_path, timeout=10, use_bwrap=sandboxed)
+    assert result.exit_code == 0 and result.output == "bye\n"
+    assert result.duration_s < 5
+    assert _eventually(lambda: not _alive(secs))
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_ten_megabytes_of_output_cut_to_head_and_tail_quickly(tmp_path, sandboxed):
+    command = "echo START; yes line | head -n 2000000; echo END"
+    total = len(b"START\n") + 2_000_000 * len(b"line\n") + len(b"END\n")
+    tracemalloc.start()
+    try:
+        result = run_command(command, tmp_path, output_limit=2000, use_bwrap=sandboxed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == 0
+    assert result.truncated
+    assert result.duration_s < 5
+    assert peak < 1_000_000  # only the head and tail were read, never the 10 MB
+    assert result.output.startswith("START\nline\n")
+    assert result.output.endswith("line\nEND\n")
+    match = MARKER.search(result.output)
+    assert match
+    shown = result.output[: match.start()] + result.output[match.end() :]
+    assert int(match.group(1)) + len(shown.encode()) == total
+    assert len(result.output) <= 2000 + len(match.group(0))
+
+
+def test_short_output_is_not_cut(tmp_path):
+    result = run_command("printf 'x%.0s' $(seq 100)", tmp_path, output_limit=100, use_bwrap=False)
+    assert result.output == "x" * 100 and not result.truncated
+
+
+def test_output_is_decoded_with_replacement(tmp_path):
+    result = run_command(r"printf 'ok \377\376 end'", tmp_path, use_bwrap=False)
+    assert result.output == "ok \ufffd\ufffd end"
+
+
+def test_missing_working_directory_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        run_command("true", tmp_path / "nope")
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sandboxed", MODES)
+def test_file_size_limit_stops_a_large_write(tmp_path, sandboxed):
+    limits = ResourceLimits(file_size_bytes=1 << 20)
+    result = run_command(
+        'head -c 3000000 /dev/zero > big.bin; echo "rc=$?"',
+        tmp_path,
+        limits=limits,
+        use_bwrap=sandboxed,
+    )
+    assert "rc=0" not in result.output
+    assert "rc=153" in result.output  # 128 + SIGXFSZ
+    assert (tmp_path / "big.bin").stat().st_size == 1 << 20
+
+
+def test_memory_limit_stops_a_large_allocation(tmp_path):
+    limits = ResourceLimits(memory_bytes=256 << 20)
+    result = run_command("python -c 'bytearray(1 << 30)'", tmp_path, limits=limits, use_bwrap=False)
+    assert result.exit_code != 0
+    assert "MemoryError" in result.output
+
+
+def test_cpu_limit_stops_a_busy_loop(tmp_path):
+    limits = ResourceLimits(cpu_seconds=1)
+    result = run_command(
+        "python -c 'while True: pass'", tmp_path, timeout=20, limits=limits, use_bwrap=False
+    )
+    assert not result.timed_out
+    assert result.exit_code != 0
+    assert result.duration_s < 10
+
+
+def test_limits_are_hard_so_a_command_cannot_raise_them(tmp_path):
+    limits = ResourceLimits(file_size_bytes=1 << 20)
+    result = run_command("ulimit -f unlimited", tmp_path, limits=limits, use_bwrap=False)
+    assert result.exit_code != 0
+
+
+# -- cut_output ------------------------------------------------------------------------------
+
+
+def test_cut_output_keeps_short_text():
+    assert cut_output("hello", 10) == ("hello", False)
+
+
+def test_cut_output_keeps_head_and_tail_and_counts_the_cut():
+    text = "".join(f"line {i}\n" for i in range(1000))
+    cut, truncated = cut_output(text, 200)
+    assert truncated
+    assert cut.startswith("line 0\n") and cut.endswith("line 999\n")
+    match = MARKER.search(cut)
+    assert match
+    shown = cut[: match.start()] + cut[match.end() :]
+    assert int(match.group(1)) + len(shown) == len(text)
+    assert len(shown) <= 200
+
+
+# -- bubblewrap ------------------------------------------------------------------------------
+
+
+@NEEDS_BWRAP
+def test_bwrap_worktree_is_the_only_writable_path(tmp_path):
+    # tmp_path is under /tmp: the worktree must be bound on top of the private /tmp
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    outside = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="devswarm-test-"))
+    try:
+        result = run_command(
+            f"echo in > inside.txt && echo out > {outside}/x.txt; echo rc=$?",
+            worktree,
+            use_bwrap=True,
+        )
+        assert (worktree / "inside.txt").read_text() == "in\n"
+        assert not (outside / "x.txt").exists()
+        assert "Read-only file system" in result.output and "rc=1" in result.output
+    finally:
+        shutil.rmtree(outside)
+
+
+@NEEDS_BWRAP
+def test_bwrap_hides_the_rest_of_tmp(tmp_path):
+    worktree, sibling = tmp_path / "wt", tmp_path / "sibling"
+    worktree.mkdir()
+    sibling.mkdir()
+    (sibling / "secret.txt").write_text("other worker's file")
+    result = run_command(
+        f"cat {sibling}/secret.txt; echo x > {sibling}/new.txt", worktree, use_bwrap=True
+    )
+    assert "other worker's file" not in result.output
+    assert "No such file or directory" in result.output
+    assert not (sibling / "new.txt").exists()
+
+
+@NEEDS_BWRAP
+def test_bwrap_extra_writable_paths(tmp_path):
+    worktree, cache = tmp_path / "wt", tmp_path / "cache"
+    worktree.mkdir()
+    cache.mkdir()
+    result = run_command(f"echo hit > {cache}/entry", worktree, use_bwrap=True, writable=[cache])
+    assert result.exit_code == 0
+    assert (cache / "entry").read_text() == "hit\n"
+
+
+@NEEDS_BWRAP
+def test_bwrap_tmp_is_private(tmp_path):
+    name = f"/tmp/devswarm-probe-{uuid.uuid4().hex}"
+    result = run_command(f"echo x > {name} && cat {name}", tmp_path, use_bwrap=True)
+    assert result.output == "x\n"
+    assert not os.path.exists(name)
+
+
+@NEEDS_BWRAP
+def test_bwrap_git_metadata_is_read_only(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    config = tmp_path / ".git" / "config"
+    before = config.read_text()
+    result = run_command(
+        "echo '[core]' >> .git/config; git status --short; echo x > file.txt",
+        tmp_path,
+        use_bwrap=True,
+    )
+    assert config.read_text() == before
+    assert "Read-only file system" in result.output
+    assert (tmp_path / "file.txt").exists()  # the work tree itself stays writable
+
+
+@pytest.fixture
+def loopback_server():
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@NEEDS_BWRAP
+def test_bwrap_has_no_network_not_even_loopback(tmp_path, loopback_server):
+    fetch = (
+        "python -c 'import sys, urllib.request; "
+        f'print(urllib.request.urlopen("{loopback_server}", timeout=5).read().decode())\''
+    )
+    plain = run_command(fetch, tmp_path, timeout=20, use_bwrap=False)
+    assert plain.exit_code == 0 and plain.output == "hello\n"
+    boxed = run_command(fetch, tmp_path, timeout=20, use_bwrap=True)
+    assert boxed.exit_code != 0
+    assert "hello" not in boxed.output
+    assert "URLError" in boxed.output
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+@NEEDS_BWRAP
+def test_bwrap_worktree_of_a_shared_clone_under_tmp_can_read_git(tmp_path):
+    # The layout devswarm uses: the user's repo, a --shared private clone, a worktree of it,
+    # all under /tmp here, which bubblewrap replaces with an empty tmpfs.
+    _git(tmp_path, "init", "-q", "user")
+    (tmp_path / "user" / "a.txt").write_text("a\n")
+    _git(tmp_path / "user", "add", "a.txt")
+    _git(tmp_path / "user", "commit", "-q", "-m", "first commit")
+    _git(tmp_path, "clone", "-q", "--shared", "user", "clone")
+    _git(tmp_path / "clone", "worktree", "add", "-q", "../wt")
+    worktree = tmp_path / "wt"
+    result = run_command(
+        "git log --oneline; echo b > b.txt; git status --short; "
+        "git add b.txt || echo add-refused; rm -f .git || echo rm-refused",
+        worktree,
+        use_bwrap=True,
+    )
+    assert "first commit" in result.output
+    assert "?? b.txt" in result.output
+    assert "add-refused" in result.output  # devswarm commits for the agent, outside
+    assert "rm-refused" in result.output
+    assert (worktree / ".git").is_file()
