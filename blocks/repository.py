@@ -14,6 +14,12 @@ class Repository(Block):
     _description = "A git repository for devswarm: path, landing branch, check and setup commands."
 
     path: str = Field(description="Path of the git repository on the machine that runs the swarm")
-    branch: str | None = Field(default=None, description="Branch to land on (default devswarm/<run>)")
-    check: str | None = Field(default=None, description="Repository check, e.g. 'python -m pytest -q'")
-    setup: str | None = Field(default=None, description="Runs in each fresh worktree, e.g. 'pip install -e .'")
+    branch: str | None = Field(
+        default=None, description="Branch to land on (default devswarm/<run>)"
+    )
+    check: str | None = Field(
+        default=None, description="Repository check, e.g. 'python -m pytest -q'"
+    )
+    setup: str | None = Field(
+        default=None, description="Runs in each fresh worktree, e.g. 'pip install -e .'"
+    )

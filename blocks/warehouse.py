@@ -13,5 +13,7 @@ class Warehouse(Block):
     _block_type_name = "devswarm warehouse"
     _description = "Where devswarm keeps clones, records and the DuckDB store."
 
-    home: str | None = Field(default=None, description="Data folder (default $DEVSWARM_HOME or ~/.local/share/devswarm)")
+    home: str | None = Field(
+        default=None, description="Data folder (default $DEVSWARM_HOME or ~/.local/share/devswarm)"
+    )
     db: str | None = Field(default=None, description="DuckDB file (default <home>/devswarm.duckdb)")

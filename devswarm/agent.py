@@ -54,7 +54,9 @@ def shorten(text: str, keep: int) -> str:
     return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut from an old tool output ...]\n{text[-half:]}"
 
 
-def prepare_messages(messages: list[dict[str, Any]], budget: int = TOOL_OUTPUT_BUDGET) -> list[dict[str, Any]]:
+def prepare_messages(
+    messages: list[dict[str, Any]], budget: int = TOOL_OUTPUT_BUDGET
+) -> list[dict[str, Any]]:
     """Old tool outputs beyond a budget are shortened in what is sent (deterministically)."""
     cut = len(messages) - KEEP_RECENT
     out = []
@@ -179,7 +181,11 @@ class Agent:
         message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
         if calls:
             message["tool_calls"] = [
-                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
                 for c in calls
             ]
         self.messages.append(message)
@@ -190,7 +196,9 @@ class Agent:
         for c in calls:
             t0, started = time.perf_counter(), now()
             result = self.toolbox.call(c["name"], c["arguments"])
-            self.messages.append({"role": "tool", "tool_call_id": c["id"], "content": result.output})
+            self.messages.append(
+                {"role": "tool", "tool_call_id": c["id"], "content": result.output}
+            )
             self.log.write(
                 "tool_call",
                 run_id=self.run_id,
@@ -219,7 +227,10 @@ class Agent:
         if self.answer_schema is None:
             self.stuck.add("(no tool call)", content or "")
             self.messages.append(
-                {"role": "user", "content": "Use the tools to do the work; call `finish` when the task is done."}
+                {
+                    "role": "user",
+                    "content": "Use the tools to do the work; call `finish` when the task is done.",
+                }
             )
             self._save()
             return None
@@ -252,7 +263,10 @@ class Agent:
         if o.steps >= lim.max_steps:
             return "limit:steps", f"reached {lim.max_steps} steps"
         if o.input_tokens + o.output_tokens >= lim.max_tokens:
-            return "limit:tokens", f"used {o.input_tokens + o.output_tokens} tokens (cap {lim.max_tokens})"
+            return (
+                "limit:tokens",
+                f"used {o.input_tokens + o.output_tokens} tokens (cap {lim.max_tokens})",
+            )
         if o.cost_usd >= lim.max_cost_usd:
             return "limit:cost", f"spent ${o.cost_usd:.4f} (cap ${lim.max_cost_usd})"
         if time.monotonic() - self.started >= lim.max_wall_seconds:
@@ -261,7 +275,11 @@ class Agent:
 
     def _usage(self) -> dict[str, Any]:
         o = self.outcome
-        return {"input_tokens": o.input_tokens, "output_tokens": o.output_tokens, "cost_usd": o.cost_usd}
+        return {
+            "input_tokens": o.input_tokens,
+            "output_tokens": o.output_tokens,
+            "cost_usd": o.cost_usd,
+        }
 
     def _end(self, status: str, reason: str) -> Outcome:
         self.outcome.status, self.outcome.reason = status, reason
@@ -274,5 +292,8 @@ class Agent:
         self.transcript.parent.mkdir(parents=True, exist_ok=True)
         with self.transcript.open("a", encoding="utf-8") as f:
             for m in self.messages[self._saved :]:
-                f.write(json.dumps({"agent_id": self.agent_id, "at": now(), "message": m}, default=str) + "\n")
+                f.write(
+                    json.dumps({"agent_id": self.agent_id, "at": now(), "message": m}, default=str)
+                    + "\n"
+                )
         self._saved = len(self.messages)

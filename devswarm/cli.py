@@ -11,7 +11,11 @@ import typer
 
 from devswarm.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Swarms of coding agents on one git repository.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Swarms of coding agents on one git repository.",
+)
 
 
 def _quiet_prefect() -> None:
@@ -31,21 +35,33 @@ def run(
     repo: Annotated[Path, typer.Option(help="The git repository to work on")],
     goal: Annotated[str | None, typer.Option(help="The goal, as text")] = None,
     goal_file: Annotated[Path | None, typer.Option(help="The goal, from a file")] = None,
-    branch: Annotated[str | None, typer.Option(help="Branch to land on (default devswarm/<run>)")] = None,
-    check: Annotated[str | None, typer.Option(help="Repository check command, e.g. 'python -m pytest -q'")] = None,
-    setup: Annotated[str | None, typer.Option(help="Setup command run in each fresh worktree")] = None,
+    branch: Annotated[
+        str | None, typer.Option(help="Branch to land on (default devswarm/<run>)")
+    ] = None,
+    check: Annotated[
+        str | None, typer.Option(help="Repository check command, e.g. 'python -m pytest -q'")
+    ] = None,
+    setup: Annotated[
+        str | None, typer.Option(help="Setup command run in each fresh worktree")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Workers at once")] = 8,
     cycles: Annotated[int, typer.Option(help="Most plan → work → judge cycles")] = 3,
     model: Annotated[str | None, typer.Option(help="One model for every role")] = None,
     planner_model: Annotated[str | None, typer.Option(help="Planner's model")] = None,
     worker_model: Annotated[str | None, typer.Option(help="Workers' model")] = None,
     judge_model: Annotated[str | None, typer.Option(help="Judge's model")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")] = None,
-    db: Annotated[Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint (else $OPENAI_BASE_URL)")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")
+    ] = None,
     home: Annotated[Path | None, typer.Option(help="Data folder (default $DEVSWARM_HOME)")] = None,
     max_cost: Annotated[float | None, typer.Option(help="Dollar cap for the whole run")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Token cap for the whole run")] = None,
-    run_name: Annotated[str | None, typer.Option(help="Name of the run (default <repo>-<time>)")] = None,
+    run_name: Annotated[
+        str | None, typer.Option(help="Name of the run (default <repo>-<time>)")
+    ] = None,
 ) -> None:
     """Run a swarm on a repository against any OpenAI-compatible endpoint."""
     from pydantic import SecretStr
@@ -56,12 +72,18 @@ def run(
         text = _goal(goal, goal_file)
         if not repo.exists():
             raise UserError(f"repository {repo} does not exist")
-        cfg = SwarmConfig(goal=text, repo=repo, branch=branch, check=check, setup=setup, run_name=run_name)
+        cfg = SwarmConfig(
+            goal=text, repo=repo, branch=branch, check=check, setup=setup, run_name=run_name
+        )
         cfg.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
         if model:
             cfg.models = Models.single(model)
-        for role, value in (("planner", planner_model), ("worker", worker_model), ("judge", judge_model)):
+        for role, value in (
+            ("planner", planner_model),
+            ("worker", worker_model),
+            ("judge", judge_model),
+        ):
             if value:
                 setattr(cfg.models, role, value)
         cfg.max_workers, cfg.max_cycles = workers, cycles
@@ -127,7 +149,9 @@ def print_summary(summary: dict) -> None:
 
 @app.command()
 def demo(
-    dir: Annotated[Path, typer.Option("--dir", help="Where to put the demo repository and data")] = Path("devswarm-demo"),
+    dir: Annotated[
+        Path, typer.Option("--dir", help="Where to put the demo repository and data")
+    ] = Path("devswarm-demo"),
 ) -> None:
     """Run the offline demo: a small repository, a scripted model server, a real swarm."""
     from devswarm.demo import run_demo
@@ -144,7 +168,9 @@ def demo(
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL to run on the store")],
-    db: Annotated[Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")
+    ] = None,
 ) -> None:
     """Run SQL on the DuckDB store and print a table."""
     from rich.console import Console

@@ -19,7 +19,9 @@ class Price(BaseModel):
         """Cost of one call; cached input tokens are billed once, at the cached rate."""
         cached_rate = self.input if self.cached_input is None else self.cached_input
         fresh = max(0, input_tokens - cached_tokens)
-        return (fresh * self.input + cached_tokens * cached_rate + output_tokens * self.output) / 1e6
+        return (
+            fresh * self.input + cached_tokens * cached_rate + output_tokens * self.output
+        ) / 1e6
 
 
 # A few list prices so common models are costed out of the box; anything else falls back.

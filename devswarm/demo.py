@@ -11,6 +11,7 @@ from typing import Any
 from devswarm.errors import UserError
 
 DEMO = Path(__file__).parent / "demo"
+MARKER = ".devswarm-demo"
 CHECK = "python -m unittest discover -s tests -t ."
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "devswarm demo",
@@ -24,8 +25,20 @@ def make_demo_repo(dest: Path) -> Path:
     """Copy the bundled example project into dest and commit it on branch main."""
     shutil.copytree(DEMO / "repo", dest)
     env = {**os.environ, **GIT_ENV}
-    git = ["git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", "-c", "init.defaultBranch=main"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-verify", "-m", "textkit: tests for the work to do"]):
+    git = [
+        "git",
+        "-c",
+        "commit.gpgsign=false",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "init.defaultBranch=main",
+    ]
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["commit", "-q", "--no-verify", "-m", "textkit: tests for the work to do"],
+    ):
         subprocess.run([*git, *args], cwd=dest, env=env, check=True, capture_output=True)
     return dest
 
@@ -38,7 +51,12 @@ def run_demo(directory: Path) -> dict[str, Any]:
 
     directory = directory.expanduser().resolve()
     if directory.exists() and any(directory.iterdir()):
-        raise UserError(f"{directory} already exists and is not empty; pass --dir NEW_DIR or remove it")
+        # Only a folder an earlier demo made (it holds our marker) is replaced.
+        if not (directory / MARKER).exists():
+            raise UserError(f"{directory} exists and is not a demo folder; pass --dir NEW_DIR")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / MARKER).write_text("made by `devswarm demo`; a new demo run replaces this folder\n")
     repo = make_demo_repo(directory / "textkit")
     data = directory / "data"
     scenario = Scenario.load(DEMO / "scenario.json")

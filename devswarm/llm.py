@@ -99,9 +99,13 @@ class ModelClient:
         try:
             self._client.with_options(timeout=10.0).models.list()
         except openai.APIConnectionError as exc:
-            raise UserError(f"cannot reach the model endpoint {self._client.base_url}: {exc}") from None
+            raise UserError(
+                f"cannot reach the model endpoint {self._client.base_url}: {exc}"
+            ) from None
         except openai.AuthenticationError:
-            raise UserError(f"the model endpoint {self._client.base_url} refused the API key (401)") from None
+            raise UserError(
+                f"the model endpoint {self._client.base_url} refused the API key (401)"
+            ) from None
         except openai.APIStatusError:
             pass  # some servers have no /models; the first chat call will tell
 
@@ -122,7 +126,9 @@ class ModelClient:
         if self.ledger is not None:
             worst_in = estimate_tokens(request)
             worst_out = int(request.get("max_tokens") or 4096)
-            reservation = self.ledger.reserve(worst_in + worst_out, price.cost(worst_in, 0, worst_out))
+            reservation = self.ledger.reserve(
+                worst_in + worst_out, price.cost(worst_in, 0, worst_out)
+            )
         started, t0 = now(), time.perf_counter()
         headers = {"X-Devswarm-Agent": agent_id, "X-Devswarm-Attempt": str(attempt)}
         row: dict[str, Any] = {
@@ -156,20 +162,27 @@ class ModelClient:
             ) from None
         except openai.APITimeoutError:
             row.update(error_type="timeout")
-            raise ModelCallError("the model call timed out", transient=True, error_type="timeout") from None
+            raise ModelCallError(
+                "the model call timed out", transient=True, error_type="timeout"
+            ) from None
         except openai.APIConnectionError as exc:
             row.update(error_type="connection_error")
             raise ModelCallError(str(exc), transient=True, error_type="connection_error") from None
         except openai.APIResponseValidationError as exc:
             row.update(error_type="invalid_response")
-            raise ModelCallError(str(exc)[:500], transient=True, error_type="invalid_response") from None
+            raise ModelCallError(
+                str(exc)[:500], transient=True, error_type="invalid_response"
+            ) from None
         else:
             usage = completion.usage
             input_tokens = usage.prompt_tokens if usage else 0
             output_tokens = usage.completion_tokens if usage else 0
             details = usage.prompt_tokens_details if usage else None
             cached = (details.cached_tokens or 0) if details else 0
-            tokens, cost = input_tokens + output_tokens, price.cost(input_tokens, cached, output_tokens)
+            tokens, cost = (
+                input_tokens + output_tokens,
+                price.cost(input_tokens, cached, output_tokens),
+            )
             choice = completion.choices[0]
             message = choice.message
             reply = {

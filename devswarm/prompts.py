@@ -72,12 +72,19 @@ def planner_user(
 ) -> str:
     parts = [f"Goal:\n{goal.strip()}"]
     if scope_paths:
-        parts.append("Your scope (paths you own; plan only inside them):\n" + "\n".join(f"- {p}" for p in scope_paths))
+        parts.append(
+            "Your scope (paths you own; plan only inside them):\n"
+            + "\n".join(f"- {p}" for p in scope_paths)
+        )
     if check:
         parts.append(f"The repository check (must end up passing): `{check}`")
     if hot_files:
-        lines = "\n".join(f"- {f}: {n} conflicts" for f, n in sorted(hot_files.items(), key=lambda x: -x[1])[:20])
-        parts.append("Hot files (conflicts in earlier landings; give each to one task only):\n" + lines)
+        lines = "\n".join(
+            f"- {f}: {n} conflicts" for f, n in sorted(hot_files.items(), key=lambda x: -x[1])[:20]
+        )
+        parts.append(
+            "Hot files (conflicts in earlier landings; give each to one task only):\n" + lines
+        )
     if previous:
         parts.append(f"Where the last cycle left off:\n{previous.strip()}")
     return "\n\n".join(parts)
@@ -124,7 +131,14 @@ def conflict(files: list[str], their_commits: list[str]) -> str:
     )
 
 
-def judge_user(goal: str, check: str | None, check_passed: bool | None, check_output: str, reports: list[dict], left: dict) -> str:
+def judge_user(
+    goal: str,
+    check: str | None,
+    check_passed: bool | None,
+    check_output: str,
+    reports: list[dict],
+    left: dict,
+) -> str:
     parts = [f"Goal:\n{goal.strip()}"]
     if check:
         state = "passes" if check_passed else "FAILS"

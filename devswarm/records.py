@@ -188,9 +188,9 @@ class RecordLog:
     def write(self, kind: str, **fields: Any) -> None:
         """Append one record: ``{"kind": kind, "recorded_at": now(), **fields}``.
 
-        ``kind`` is a table name (or its singular); an unknown kind raises ValueError, since it is
-        a programming error that would otherwise vanish silently at import. Values that JSON
-        can't encode are written with ``str``.
+        ``kind`` is a table name or its singular, written as given; an unknown kind raises
+        ValueError, since it is a programming error that would otherwise vanish silently at
+        import. Values that JSON can't encode are written with ``str``.
         """
         table = table_for(kind)
         if table is None:
@@ -198,7 +198,7 @@ class RecordLog:
         for (tname, col), limit in TEXT_LIMITS.items():
             if tname == table.name and isinstance(fields.get(col), str):
                 fields[col] = truncate_utf8(fields[col], limit)
-        record = {"kind": table.name, RECORDED_AT: now(), **fields}
+        record = {"kind": kind, RECORDED_AT: now(), **fields}
         line = (json.dumps(record, default=str) + "\n").encode()
         with self._lock:
             if self._file is None:

@@ -99,12 +99,29 @@ def scrubbed_env(
     return env
 
 
+# /run holds sockets (docker, user session buses, services); sockets on a read-only mount still
+# accept connections, so it is replaced by an empty tmpfs. A command with no network needs none.
 _BWRAP_FLAGS = (
     "--ro-bind", "/", "/",
     "--dev", "/dev",
     "--proc", "/proc",
     "--tmpfs", "/tmp",
+    "--tmpfs", "/run",
 )  # fmt: skip
+# Credentials commonly kept in a home folder: hidden inside bubblewrap (readable otherwise).
+DEFAULT_HIDDEN = (
+    "~/.ssh",
+    "~/.aws",
+    "~/.azure",
+    "~/.config/gcloud",
+    "~/.config/gh",
+    "~/.docker",
+    "~/.kube",
+    "~/.gnupg",
+    "~/.git-credentials",
+    "~/.netrc",
+    "~/.pypirc",
+)
 _BWRAP_ISOLATION = ("--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session")
 
 
@@ -170,17 +187,26 @@ def _git_dirs(cwd: str) -> list[str]:
     return [d for d in dict.fromkeys(found) if os.path.isdir(d)]
 
 
-def bwrap_argv(cwd: Path, writable: Sequence[Path] = ()) -> list[str]:
-    """The bubblewrap prefix: read-only root, private /tmp, `cwd` and `writable` writable.
+def bwrap_argv(
+    cwd: Path, writable: Sequence[Path] = (), hidden: Sequence[Path | str] = ()
+) -> list[str]:
+    """The bubblewrap prefix: read-only root, private /tmp, `cwd` and `writable` writable,
+    `hidden` (and DEFAULT_HIDDEN) replaced by an empty folder or file.
 
-    Mount order matters (later mounts land on top). --tmpfs /tmp comes first, so a worktree
-    under /tmp is bound on top of the fresh /tmp rather than hidden by it; the git folders the
-    worktree needs are bound back read-only next (they may live under /tmp too); then the
-    writable paths; last, a `.git` in `cwd` is bound read-only again: an agent must not rewrite
-    the repository's config or hooks, which devswarm's own git commands run outside the sandbox.
+    Mount order matters (later mounts land on top). The fresh /tmp and the hidden paths come
+    first; then the git folders the worktree needs, read-only (they may live under /tmp or a
+    hidden data folder); then the writable paths; last, a `.git` in `cwd` is bound read-only
+    again: an agent must not rewrite the repository's config or hooks, which devswarm's own git
+    commands run outside the sandbox.
     """
     real_cwd = os.path.realpath(cwd)
     argv = [shutil.which("bwrap") or "bwrap", *_BWRAP_FLAGS]
+    for path in (*DEFAULT_HIDDEN, *hidden):
+        real = os.path.realpath(os.path.expanduser(path))
+        if os.path.isdir(real):
+            argv += ["--tmpfs", real]
+        elif os.path.exists(real):
+            argv += ["--ro-bind", "/dev/null", real]
     for gitdir in sorted(_git_dirs(real_cwd), key=len):  # parents before children
         argv += ["--ro-bind", gitdir, gitdir]
     for path in (real_cwd, *writable):
@@ -208,7 +234,7 @@ def _ulimit_prefix(limits: ResourceLimits) -> str:
     cpu = max(1, cap(resource.RLIMIT_CPU, limits.cpu_seconds))
     mem_kib = max(1, cap(resource.RLIMIT_AS, limits.memory_bytes) // 1024)
     fsize_kib = max(1, cap(resource.RLIMIT_FSIZE, limits.file_size_bytes) // 1024)
-    return f"ulimit -t {cpu} -v {mem_kib} -f {fsize_kib} || exit 126"
+    return f"ulimit -t {cpu} -v {mem_kib} -f {fsize_kib}"
 
 
 def _snap(head: str | bytes, tail: str | bytes) -> tuple[str | bytes, str | bytes]:
@@ -294,13 +320,16 @@ def run_command(
     limits: ResourceLimits | None = None,
     use_bwrap: bool | None = None,
     writable: Sequence[Path] = (),
+    hidden: Sequence[Path] = (),
 ) -> CommandResult:
     """Run `bash -c command` in `cwd`; kill it and everything it started after `timeout` s.
 
     stdin is /dev/null; stdout and stderr go, interleaved, to one temporary file whose head
     and tail (within `output_limit` characters) are returned. `env` defaults to the scrubbed
     os.environ. `use_bwrap`: None = bubblewrap when it works here, True = require it,
-    False = never. `writable` adds paths writable inside bubblewrap besides `cwd`.
+    False = never. Inside bubblewrap, `writable` adds writable paths besides `cwd`, and
+    `hidden` paths (e.g. devswarm's data folder, with its database socket and other runs'
+    records) look empty; the worktree and its git folders stay visible even when inside one.
     """
     cwd = Path(cwd)
     if not cwd.is_dir():
@@ -313,12 +342,12 @@ def run_command(
     argv = [
         "bash",
         "-c",
-        _ulimit_prefix(limits or ResourceLimits()) + ' && exec bash -c "$1"',
+        _ulimit_prefix(limits or ResourceLimits()) + ' || exit 126; exec bash -c "$1"',
         "bash",
         command,
     ]
     if sandboxed:
-        argv = [*bwrap_argv(cwd, writable), *argv]
+        argv = [*bwrap_argv(cwd, writable, hidden), *argv]
         child_env["TMPDIR"] = "/tmp"  # the only temporary folder that is writable inside
 
     started = time.monotonic()

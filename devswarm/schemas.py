@@ -18,9 +18,13 @@ def slug(text: str, limit: int = 40) -> str:
 class TaskSpec(BaseModel):
     """One unit of work a planner hands to a worker."""
 
-    id: str = Field(description="Short unique id, lowercase words joined by '-', e.g. 'add-tokenizer'.")
+    id: str = Field(
+        description="Short unique id, lowercase words joined by '-', e.g. 'add-tokenizer'."
+    )
     title: str = Field(description="One line: what the task delivers.")
-    description: str = Field(description="What to change and why; enough for someone new to the code.")
+    description: str = Field(
+        description="What to change and why; enough for someone new to the code."
+    )
     acceptance: list[str] = Field(
         default_factory=list, description="Concrete, checkable acceptance criteria."
     )
@@ -70,7 +74,9 @@ class Verdict(BaseModel):
         "stop: no further progress is possible."
     )
     reasons: str = Field(description="Why, in a few sentences, citing evidence.")
-    score: float = Field(default=0.0, ge=0.0, le=1.0, description="How much of the goal is met, 0-1.")
+    score: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="How much of the goal is met, 0-1."
+    )
 
 
 class PlannedTask(BaseModel):

@@ -321,11 +321,15 @@ LEFT JOIN (
 }
 
 
-def _is_lock_error(exc: duckdb.Error) -> bool:
-    # Another process holds the file (IOException "Could not set lock"), or this process has it
-    # open with another configuration (ConnectionException).
+def _is_lock_error(exc: BaseException) -> bool:
+    # Another process holds the file (IOException "Could not set lock ... Conflicting lock"), or
+    # this process has it open with another configuration (ConnectionException).
     text = str(exc)
-    return "lock" in text.lower() or "different configuration" in text
+    return (
+        "Could not set lock" in text
+        or "Conflicting lock" in text
+        or "different configuration" in text
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -407,9 +411,8 @@ class Store:
             raise
 
     def _version(self) -> int:
-        return self._con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[
-            0
-        ]
+        row = self._con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        return row[0]
 
     def _version_ok(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -627,7 +630,7 @@ def open_readonly(path: Path, *, attempts: int = 5) -> Store:
     try:
         return Store(path, read_only=True)
     except UserError as exc:
-        if not (exc.__cause__ is not None and _is_lock_error(exc.__cause__)):  # type: ignore[arg-type]
+        if exc.__cause__ is None or not _is_lock_error(exc.__cause__):
             raise
     wal = path.with_name(path.name + ".wal")
     for attempt in range(attempts):

@@ -32,7 +32,11 @@ class StuckDetector:
             return f"same action and result repeated {self.t.same_action_result} times: {s[-1][0][:80]}"
         if s and s[-1][2] and _tail_equal(s, self.t.same_error, key=lambda x: x[2]):
             return f"same error repeated {self.t.same_error} times: {s[-1][2]}"
-        if s and s[-1][0] == "(no tool call)" and _tail_equal(s, self.t.no_tool_calls, key=lambda x: x[0]):
+        if (
+            s
+            and s[-1][0] == "(no tool call)"
+            and _tail_equal(s, self.t.no_tool_calls, key=lambda x: x[0])
+        ):
             return f"{self.t.no_tool_calls} replies in a row without a tool call"
         n = 2 * self.t.alternation
         if len(s) >= n:

@@ -6,7 +6,9 @@ be called directly by a test with a plain model function.
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import threading
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from devswarm.sandbox import run_command, scrubbed_env
 from devswarm.schemas import CheckResult, Plan, PlannedTask, Verdict, WorkerReport, slug
 from devswarm.store import Store
 from devswarm.toolbox import Toolbox
-from devswarm.workspace import LandResult, Workspace, check_branch_name
+from devswarm.workspace import ConflictError, LandResult, Workspace, check_branch_name
 
 CallFactory = Callable[["Run", str], ModelFn]  # (run, agent_id) -> model function
 LandFn = Callable[[Workspace, Path], LandResult]
@@ -45,7 +47,7 @@ def get_run(run_id: str) -> Run:
 
 def new_run_name(repo: Path) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{slug(repo.name, 24)}-{stamp}"
+    return f"{slug(repo.name, 24)}-{stamp}-{secrets.token_hex(2)}"
 
 
 def safe_name(agent_id: str) -> str:
@@ -60,7 +62,12 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
         for attempt in range(1, attempts + 1):
             try:
                 return run.client.chat(
-                    request, run_id=run.run_id, agent_id=agent_id, step=step, attempt=attempt, log=log
+                    request,
+                    run_id=run.run_id,
+                    agent_id=agent_id,
+                    step=step,
+                    attempt=attempt,
+                    log=log,
                 )
             except ModelCallError as exc:
                 if not exc.transient or attempt == attempts:
@@ -84,7 +91,9 @@ class Run:
         self.dir = config.home / "runs" / self.run_id
         self.workspace = Workspace(repo, config.home / "repos" / _repo_key(repo), self.branch)
         self.workspace.prune()
-        self.ledger = Ledger(config.budget.max_tokens, config.budget.max_cost_usd, config.budget.max_wall_seconds)
+        self.ledger = Ledger(
+            config.budget.max_tokens, config.budget.max_cost_usd, config.budget.max_wall_seconds
+        )
         models = {config.models.planner, config.models.worker, config.models.judge}
         self.client = ModelClient(
             config.base_url,
@@ -100,6 +109,7 @@ class Run:
         self.hot_files: Counter[str] = Counter()
         self.stop_reason: str | None = None
         self.started_at = now()
+        self.starts: dict[str, str] = {}  # agent id or task key -> when it started
         self._check_cache: dict[str, CheckResult] = {}
         self._check_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -113,7 +123,9 @@ class Run:
     def agent_log(self, agent_id: str) -> RecordLog:
         with self._lock:
             if agent_id not in self._logs:
-                self._logs[agent_id] = RecordLog(self.dir / "records" / f"{safe_name(agent_id)}.jsonl")
+                self._logs[agent_id] = RecordLog(
+                    self.dir / "records" / f"{safe_name(agent_id)}.jsonl"
+                )
             return self._logs[agent_id]
 
     def transcript(self, agent_id: str) -> Path:
@@ -173,9 +185,15 @@ class Run:
     def env(self) -> dict[str, str]:
         return scrubbed_env(secrets=self.secrets)
 
-    def run_check(self, command: str, cwd: Path) -> CheckResult:
+    def run_check(self, command: str, cwd: Path, *, sandboxed: bool = True) -> CheckResult:
+        """Run a shell check in a worktree (sandboxed: agents' code runs in it)."""
         result = run_command(
-            command, cwd, timeout=self.config.command_timeout, env=self.env(), use_bwrap=self.config.use_bwrap
+            command,
+            cwd,
+            timeout=self.config.command_timeout,
+            env=self.env(),
+            use_bwrap=self.config.use_bwrap if sandboxed else False,
+            hidden=[self.config.home],
         )
         return CheckResult(
             command=command,
@@ -193,7 +211,9 @@ class Run:
             lock = self._check_locks.setdefault(commit, threading.Lock())
         with lock:
             if commit not in self._check_cache:
-                wt = self.workspace.add_worktree(f"check-{commit[:12]}-{threading.get_ident()}", commit)
+                wt = self.workspace.add_worktree(
+                    f"check-{commit[:12]}-{threading.get_ident()}", commit
+                )
                 try:
                     self._setup(wt)
                     self._check_cache[commit] = self.run_check(command, wt)
@@ -204,7 +224,8 @@ class Run:
     def _setup(self, worktree: Path) -> CheckResult | None:
         if not self.config.setup:
             return None
-        return self.run_check(self.config.setup, worktree)
+        # The user's own setup (e.g. pip install) may need the network: not sandboxed.
+        return self.run_check(self.config.setup, worktree, sandboxed=False)
 
 
 def _repo_key(repo: Path) -> str:
@@ -299,8 +320,20 @@ def work_task(
     cfg = run.config
     agent_id = worker_id(run, task, attempt)
     log = run.agent_log(agent_id)
-    report = WorkerReport(task_key=task.key, agent_id=agent_id, status="error", records=str(log.path))
-    _agent_row(run, log, agent_id, "worker", task.cycle, task.plan_path, task.key, cfg.models.worker, "running")
+    report = WorkerReport(
+        task_key=task.key, agent_id=agent_id, status="error", records=str(log.path)
+    )
+    _agent_row(
+        run,
+        log,
+        agent_id,
+        "worker",
+        task.cycle,
+        task.plan_path,
+        task.key,
+        cfg.models.worker,
+        "running",
+    )
     _task_row(run, task, "running", worker=agent_id, attempts=attempt, started=True)
     outcome: Outcome | None = None
     wt: Path | None = None
@@ -311,7 +344,10 @@ def work_task(
         wt = run.workspace.add_worktree(safe_name(agent_id), task.base_commit)
         setup = run._setup(wt)
         if setup is not None and not setup.passed:
-            report.status, report.reason = "setup_failed", f"setup `{setup.command}` failed: {setup.output[-2000:]}"
+            report.status, report.reason = (
+                "setup_failed",
+                f"setup `{setup.command}` failed: {setup.output[-2000:]}",
+            )
             return report
         agent = Agent(
             agent_id=agent_id,
@@ -324,6 +360,8 @@ def work_task(
                 command_timeout=cfg.command_timeout,
                 env=run.env(),
                 use_bwrap=cfg.use_bwrap,
+                secrets=run.secrets,
+                hidden=[cfg.home],
             ),
             system=prompts.WORKER,
             user=prompts.worker_user(task, ""),
@@ -344,12 +382,34 @@ def work_task(
             report.handoff = _handoff(outcome.finish)
         elif not report.handoff:
             report.handoff = report.reason or ""
-        _agent_end(run, log, agent_id, "worker", task.cycle, task.plan_path, task.key, cfg.models.worker, outcome, report)
-        _task_row(run, task, report.status, worker=agent_id, attempts=attempt, reason=report.reason, commit=report.commit, ended=True)
+        _agent_end(
+            run,
+            log,
+            agent_id,
+            "worker",
+            task.cycle,
+            task.plan_path,
+            task.key,
+            cfg.models.worker,
+            outcome,
+            report,
+        )
+        _task_row(
+            run,
+            task,
+            report.status,
+            worker=agent_id,
+            attempts=attempt,
+            reason=report.reason,
+            commit=report.commit,
+            ended=True,
+        )
     return report
 
 
-def _finish_work(run: Run, agent: Agent, task: PlannedTask, wt: Path, report: WorkerReport, land: LandFn) -> None:
+def _finish_work(
+    run: Run, agent: Agent, task: PlannedTask, wt: Path, report: WorkerReport, land: LandFn
+) -> None:
     """After the agent finishes: checks (with turns back to the agent), commit, land, conflicts."""
     cfg = run.config
     ws = run.workspace
@@ -381,10 +441,19 @@ def _finish_work(run: Run, agent: Agent, task: PlannedTask, wt: Path, report: Wo
             agent.tell(failure)
             agent.run()
             continue
-        if ws.conflict_markers_left(wt):
-            sha = ws.continue_conflict(wt)
-        else:
+        try:
             sha = ws.commit(wt, _commit_message(task), _trailers(run, task, report.agent_id))
+        except ConflictError as exc:  # the agent finished with conflict markers left
+            if conflict_turns > cfg.conflict_turns:
+                report.status, report.reason = (
+                    "abandoned",
+                    f"conflict markers left in {', '.join(exc.files)}",
+                )
+                return
+            conflict_turns += 1
+            agent.tell(prompts.conflict(exc.files, []))
+            agent.run()
+            continue
         if sha is None and not _ahead(ws, wt, task.base_commit):
             report.status, report.reason = "failed", "the worker finished without changing anything"
             return
@@ -401,7 +470,10 @@ def _finish_work(run: Run, agent: Agent, task: PlannedTask, wt: Path, report: Wo
         for f in result.conflict_files:
             run.hot_files[f] += 1
         if conflict_turns >= cfg.conflict_turns:
-            report.status, report.reason = "abandoned", f"unresolved conflicts in {', '.join(result.conflict_files)}"
+            report.status, report.reason = (
+                "abandoned",
+                f"unresolved conflicts in {', '.join(result.conflict_files)}",
+            )
             report.conflicts = conflict_turns + 1
             return
         conflict_turns += 1
@@ -436,7 +508,9 @@ def _handoff(finish: dict[str, Any]) -> str:
 # -- judge ----------------------------------------------------------------------------------
 
 
-def judge_cycle(run: Run, calls: CallFactory, *, cycle: int, reports: list[WorkerReport]) -> tuple[Verdict, CheckResult | None]:
+def judge_cycle(
+    run: Run, calls: CallFactory, *, cycle: int, reports: list[WorkerReport]
+) -> tuple[Verdict, CheckResult | None]:
     """Run the full check on the tip and let the judge decide: continue, done or stop."""
     cfg = run.config
     agent_id = f"judge/{run.run_id}/c{cycle}"
@@ -459,7 +533,10 @@ def judge_cycle(run: Run, calls: CallFactory, *, cycle: int, reports: list[Worke
                 cfg.check,
                 check.passed if check else None,
                 check.output[-4000:] if check else "",
-                [r.model_dump(include={"task_key", "status", "reason", "handoff"}) for r in reports],
+                [
+                    r.model_dump(include={"task_key", "status", "reason", "handoff"})
+                    for r in reports
+                ],
                 {k: v for k, v in run.ledger.left().items() if k != "seconds"},
             ),
             limits=cfg.limits,
@@ -473,7 +550,10 @@ def judge_cycle(run: Run, calls: CallFactory, *, cycle: int, reports: list[Worke
         run.workspace.remove_worktree(wt)
     _agent_end(run, log, agent_id, "judge", cycle, "", None, cfg.models.judge, outcome)
     if outcome.answer is None:
-        verdict = Verdict(decision="stop", reasons=f"the judge ended without a verdict: {outcome.status} {outcome.reason}")
+        verdict = Verdict(
+            decision="stop",
+            reasons=f"the judge ended without a verdict: {outcome.status} {outcome.reason}",
+        )
     else:
         verdict = Verdict.model_validate(outcome.answer)
     return verdict, check
@@ -482,7 +562,17 @@ def judge_cycle(run: Run, calls: CallFactory, *, cycle: int, reports: list[Worke
 # -- rows -----------------------------------------------------------------------------------
 
 
-def _agent_row(run: Run, log: RecordLog, agent_id: str, role: str, cycle: int, plan_path: str, task_key: str | None, model: str, status: str) -> None:
+def _agent_row(
+    run: Run,
+    log: RecordLog,
+    agent_id: str,
+    role: str,
+    cycle: int,
+    plan_path: str,
+    task_key: str | None,
+    model: str,
+    status: str,
+) -> None:
     log.write(
         "agent",
         agent_id=agent_id,
@@ -495,7 +585,7 @@ def _agent_row(run: Run, log: RecordLog, agent_id: str, role: str, cycle: int, p
         request_model=model,
         status=status,
         steps=0,
-        started_at=now(),
+        started_at=run.starts.setdefault(agent_id, now()),
         span_id=span_id(agent_id),
         parent_span_id=span_id(run.run_id, str(cycle)),
     )
@@ -515,7 +605,6 @@ def _agent_end(
 ) -> None:
     status = report.status if report else (outcome.status if outcome else "error")
     # Re-emit the whole row: the last line per key wins on import.
-    first = next((r for r in _read_agent_start(log, agent_id)), {})
     log.write(
         "agent",
         agent_id=agent_id,
@@ -528,20 +617,12 @@ def _agent_end(
         request_model=model,
         status=status,
         steps=outcome.steps if outcome else 0,
-        started_at=first.get("started_at"),
+        started_at=run.starts.get(agent_id),
         ended_at=now(),
         handoff=(report.handoff if report else (outcome.reason if outcome else "")) or None,
         span_id=span_id(agent_id),
         parent_span_id=span_id(run.run_id, str(cycle)),
     )
-
-
-def _read_agent_start(log: RecordLog, agent_id: str):
-    from devswarm.records import read_records
-
-    for rec in read_records(log.path):
-        if rec.get("kind") == "agent" and rec.get("agent_id") == agent_id:
-            yield rec
 
 
 def _task_row(
@@ -556,8 +637,6 @@ def _task_row(
     started: bool = False,
     ended: bool = False,
 ) -> None:
-    import json
-
     log = run.agent_log(worker) if worker else run.agent_log(task.planner_agent_id)
     fields: dict[str, Any] = {
         "run_id": run.run_id,
@@ -578,18 +657,15 @@ def _task_row(
         "commit_sha": commit,
     }
     if started:
-        task_starts[(run.run_id, task.key)] = now()
-    fields["started_at"] = task_starts.get((run.run_id, task.key))
+        run.starts[task.key] = now()
+    fields["started_at"] = run.starts.get(task.key)
     fields["ended_at"] = now() if ended else None
     log.write("task", **fields)
 
 
-task_starts: dict[tuple[str, str], str] = {}
-
-
-def _landing_row(run: Run, task: PlannedTask, agent_id: str, result: LandResult, started: str, *, resolved: bool) -> None:
-    import json
-
+def _landing_row(
+    run: Run, task: PlannedTask, agent_id: str, result: LandResult, started: str, *, resolved: bool
+) -> None:
     run.agent_log(agent_id).write(
         "landing",
         landing_id=span_id(agent_id, "landing", started),

@@ -20,7 +20,7 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -268,9 +268,11 @@ class Toolbox:
         use_bwrap: bool | None = None,
         limits: ResourceLimits | None = None,
         secrets: Iterable[str] = (),
+        hidden: Sequence[Path] = (),
     ) -> None:
         """`env` (default os.environ) is scrubbed of credentials, and of any variable whose
-        value contains one of `secrets` (pass the model API key), before a command sees it."""
+        value contains one of `secrets` (pass the model API key), before a command sees it.
+        `hidden` paths look empty to commands run under bubblewrap (pass the data folder)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"toolbox root is not a folder: {root}")
@@ -281,6 +283,7 @@ class Toolbox:
         self.env = scrubbed_env(os.environ if env is None else env, secrets=secrets)
         self.use_bwrap = use_bwrap
         self.limits = limits
+        self.hidden = tuple(hidden)
         self._pcre = True  # git grep -P until git says it was built without PCRE
 
     def tool_names(self) -> list[str]:
@@ -367,8 +370,8 @@ class Toolbox:
     # -- helpers ------------------------------------------------------------------------------
 
     def _rel(self, real: Path | str) -> str:
-        rel = os.path.relpath(real, self.real_root)
-        return PurePosixPath(*Path(rel).parts).as_posix() if rel != "." else "."
+        """A real path inside root as the model sees it: relative to root, '.' for root."""
+        return os.path.relpath(real, self.real_root)
 
     def _existing(self, path: str) -> Path:
         target = resolve_inside(self.root, path)
@@ -428,7 +431,7 @@ class Toolbox:
                 full = os.path.join(self.real_root, name)
                 # --cached lists files deleted from the work tree; --others lists nested repos
                 if os.path.islink(full) or os.path.isfile(full):
-                    files.append(name.rstrip("/"))
+                    files.append(name)
             return sorted(files)
         if target.is_file() or target.is_symlink():
             return [rel]
@@ -553,7 +556,9 @@ class Toolbox:
             )
         at = text.index(a.old)
         line = text.count("\n", 0, at) + 1
-        self._write(target, text.replace(a.old, a.new, 1).encode("utf-8", "surrogateescape"))
+        # a lone surrogate from the model's JSON can't be encoded: replace it, don't crash
+        new = a.new.encode("utf-8", errors="replace").decode("utf-8")
+        self._write(target, text.replace(a.old, new, 1).encode("utf-8", "surrogateescape"))
         return (
             f"edited {rel} at line {line}: replaced {a.old.count(chr(10)) + 1} line(s) "
             f"with {a.new.count(chr(10)) + 1} line(s)"
@@ -569,7 +574,7 @@ class Toolbox:
             near = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip() == first][:5]
             if near:
                 where = ", ".join(map(str, near))
-                message += f"; its first line appears, with other whitespace, at line {where}"
+                message += f"; its first line (ignoring indentation) is at line {where}"
         return message
 
     def _search(self, a: SearchArgs) -> str:
@@ -689,6 +694,7 @@ class Toolbox:
             env=self.env,
             limits=self.limits,
             use_bwrap=self.use_bwrap,
+            hidden=self.hidden,
         )
         if result.timed_out:
             raise ToolError(

@@ -387,15 +387,10 @@ class Workspace:
                     f"{self.home} holds a clone of {url.strip() or 'another repository'}, "
                     f"not {self.user_repo}; use another data folder"
                 )
-            _git(
-                self.clone,
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--prune",
-                "--no-auto-maintenance",
-                "origin",
-            )
+            fetch = ("fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin")
+            proc = _git(self.clone, *fetch, check=False)
+            if proc.returncode != 0:
+                raise UserError(f"cannot refresh {self.clone}: {_first_line(proc.stderr)}")
             return
         if self.clone.exists():  # clones are renamed into place whole, so this is not ours
             raise UserError(
@@ -577,10 +572,15 @@ class Workspace:
     # -- commits ------------------------------------------------------------------------------
 
     def commit(self, worktree: Path, message: str, trailers: dict[str, str]) -> str | None:
-        """Commit everything in the worktree with `message` and a trailer block; None if unchanged."""
+        """Commit everything in the worktree with `message` and a trailer block; None if unchanged.
+
+        During a conflict turn it first finishes the rebase (continue_conflict, which raises
+        ConflictError if markers are left) and returns the resolved HEAD if nothing else changed.
+        """
+        resolved = self.continue_conflict(worktree) if self.in_conflict(worktree) else None
         _git(worktree, "add", "-A")
         if _git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
-            return None
+            return resolved
         _git(
             worktree,
             "commit",
@@ -660,6 +660,10 @@ class Workspace:
         return result
 
     def _land_in_lane(self, wt: Path, gate: Callable[[str], str | None] | None) -> LandResult:
+        if self.in_conflict(wt):
+            return LandResult(
+                status="error", reason="a conflict turn is open: continue_conflict() or abort first"
+            )
         retries = 0
         last_err = ""
         for _ in range(MAX_CAS_RETRIES + 1):
@@ -732,7 +736,7 @@ class Workspace:
         proc = _git(wt, "rebase", "--quiet", tip, check=False)
         if proc.returncode == 0:
             return None
-        if not self._rebasing(wt):
+        if not self.in_conflict(wt):
             return LandResult(
                 status="error", commit=head, old_tip=tip, reason=_first_line(proc.stderr)
             )
@@ -758,7 +762,7 @@ class Workspace:
         """Rebase the worktree onto `onto`, leaving conflict markers; the conflicted paths
         ([] if the rebase went through cleanly, e.g. because the branch moved on)."""
         wt = Path(worktree)
-        if self._rebasing(wt):
+        if self.in_conflict(wt):
             return self._unmerged(wt)
         commit = _rev(wt, onto)
         if commit is None:
@@ -766,7 +770,7 @@ class Workspace:
         proc = _git(wt, "rebase", "--quiet", commit, check=False)
         if proc.returncode == 0:
             return []
-        files = self._unmerged(wt) if self._rebasing(wt) else []
+        files = self._unmerged(wt) if self.in_conflict(wt) else []
         if not files:
             self.abort_conflict(wt)
             raise GitError(f"git rebase failed: {_first_line(proc.stderr)}", proc.stderr)
@@ -799,11 +803,11 @@ class Workspace:
         left = self.conflict_markers_left(wt)
         if left:
             raise ConflictError(f"conflict markers left in {', '.join(left)}", left)
-        if self._rebasing(wt):
+        if self.in_conflict(wt):
             _git(wt, "add", "-A")
             proc = _git(wt, "rebase", "--continue", check=False)
             if proc.returncode != 0:
-                files = self._unmerged(wt) if self._rebasing(wt) else []
+                files = self._unmerged(wt) if self.in_conflict(wt) else []
                 if files:
                     (self._git_dir(wt) / _CONFLICT_RECORD).write_text(
                         "\0".join(files), errors="surrogateescape"
@@ -818,7 +822,7 @@ class Workspace:
     def abort_conflict(self, worktree: Path) -> None:
         """Give up the conflict turn: the worktree returns to its commits before the rebase."""
         wt = Path(worktree)
-        if self._rebasing(wt):
+        if self.in_conflict(wt):
             _git(wt, "rebase", "--abort", check=False)
         (self._git_dir(wt) / _CONFLICT_RECORD).unlink(missing_ok=True)
 
@@ -831,8 +835,9 @@ class Workspace:
             return wt / dot_git.read_text().split(":", 1)[1].strip()
         return dot_git
 
-    def _rebasing(self, wt: Path) -> bool:
-        gd = self._git_dir(wt)
+    def in_conflict(self, worktree: Path) -> bool:
+        """True while a conflict turn (a stopped rebase) is open in the worktree."""
+        gd = self._git_dir(Path(worktree))
         return (gd / "rebase-merge").exists() or (gd / "rebase-apply").exists()
 
     @staticmethod

@@ -19,7 +19,9 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs:
     return pool.submit(ctx.run, fn, *args, **kwargs)
 
 
-def map_concurrently(fn: Callable[[Any], T], items: Iterable[Any], max_workers: int) -> Iterator[tuple[Any, Future[T]]]:
+def map_concurrently(
+    fn: Callable[[Any], T], items: Iterable[Any], max_workers: int
+) -> Iterator[tuple[Any, Future[T]]]:
     """Yield (item, finished future) in completion order, at most max_workers at once."""
     items = list(items)
     if not items:

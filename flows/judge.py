@@ -18,7 +18,11 @@ def judge(run_id: str, cycle: int, reports: list[WorkerReport]) -> Verdict:
     create_markdown_artifact(
         key="judge-verdict",
         markdown=f"# Cycle {cycle}: {verdict.decision}\n\nscore {verdict.score:.2f}\n\n{verdict.reasons}\n\n"
-        + (f"check on tip: {'passes' if check.passed else 'fails'}" if check else "no repository check"),
+        + (
+            f"check on tip: {'passes' if check.passed else 'fails'}"
+            if check
+            else "no repository check"
+        ),
         description=f"Judge verdict, cycle {cycle}",
     )
     return verdict

@@ -56,9 +56,17 @@ def _artifact(plan_path: str, cycle: int, the_plan, tasks: list[PlannedTask]) ->
     from prefect.artifacts import create_table_artifact
 
     rows = [
-        {"task": t.key, "title": t.spec.title, "files": ", ".join(t.spec.files), "check": t.check or ""}
+        {
+            "task": t.key,
+            "title": t.spec.title,
+            "files": ", ".join(t.spec.files),
+            "check": t.check or "",
+        }
         for t in tasks
-    ] + [{"task": f"scope:{s.name}", "title": s.goal, "files": ", ".join(s.paths), "check": ""} for s in the_plan.scopes]
+    ] + [
+        {"task": f"scope:{s.name}", "title": s.goal, "files": ", ".join(s.paths), "check": ""}
+        for s in the_plan.scopes
+    ]
     create_table_artifact(
         key=f"plan-{plan_path}".replace(".", "-").replace("_", "-").lower()[:60],
         table=rows or [{"task": "(none)", "title": the_plan.summary, "files": "", "check": ""}],

@@ -16,7 +16,11 @@ from devswarm.config import SwarmConfig
 
 def run_swarm(config: SwarmConfig) -> dict[str, Any]:
     """Run the swarm flow in this process and return its summary."""
+    from devswarm.swarm import new_run_name
     from flows.swarm import swarm
+
+    if not config.run_name:
+        config = config.model_copy(update={"run_name": new_run_name(config.repo)})
 
     # The key never travels as a flow parameter (Prefect stores parameters); the flow reads it
     # from the environment or the provider block.
@@ -34,7 +38,9 @@ def flow_run_tree(client: Any, root: Any) -> list[Any]:
     ids, frontier = [root], [root]
     while frontier:
         children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)),
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+            ),
             limit=200,
         )
         frontier = [c.id for c in children if c.id not in ids]
@@ -59,7 +65,9 @@ def wait_for_history(flow_run_id: Any, timeout: float = 20.0) -> None:
     with get_client(sync_client=True) as client:
         ids = flow_run_tree(client, flow_run_id)
         while time.monotonic() < deadline:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200
+            )
             if runs and all(r.state is not None and r.state.is_final() for r in runs):
                 return
             time.sleep(0.5)

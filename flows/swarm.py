@@ -1,8 +1,8 @@
 """The swarm flow: cycles of plan → work → judge until the judge says done/stop or max_cycles.
 
-    swarm ── plan (root) ── sub-plans (concurrent, recursive)
-          ── work × N (concurrent, bounded, results streamed as they finish)
-          ── judge
+swarm ── plan (root) ── sub-plans (concurrent, recursive)
+      ── work × N (concurrent, bounded, results streamed as they finish)
+      ── judge
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import SecretStr
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import SecretStr
 
 from devswarm.config import SwarmConfig
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
@@ -30,12 +29,16 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
     logger = get_run_logger()
     if not config.api_key.get_secret_value():
         # Never a flow parameter (Prefect stores those): from the environment or a provider block.
-        config = config.model_copy(update={"api_key": SecretStr(os.environ.get("OPENAI_API_KEY", ""))})
+        config = config.model_copy(
+            update={"api_key": SecretStr(os.environ.get("OPENAI_API_KEY", ""))}
+        )
     run = Run(config)
     status, cycle, verdict = "running", 0, None
     run.record_run(status, 0, flow_run.id)
     for model in run.unpriced:
-        logger.warning("no known price for model %s: dollar caps count it at the fallback price", model)
+        logger.warning(
+            "no known price for model %s: dollar caps count it at the fallback price", model
+        )
     previous: str | None = None
     try:
         for cycle in range(1, config.max_cycles + 1):
@@ -58,7 +61,9 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
                 ended_at=_now(),
             )
             run.import_records()
-            logger.info("cycle %d: judge says %s (%s)", cycle, verdict.decision, verdict.reasons[:200])
+            logger.info(
+                "cycle %d: judge says %s (%s)", cycle, verdict.decision, verdict.reasons[:200]
+            )
             if verdict.decision != "continue":
                 break
             previous = _summary(verdict, reports)
@@ -91,9 +96,13 @@ def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
         try:
             report = fut.result()
         except Exception as exc:  # a crashed subflow (not a failed task) is reported, not fatal
-            report = WorkerReport(task_key=task.key, agent_id="", status="crashed", reason=str(exc)[:500])
+            report = WorkerReport(
+                task_key=task.key, agent_id="", status="crashed", reason=str(exc)[:500]
+            )
         reports.append(report)
-        run.import_records([p for p in [run.dir / "records" / "swarm.jsonl"] if p.exists()] + _agent_files(report))
+        run.import_records(
+            [p for p in [run.dir / "records" / "swarm.jsonl"] if p.exists()] + _agent_files(report)
+        )
     return reports
 
 
@@ -130,4 +139,6 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     md = "\n".join(f"- **{k}**: `{v}`" for k, v in summary.items() if k != "verdict")
-    create_markdown_artifact(key="swarm-summary", markdown=f"# Swarm run {summary['run_id']}\n\n{md}")
+    create_markdown_artifact(
+        key="swarm-summary", markdown=f"# Swarm run {summary['run_id']}\n\n{md}"
+    )

@@ -33,5 +33,7 @@ def _artifact(report: WorkerReport, task: PlannedTask) -> None:
         report.handoff or "(none)",
     ]
     create_markdown_artifact(
-        key=f"work-{task.spec.id}"[:60], markdown="\n".join(lines), description=f"Worker report for {task.key}"
+        key=f"work-{task.spec.id}"[:60],
+        markdown="\n".join(lines),
+        description=f"Worker report for {task.key}",
     )

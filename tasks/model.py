@@ -54,11 +54,18 @@ def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -
     attempt = task_run.run_count or 1
     try:
         return run.client.chat(
-            request, run_id=run_id, agent_id=agent_id, step=step, attempt=attempt, log=run.agent_log(agent_id)
+            request,
+            run_id=run_id,
+            agent_id=agent_id,
+            step=step,
+            attempt=attempt,
+            log=run.agent_log(agent_id),
         )
     except ModelCallError as exc:
         if exc.transient and attempt < MAX_ATTEMPTS:
-            time.sleep(min(exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt, 60.0))
+            time.sleep(
+                min(exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt, 60.0)
+            )
         raise
 
 

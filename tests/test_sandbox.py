@@ -6,6 +6,7 @@ import http.server
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -431,3 +432,37 @@ def test_bwrap_worktree_of_a_shared_clone_under_tmp_can_read_git(tmp_path):
     assert "add-refused" in result.output  # devswarm commits for the agent, outside
     assert "rm-refused" in result.output
     assert (worktree / ".git").is_file()
+
+
+@NEEDS_BWRAP
+def test_bwrap_hidden_data_folder_keeps_the_worktree_and_hides_the_rest(tmp_path):
+    # The data folder is outside /tmp here, so only `hidden` can hide it.
+    data = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="devswarm-test-"))
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        (data / "records.jsonl").write_text("other run's records\n")
+        server.bind(str(data / "db.sock"))  # like the embedded PostgreSQL's socket
+        server.listen()
+        server.settimeout(5)
+        _git(data, "init", "-q", "clone")
+        (data / "clone" / "a.txt").write_text("a\n")
+        _git(data / "clone", "add", "a.txt")
+        _git(data / "clone", "commit", "-q", "-m", "first commit")
+        _git(data / "clone", "worktree", "add", "-q", str(data / "worktrees" / "w1"))
+        worktree = data / "worktrees" / "w1"
+        probe = (
+            f"cat {data}/records.jsonl; "
+            "python -c 'import socket; s = socket.socket(socket.AF_UNIX); "
+            f's.connect("{data}/db.sock"); print("connected")\'; '
+            "git log --oneline"
+        )
+        seen = run_command(probe, worktree, timeout=20, use_bwrap=True)
+        assert "other run's records" in seen.output and "connected" in seen.output  # control
+        server.accept()[0].close()
+        hidden = run_command(probe, worktree, timeout=20, use_bwrap=True, hidden=[data])
+        assert "other run's records" not in hidden.output
+        assert "connected" not in hidden.output
+        assert "first commit" in hidden.output
+    finally:
+        server.close()
+        shutil.rmtree(data)

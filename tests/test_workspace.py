@@ -220,6 +220,22 @@ def test_conflict_then_resolution_turn_lands_both_changes(repo: Path, tmp_path: 
     assert ws.land(wt_b).reason == "already on the branch"
 
 
+def test_commit_during_a_conflict_turn_finishes_the_rebase(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    base = ws.tip()
+    assert ws.land(work(ws, "a", {"src/a.py": "x = 2\n"}, base)).status == "landed"
+    wt_b = work(ws, "b", {"src/a.py": "x = 3\n"}, base)
+    assert ws.begin_conflict(wt_b, ws.tip()) == ["src/a.py"]
+    assert ws.in_conflict(wt_b)
+    assert ws.land(wt_b).status == "error"  # not while the rebase is stopped
+    with pytest.raises(ConflictError):
+        ws.commit(wt_b, "task b", TRAILERS)
+    (wt_b / "src" / "a.py").write_text("x = 3\n")
+    sha = ws.commit(wt_b, "task b", TRAILERS)
+    assert not ws.in_conflict(wt_b) and sha == git(wt_b, "rev-parse", "HEAD")
+    assert ws.land(wt_b).status == "landed" and ws.tip() == sha
+
+
 def test_abort_conflict_restores_the_worker_commit(repo: Path, tmp_path: Path) -> None:
     ws = Workspace(repo, tmp_path / "home", BRANCH)
     base = ws.tip()
@@ -386,6 +402,18 @@ def test_explicit_base_and_reopen(repo: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="already exists"):
         Workspace(repo, tmp_path / "home", "from-other", base="main")
+
+
+def test_reopen_keeps_landings_a_crash_kept_from_being_published(
+    repo: Path, tmp_path: Path
+) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    start = ws.tip()
+    assert ws.land(work(ws, "t", {"n.txt": "n\n"})).published
+    landed = ws.tip()
+    git(repo, "update-ref", f"refs/heads/{BRANCH}", start)  # as if the publish never happened
+    again = Workspace(repo, tmp_path / "home", BRANCH)
+    assert again.tip() == landed == user_tip(repo)
 
 
 def test_diverged_user_branch_is_reported_not_forced(repo: Path, tmp_path: Path) -> None:

@@ -1,0 +1,116 @@
+"""Shared fixtures: a real Prefect test server, real git repositories, the offline model server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "user@example.invalid",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "user@example.invalid",
+}
+
+
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run git as the user would (their identity), returning stdout."""
+    out = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env={**os.environ, **GIT_ENV, **(env or {})},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str], branch: str = "main") -> Path:
+    """A user repository with one commit holding `files`."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", branch)
+    for name, text in files.items():
+        f = path / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    git(path, "add", "-A")
+    git(path, "-c", "commit.gpgsign=false", "commit", "-q", "--no-verify", "-m", "initial")
+    return path
+
+
+def snapshot(repo: Path) -> dict[str, Any]:
+    """Everything of the user's repository a swarm must not touch (except its landing branch)."""
+    files = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+    return {
+        "head": git(repo, "symbolic-ref", "-q", "HEAD"),
+        "head_commit": git(repo, "rev-parse", "HEAD"),
+        "status": git(repo, "status", "--porcelain"),
+        "config": (repo / ".git" / "config").read_text(),
+        "branches": {
+            line.split()[1]: line.split()[0]
+            for line in git(
+                repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads"
+            ).splitlines()
+            if not line.split()[1].startswith("refs/heads/devswarm/")
+        },
+        "files": files,
+    }
+
+
+def chat_requests(log: Path) -> list[dict]:
+    """The offline server's request log, chat completions only."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [r for r in lines if r["path"].endswith("/chat/completions")]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One real (temporary) Prefect server for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(
+        tmp_path_factory.mktemp("prefect-results")
+    )
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def swarm_run(prefect_server: None, tmp_path: Path):
+    """Run a whole swarm through real Prefect against a scenario; returns (summary, request log)."""
+    from devswarm.config import Models, SwarmConfig
+    from devswarm.modelserver import ModelServer, Scenario
+    from flows.runtime import run_swarm
+
+    def run(scenario: dict, repo: Path, **options: Any) -> tuple[dict, Path]:
+        log = tmp_path / f"requests-{len(list(tmp_path.glob('requests-*')))}.jsonl"
+        with ModelServer(Scenario.from_data(scenario), log_path=log) as server:
+            cfg = SwarmConfig(
+                goal=options.pop("goal", "Make the tests pass."),
+                repo=repo,
+                base_url=server.url,
+                models=Models.single("offline-model"),
+                home=tmp_path / "data",
+                max_cycles=options.pop("max_cycles", 1),
+                max_workers=options.pop("max_workers", 4),
+                **options,
+            )
+            os.environ["OPENAI_API_KEY"] = "sk-test-secret-0123456789"
+            summary = run_swarm(cfg)
+        return summary, log
+
+    return run
