@@ -26,6 +26,7 @@ def _quiet_prefect() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
+    """Print one line on stderr and exit non-zero (shared by every command module)."""
     typer.secho(f"devswarm: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
@@ -211,6 +212,12 @@ def model_server(
         serve_forever(scenario, port=port, log_path=log)
     except UserError as exc:
         _fail(str(exc))
+
+
+from devswarm.commands import analysis, ops, server  # noqa: E402
+
+for _module in (analysis, ops, server):
+    _module.register(app)
 
 
 def main() -> None:

@@ -56,7 +56,9 @@ def run_demo(directory: Path) -> dict[str, Any]:
             raise UserError(f"{directory} exists and is not a demo folder; pass --dir NEW_DIR")
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    (directory / MARKER).write_text("made by `devswarm demo`; a new demo run replaces this folder\n")
+    (directory / MARKER).write_text(
+        "made by `devswarm demo`; a new demo run replaces this folder\n"
+    )
     repo = make_demo_repo(directory / "textkit")
     data = directory / "data"
     scenario = Scenario.load(DEMO / "scenario.json")
