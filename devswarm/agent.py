@@ -4,8 +4,15 @@
 
 Recoverable problems (unknown tool, bad arguments, a command timeout, an answer that fails its
 schema) go back to the model as messages; terminal ones (finished, limits, stuck, stopped) end
-the loop with a status. Records and the transcript are written after every step, so a crash
-never loses what happened.
+the loop with a status. Records and the transcript are written as they happen (each message a
+line, flushed before the next action), so a crash never loses what happened.
+
+Two fallbacks keep a task alive where the server is the problem:
+- `context_length_exceeded`: the request is sent once more with every tool output cut hard.
+- Structured output: a request with `response_format` that the server refuses (a 4xx, or a 5xx
+  still failing after the caller's retries: llama.cpp answers 500) is sent again without it,
+  with the JSON schema in the prompt; the agent remembers and sends no response_format again.
+  The JSON-in-text answer is validated with pydantic, and errors go back for a bounded retry.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ from devswarm.budget import BudgetExhausted
 from devswarm.config import AgentLimits
 from devswarm.llm import ModelCallError
 from devswarm.records import RecordLog, now, span_id
-from devswarm.stuck import StuckDetector
-from devswarm.toolbox import Toolbox
+from devswarm.stuck import NO_TOOL_CALL, StuckDetector
+from devswarm.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
 
-KEEP_RECENT = 8  # messages whose tool output is never shortened
+KEEP_RECENT = 8  # the last messages, whose tool outputs are not shortened
 TOOL_OUTPUT_BUDGET = 3000  # characters an older tool output may keep
+HARD_BUDGET = 600  # characters any tool output keeps after a context_length_exceeded
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
@@ -51,20 +59,44 @@ def shorten(text: str, keep: int) -> str:
     if len(text) <= keep:
         return text
     half = keep // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut from an old tool output ...]\n{text[-half:]}"
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters of tool output cut ...]\n{text[-half:]}"
 
 
 def prepare_messages(
-    messages: list[dict[str, Any]], budget: int = TOOL_OUTPUT_BUDGET
+    messages: list[dict[str, Any]],
+    budget: int = TOOL_OUTPUT_BUDGET,
+    keep_recent: int = KEEP_RECENT,
 ) -> list[dict[str, Any]]:
-    """Old tool outputs beyond a budget are shortened in what is sent (deterministically)."""
-    cut = len(messages) - KEEP_RECENT
+    """The messages to send: tool outputs older than the last `keep_recent` messages and longer
+    than `budget` characters keep their head and tail (deterministically, so a rerun sends the
+    same bytes). The agent's own history is never changed."""
+    cut = len(messages) - keep_recent
     out = []
     for i, m in enumerate(messages):
         if i < cut and m.get("role") == "tool" and len(m.get("content") or "") > budget:
             m = {**m, "content": shorten(m["content"], budget)}
         out.append(m)
     return out
+
+
+def schema_prompt(schema: type[BaseModel]) -> str:
+    """The instruction that replaces `response_format` on servers without structured output."""
+    return (
+        f"Answer format: when you give your final answer, reply with one JSON object (no code "
+        f"fences, no other text) that validates against this JSON schema of "
+        f"{schema.__name__}:\n"
+        + json.dumps(schema.model_json_schema(), separators=(",", ":"), sort_keys=True)
+    )
+
+
+def format_refused(exc: ModelCallError) -> bool:
+    """Whether a failed request with `response_format` may succeed without it: the server
+    refused the request (not the key, not the model) or kept failing with a 5xx."""
+    if exc.status is None or exc.error_type == "context_length_exceeded":
+        return False
+    if exc.status >= 500:
+        return True
+    return not exc.transient and exc.status not in (401, 403, 404)
 
 
 def parse_json_answer(content: str | None, schema: type[BaseModel]) -> BaseModel:
@@ -98,6 +130,10 @@ class Agent:
         stuck: StuckDetector | None = None,
         structured_output: bool = True,
     ) -> None:
+        """`call(request, step)` sends one chat request (retrying transient failures itself) and
+        returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
+        `answer_schema` the agent ends on a valid JSON answer; without one, on `finish`.
+        `structured_output=False`: never send `response_format` (the schema goes in the prompt)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -109,6 +145,8 @@ class Agent:
             {"role": "system", "content": system},
             {"role": "user", "content": user},
         ]
+        if answer_schema is not None and not structured_output:
+            self.messages.append({"role": "user", "content": schema_prompt(answer_schema)})
         self.outcome = Outcome(status="running")
         self.started = time.monotonic()
         self._saved = 0
@@ -138,16 +176,20 @@ class Agent:
 
     def tell(self, text: str) -> None:
         """Give the agent a new message (a failed check, a conflict) before running it again."""
-        self.messages.append({"role": "user", "content": text})
+        self._add({"role": "user", "content": text})
         self.outcome = Outcome(status="running", steps=self.outcome.steps, **self._usage())
-        self._save()
 
     # -- one step ---------------------------------------------------------------------------
 
-    def _query(self) -> dict[str, Any]:
+    def _request(self, shorten_hard: bool) -> dict[str, Any]:
+        messages = (
+            prepare_messages(self.messages, budget=HARD_BUDGET, keep_recent=0)
+            if shorten_hard
+            else prepare_messages(self.messages)
+        )
         request: dict[str, Any] = {
             "model": self.model,
-            "messages": prepare_messages(self.messages),
+            "messages": messages,
             "max_tokens": self.limits.max_output_tokens,
         }
         specs = self.toolbox.specs()
@@ -161,20 +203,35 @@ class Agent:
                     "schema": self.answer_schema.model_json_schema(),
                 },
             }
+        return request
+
+    def _query(self) -> dict[str, Any]:
         step = self.outcome.steps
-        try:
-            reply = self.call(request, step)
-        except ModelCallError as exc:
-            if exc.error_type != "context_length_exceeded":
+        shorten_hard = False
+        while True:  # at most three sends: each fallback below is taken once
+            request = self._request(shorten_hard)
+            try:
+                reply = self.call(request, step)
+                break
+            except ModelCallError as exc:
+                if exc.error_type == "context_length_exceeded" and not shorten_hard:
+                    shorten_hard = True  # cut every tool output and try once more
+                    continue
+                if "response_format" in request and format_refused(exc):
+                    self._structured_output_off()
+                    continue
                 raise
-            # Shorten hard and try once more rather than failing the task.
-            request["messages"] = prepare_messages(self.messages, budget=400)
-            reply = self.call(request, step)
         self.outcome.steps += 1
         self.outcome.input_tokens += reply.get("input_tokens", 0)
         self.outcome.output_tokens += reply.get("output_tokens", 0)
         self.outcome.cost_usd += reply.get("cost_usd", 0.0)
         return reply
+
+    def _structured_output_off(self) -> None:
+        # Remembered for the rest of this agent: the server won't accept json_schema.
+        self.structured_output = False
+        assert self.answer_schema is not None
+        self._add({"role": "user", "content": schema_prompt(self.answer_schema)})
 
     def _observe(self, reply: dict[str, Any]) -> Outcome | None:
         calls = reply.get("tool_calls") or []
@@ -188,17 +245,15 @@ class Agent:
                 }
                 for c in calls
             ]
-        self.messages.append(message)
+        self._add(message)  # saved before any tool runs: a kill mid-command keeps the intent
         step = self.outcome.steps - 1
         if not calls:
             return self._answer(reply.get("content"))
         finished: dict[str, Any] | None = None
         for c in calls:
             t0, started = time.perf_counter(), now()
-            result = self.toolbox.call(c["name"], c["arguments"])
-            self.messages.append(
-                {"role": "tool", "tool_call_id": c["id"], "content": result.output}
-            )
+            result = self._call_tool(c["name"], c["arguments"])
+            self._add({"role": "tool", "tool_call_id": c["id"], "content": result.output})
             self.log.write(
                 "tool_call",
                 run_id=self.run_id,
@@ -217,22 +272,30 @@ class Agent:
             self.stuck.add(f"{c['name']} {c['arguments']}", result.output, result.error_type)
             if result.finish is not None:
                 finished = result.finish
-        self._save()
         if finished is not None:
             self.outcome.finish = finished
             return self._end("finished", "")
         return None
 
+    def _call_tool(self, name: str, arguments: str) -> ToolResult:
+        try:
+            return self.toolbox.call(name, arguments)
+        except Exception as exc:  # a bug in a tool must not kill an unattended worker
+            return ToolResult(
+                output=f"{name} failed inside devswarm ({type(exc).__name__}: {exc}); "
+                "try another way",
+                error_type="internal_error",
+            )
+
     def _answer(self, content: str | None) -> Outcome | None:
         if self.answer_schema is None:
-            self.stuck.add("(no tool call)", content or "")
-            self.messages.append(
+            self.stuck.add(NO_TOOL_CALL, content or "")
+            self._add(
                 {
                     "role": "user",
                     "content": "Use the tools to do the work; call `finish` when the task is done.",
                 }
             )
-            self._save()
             return None
         try:
             answer = parse_json_answer(content, self.answer_schema)
@@ -241,7 +304,7 @@ class Agent:
             if self._bad_answers > 2:
                 return self._end("error", f"no valid {self.answer_schema.__name__} after 3 answers")
             errors = str(exc).splitlines()[:12]
-            self.messages.append(
+            self._add(
                 {
                     "role": "user",
                     "content": f"That answer is not a valid {self.answer_schema.__name__} JSON object:\n"
@@ -249,7 +312,6 @@ class Agent:
                     + "\nReply with the corrected JSON object only.",
                 }
             )
-            self._save()
             return None
         self.outcome.answer = answer.model_dump(mode="json")
         return self._end("finished", "")
@@ -270,7 +332,7 @@ class Agent:
         if o.cost_usd >= lim.max_cost_usd:
             return "limit:cost", f"spent ${o.cost_usd:.4f} (cap ${lim.max_cost_usd})"
         if time.monotonic() - self.started >= lim.max_wall_seconds:
-            return "limit:wall_time", f"ran {lim.max_wall_seconds:.0f} s"
+            return "limit:wall_time", f"ran {lim.max_wall_seconds:g} s (cap)"
         return None
 
     def _usage(self) -> dict[str, Any]:
@@ -285,8 +347,16 @@ class Agent:
         self.outcome.status, self.outcome.reason = status, reason
         return self.outcome
 
+    def _add(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self._save()
+
     def _save(self) -> None:
-        """Append the new messages to the transcript (JSONL, one message a line)."""
+        """Append the messages not yet saved to the transcript (JSONL, one message a line).
+
+        Called after every message, so the file is never more than one message behind; each
+        line is written whole and flushed (closing the file), so a kill leaves at most a torn
+        last line, which readers skip."""
         if self.transcript is None or self._saved >= len(self.messages):
             return
         self.transcript.parent.mkdir(parents=True, exist_ok=True)
@@ -296,4 +366,5 @@ class Agent:
                     json.dumps({"agent_id": self.agent_id, "at": now(), "message": m}, default=str)
                     + "\n"
                 )
+                f.flush()
         self._saved = len(self.messages)

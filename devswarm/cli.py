@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +14,7 @@ import typer
 from devswarm.errors import UserError
 
 app = typer.Typer(
+    pretty_exceptions_enable=False,
     add_completion=False,
     no_args_is_help=True,
     help="Swarms of coding agents on one git repository.",
@@ -113,8 +116,13 @@ def _goal(goal: str | None, goal_file: Path | None) -> str:
     return goal
 
 
-def execute(cfg) -> dict:
-    """Validate, then run the swarm flow in this process and wait for Prefect's history."""
+def execute(cfg, *, resume: bool = False) -> dict:
+    """Validate, then run (or resume) the swarm flow in this process, with a live view.
+
+    Ctrl-C or SIGTERM drains the swarm (no new workers, running ones stop at their next step,
+    everything recorded); a second one aborts.
+    """
+    from devswarm.live import watch
     from devswarm.llm import ModelClient
     from devswarm.swarm import Run, new_run_name
 
@@ -129,16 +137,56 @@ def execute(cfg) -> dict:
     _quiet_prefect()
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
-    if not os.environ.get("PREFECT_API_URL") and cfg.max_workers > 4:
-        typer.echo(
-            f"note: Prefect's temporary server (SQLite) holds few concurrent subflows; running 4 workers "
-            f"at once instead of {cfg.max_workers}. For more, start a server and set PREFECT_API_URL.",
-            err=True,
-        )
-        cfg.max_workers = 4
-    from flows.runtime import run_swarm
+    from devswarm.server import SQLITE_WORKER_CAP, worker_cap
 
-    return run_swarm(cfg)
+    if cfg.max_workers > SQLITE_WORKER_CAP:
+        cap, why = worker_cap(
+            os.environ.get("PREFECT_API_URL"), os.environ.get("PREFECT_API_AUTH_STRING")
+        )
+        if cap is not None:
+            typer.echo(
+                f"note: {why} holds few concurrent subflows; running {cap} workers at once "
+                f"instead of {cfg.max_workers}. For more: devswarm server start (PostgreSQL).",
+                err=True,
+            )
+            cfg.max_workers = cap
+    from flows.runtime import mark_crashed, run_swarm
+
+    if resume:
+        mark_crashed(cfg.run_name)
+    with watch(), _draining():
+        return run_swarm(cfg)
+
+
+@contextlib.contextmanager
+def _draining():
+    """SIGINT/SIGTERM: drain every run of this process; a second signal aborts."""
+    import signal
+
+    from devswarm import swarm
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = 0
+
+    def handler(signum, _frame):
+        nonlocal hits
+        hits += 1
+        if hits > 1:
+            raise KeyboardInterrupt
+        for run in list(swarm._RUNS.values()):
+            run.stop(f"stopped by {signal.Signals(signum).name}")
+        typer.echo(
+            "devswarm: draining (running workers stop at their next step); again to abort", err=True
+        )
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def print_summary(summary: dict) -> None:
@@ -226,6 +274,14 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("devswarm: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback in a file
+        import tempfile
+        import traceback
+
+        path = Path(tempfile.gettempdir()) / "devswarm-error.log"
+        path.write_text(traceback.format_exc())
+        typer.echo(f"devswarm: internal error: {type(exc).__name__}: {exc} (traceback in {path})", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ class SwarmConfig(BaseModel):
     max_planners: int = 4
     plan_depth: int = 2
     max_tasks_per_plan: int = 12
+    max_followups: int = 4  # follow-up plannings per cycle (from workers' handoffs)
+    max_followup_tasks: int = 2
     conflict_turns: int = 2
     check_turns: int = 2
     command_timeout: float = 300.0

@@ -146,3 +146,36 @@ def judge_user(
     parts.append("Workers' reports this cycle:\n" + json.dumps(reports, indent=1))
     parts.append("Budget left: " + json.dumps(left))
     return "\n\n".join(parts)
+
+
+def invalid_plan(errors: list[str]) -> str:
+    return (
+        "That plan is invalid:\n"
+        + "\n".join(f"- {e}" for e in errors)
+        + "\nAnswer with the corrected plan as a JSON object only."
+    )
+
+
+def followup_user(goal: str, task: PlannedTask, report) -> str:
+    return "\n\n".join(
+        [
+            f"Goal of the swarm:\n{goal.strip()}",
+            f"You planned task {task.spec.id}: {task.spec.title}\n{task.spec.description.strip()}",
+            f"Its worker ended with status {report.status}"
+            + (f" ({report.reason})" if report.reason else "")
+            + f". Its handoff:\n{report.handoff or '(none)'}",
+            "Decide whether follow-up tasks are needed to finish what this task was for: 0 to 2 "
+            "tasks, each small and complete. Answer with a plan (summary, tasks; no scopes). "
+            "An empty task list is a fine answer when nothing is missing.",
+        ]
+    )
+
+
+def red_tip(check: str, output: str, commits: list[str]) -> str:
+    listing = "\n".join(f"- {c}" for c in commits) or "- (none recorded)"
+    return (
+        f"FIRST PRIORITY: the repository check `{check}` FAILS on the branch tip. Before any new "
+        "feature work, plan the task(s) that make it pass again.\n"
+        f"Its output (end):\n{output}\n"
+        f"Commits landed since the check last passed:\n{listing}"
+    )

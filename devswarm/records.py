@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +113,28 @@ TABLES: dict[str, Table] = {
                 "landing_id run_id cycle:int task_id agent_id branch commit_sha old_tip new_tip"
                 " status cas_retries:int conflict_files:json resolved:bool started_at:timestamp"
                 " ended_at:timestamp duration_ms:double" + _SPAN
+            ),
+        ),
+        # Prefect's view of a run, copied from its API by `devswarm history import`. Keyed by
+        # Prefect's ids; run_id, agent_id and task_id are ours, so both sides join.
+        Table(
+            "prefect_flow_runs",
+            ("flow_run_id",),
+            _cols(
+                "flow_run_id run_id name flow_name role agent_id task_id cycle:int"
+                " parent_flow_run_id parent_task_run_id state_type state_name run_count:int"
+                " started_at:timestamp ended_at:timestamp total_run_time_s:double"
+                " created_at:timestamp deployment_id work_pool_name tags:json" + _SPAN
+            ),
+        ),
+        Table(
+            "prefect_task_runs",
+            ("task_run_id",),
+            _cols(
+                "task_run_id flow_run_id run_id name task_name agent_id step:int subflow_run_id"
+                " state_type state_name run_count:int max_retries:int retries:int cache_hit:bool"
+                " cache_key cache_expiration:timestamp started_at:timestamp ended_at:timestamp"
+                " total_run_time_s:double created_at:timestamp tags:json" + _SPAN
             ),
         ),
     )
@@ -243,3 +266,156 @@ def read_records(path: Path) -> Iterator[dict]:
                 continue
             if isinstance(record, dict):
                 yield record
+
+
+# --- Prefect history: flow and task runs (dicts of Prefect's API objects) -> records
+#
+# Prefect run names say what runs ("work · <task id>", "plan · cycle 2 · root.api",
+# "judge · cycle 2", "swarm · <run id>", "<agent id> · step 3" for a model call); a flow run's
+# parameters name the task and cycle exactly, so they are read first and the name is the fallback.
+
+_FLOW_ROLES = {
+    "swarm": "swarm",
+    "plan": "planner",
+    "followup": "planner",
+    "work": "worker",
+    "judge": "judge",
+}
+_PLAN_NAME = re.compile(r"^plan · cycle (\d+) · (.+)$")
+_JUDGE_NAME = re.compile(r"^judge · cycle (\d+)$")
+_STEP_NAME = re.compile(r"^(.+) · step (\d+)$")
+
+
+def prefect_span_id(uuid: Any) -> str | None:
+    """An OpenTelemetry-sized span id (16 hex) from a Prefect run id."""
+    return str(uuid).replace("-", "")[:16] if uuid else None
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "total_seconds"):
+        return value.total_seconds()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _flow_agent(
+    flow_name: str, name: str, params: dict[str, Any], run_id: str
+) -> tuple[str | None, str | None, int | None]:
+    """(agent_id, task_id, cycle) of one of our flow runs, from its parameters or its name."""
+    task = params.get("task") if isinstance(params.get("task"), dict) else {}
+    spec = task.get("spec") if isinstance(task.get("spec"), dict) else {}
+    if flow_name == "work" and task.get("key") and spec.get("id"):
+        attempt = params.get("attempt") or 1
+        agent = f"worker/{run_id}/c{task.get('cycle')}/{task.get('plan_path')}/{spec['id']}/a{attempt}"
+        return agent, task["key"], task.get("cycle")
+    if flow_name == "followup" and task.get("planner_agent_id") and spec.get("id"):
+        return f"{task['planner_agent_id']}/followup-{spec['id']}", None, task.get("cycle")
+    if flow_name == "plan":
+        cycle, path = params.get("cycle"), params.get("plan_path")
+        if cycle is None and (m := _PLAN_NAME.match(name)):
+            cycle, path = int(m[1]), m[2]
+        if cycle is not None:
+            return f"planner/{run_id}/c{cycle}/{path or 'root'}", None, int(cycle)
+    if flow_name == "judge":
+        cycle = params.get("cycle")
+        if cycle is None and (m := _JUDGE_NAME.match(name)):
+            cycle = int(m[1])
+        if cycle is not None:
+            return f"judge/{run_id}/c{cycle}", None, int(cycle)
+    return None, None, None
+
+
+def flow_run_record(
+    flow_run: dict[str, Any], flow_name: str, run_id: str, parent_flow_run_id: Any = None
+) -> dict[str, Any]:
+    """A ``prefect_flow_runs`` record from a Prefect FlowRun (as a dict) of our run ``run_id``."""
+    name = flow_run.get("name") or ""
+    params = flow_run.get("parameters") or {}
+    agent_id, task_id, cycle = _flow_agent(flow_name, name, params, run_id)
+    return {
+        "kind": "prefect_flow_runs",
+        "flow_run_id": str(flow_run["id"]),
+        "run_id": run_id,
+        "name": name,
+        "flow_name": flow_name,
+        "role": _FLOW_ROLES.get(flow_name),
+        "agent_id": agent_id,
+        "task_id": task_id,
+        "cycle": cycle,
+        "parent_flow_run_id": str(parent_flow_run_id) if parent_flow_run_id else None,
+        "parent_task_run_id": _str(flow_run.get("parent_task_run_id")),
+        "state_type": _state(flow_run.get("state_type")),
+        "state_name": flow_run.get("state_name"),
+        "run_count": flow_run.get("run_count"),
+        "started_at": flow_run.get("start_time"),
+        "ended_at": flow_run.get("end_time"),
+        "total_run_time_s": _seconds(flow_run.get("total_run_time")),
+        "created_at": flow_run.get("created"),
+        "deployment_id": _str(flow_run.get("deployment_id")),
+        "work_pool_name": flow_run.get("work_pool_name"),
+        "tags": json.dumps(list(flow_run.get("tags") or [])),
+        "span_id": prefect_span_id(flow_run["id"]),
+        "parent_span_id": prefect_span_id(parent_flow_run_id),
+        RECORDED_AT: now(),
+    }
+
+
+def task_run_record(
+    task_run: dict[str, Any], run_id: str, subflow_run_id: Any = None
+) -> dict[str, Any]:
+    """A ``prefect_task_runs`` record from a Prefect TaskRun (as a dict) of our run ``run_id``.
+
+    A model call's task run is named "<agent id> · step N", which gives agent_id and step; other
+    task runs get their agent from their flow run when imported (devswarm.store).
+    """
+    name = task_run.get("name") or ""
+    agent_id, step = None, None
+    if m := _STEP_NAME.match(name):
+        agent_id, step = m[1], int(m[2])
+        task_name = "model-call"
+    else:
+        task_name = name.split(" · ")[0]
+    run_count = task_run.get("run_count") or 0
+    policy = task_run.get("empirical_policy") or {}
+    max_retries = policy.get("retries", policy.get("max_retries"))
+    return {
+        "kind": "prefect_task_runs",
+        "task_run_id": str(task_run["id"]),
+        "flow_run_id": _str(task_run.get("flow_run_id")),
+        "run_id": run_id,
+        "name": name,
+        "task_name": task_name,
+        "agent_id": agent_id,
+        "step": step,
+        "subflow_run_id": _str(subflow_run_id),
+        "state_type": _state(task_run.get("state_type")),
+        "state_name": task_run.get("state_name"),
+        "run_count": run_count,
+        "max_retries": max_retries,
+        "retries": max(run_count - 1, 0),
+        # Prefect marks a result served from its cache as a Completed state named "Cached".
+        "cache_hit": task_run.get("state_name") == "Cached",
+        "cache_key": task_run.get("cache_key"),
+        "cache_expiration": task_run.get("cache_expiration"),
+        "started_at": task_run.get("start_time"),
+        "ended_at": task_run.get("end_time"),
+        "total_run_time_s": _seconds(task_run.get("total_run_time")),
+        "created_at": task_run.get("created"),
+        "tags": json.dumps(list(task_run.get("tags") or [])),
+        "span_id": prefect_span_id(task_run["id"]),
+        "parent_span_id": prefect_span_id(task_run.get("flow_run_id")),
+        RECORDED_AT: now(),
+    }
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def _state(value: Any) -> str | None:
+    # A StateType enum or its text ("COMPLETED").
+    return getattr(value, "value", value) if value is not None else None

@@ -36,6 +36,13 @@ class TaskSpec(BaseModel):
         description="Optional shell command that must exit 0 when the task is done, "
         "e.g. 'python -m pytest -q tests/test_x.py'.",
     )
+    size: Literal["s", "m", "l"] = Field(
+        default="m", description="Estimated size: s (< 30 lines), m (< 150), l (< 300)."
+    )
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="Ids of tasks in this plan that must land before this one starts.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -89,6 +96,7 @@ class PlannedTask(BaseModel):
     planner_agent_id: str
     base_commit: str
     check: str | None = None  # the task's own check (spec.check)
+    depends_on: list[str] = Field(default_factory=list)  # keys of tasks that must land first
 
 
 class WorkerReport(BaseModel):
@@ -111,3 +119,74 @@ class CheckResult(BaseModel):
     passed: bool
     exit_code: int | None
     output: str
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a, b = a.strip("/"), b.strip("/")
+    return (
+        a == b or a.startswith(b + "/") or b.startswith(a + "/") or a in ("", ".") or b in ("", ".")
+    )
+
+
+def validate_plan(plan: Plan, scope_paths: list[str] | None = None) -> list[str]:
+    """What is wrong with a plan (empty when nothing): ids, dependencies, scopes."""
+    errors: list[str] = []
+    ids = [t.id for t in plan.tasks]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        errors.append(f"task ids must be unique; repeated: {', '.join(dupes)}")
+    known = set(ids)
+    for t in plan.tasks:
+        for dep in t.depends_on:
+            if dep not in known:
+                errors.append(f"task {t.id} depends on {dep}, which is not a task of this plan")
+            elif dep == t.id:
+                errors.append(f"task {t.id} depends on itself")
+    graph = {t.id: [d for d in t.depends_on if d in known] for t in plan.tasks}
+    if cycle := _find_cycle(graph):
+        errors.append(f"dependencies form a cycle: {' -> '.join(cycle)}")
+    names = [s.name for s in plan.scopes]
+    if len(set(names)) != len(names):
+        errors.append("scope names must be unique")
+    for i, a in enumerate(plan.scopes):
+        if not a.paths:
+            errors.append(f"scope {a.name} owns no paths")
+        for b in plan.scopes[i + 1 :]:
+            for pa in a.paths:
+                for pb in b.paths:
+                    if _overlaps(pa, pb):
+                        errors.append(f"scopes {a.name} and {b.name} overlap: {pa} / {pb}")
+        if scope_paths:
+            outside = [
+                p
+                for p in a.paths
+                if not any(
+                    _overlaps(p, own) and p.strip("/").startswith(own.strip("/"))
+                    for own in scope_paths
+                )
+            ]
+            if outside:
+                errors.append(f"scope {a.name} owns paths outside your scope: {', '.join(outside)}")
+    return errors
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if state.get(nxt) is None and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if state.get(node) is None and (found := visit(node)):
+            return found
+    return None

@@ -43,11 +43,37 @@ from devswarm.records import now as _now
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Bookkeeping of the warehouse (not a record kind): which run files were merged, in what state.
+_MERGED_STORES_DDL = (
+    "CREATE TABLE IF NOT EXISTS merged_stores (source VARCHAR PRIMARY KEY, fingerprint VARCHAR,"
+    " run_ids VARCHAR, row_count BIGINT, merged_at TIMESTAMP)"
+)
 
 # version -> statements that take a store from version-1 to version. A new store is created at
-# SCHEMA_VERSION directly from TABLES, so TABLES must always describe the latest shape.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+# SCHEMA_VERSION directly from TABLES, so TABLES must always describe the latest shape; the
+# statements here are frozen text (TABLES may change again later).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "CREATE TABLE IF NOT EXISTS prefect_flow_runs (flow_run_id VARCHAR, run_id VARCHAR,"
+        " name VARCHAR, flow_name VARCHAR, role VARCHAR, agent_id VARCHAR, task_id VARCHAR,"
+        " cycle INTEGER, parent_flow_run_id VARCHAR, parent_task_run_id VARCHAR,"
+        " state_type VARCHAR, state_name VARCHAR, run_count INTEGER, started_at TIMESTAMP,"
+        " ended_at TIMESTAMP, total_run_time_s DOUBLE, created_at TIMESTAMP,"
+        " deployment_id VARCHAR, work_pool_name VARCHAR, tags VARCHAR, span_id VARCHAR,"
+        " parent_span_id VARCHAR, recorded_at TIMESTAMP, PRIMARY KEY (flow_run_id))",
+        "CREATE TABLE IF NOT EXISTS prefect_task_runs (task_run_id VARCHAR,"
+        " flow_run_id VARCHAR, run_id VARCHAR, name VARCHAR, task_name VARCHAR,"
+        " agent_id VARCHAR, step INTEGER, subflow_run_id VARCHAR, state_type VARCHAR,"
+        " state_name VARCHAR, run_count INTEGER, max_retries INTEGER, retries INTEGER,"
+        " cache_hit BOOLEAN, cache_key VARCHAR, cache_expiration TIMESTAMP,"
+        " started_at TIMESTAMP, ended_at TIMESTAMP, total_run_time_s DOUBLE,"
+        " created_at TIMESTAMP, tags VARCHAR, span_id VARCHAR, parent_span_id VARCHAR,"
+        " recorded_at TIMESTAMP, PRIMARY KEY (task_run_id))",
+        _MERGED_STORES_DDL,
+    ),
+}
 
 _SQL_TYPES = {
     "text": "VARCHAR",
@@ -296,7 +322,8 @@ SELECT r.run_id, r.run_name, r.goal, r.branch, r.status, r.started_at, r.ended_a
     l.cost_usd,
     coalesce(tc.tool_calls, 0) AS tool_calls,
     coalesce(ld.landings, 0) AS landings,
-    coalesce(ld.conflicts, 0) AS conflicts
+    coalesce(ld.conflicts, 0) AS conflicts,
+    l.cost_usd / nullif(tk.tasks_landed, 0) AS cost_per_landed_task
 FROM runs r
 LEFT JOIN (SELECT run_id, count(*) AS agents FROM agents GROUP BY run_id) a USING (run_id)
 LEFT JOIN (
@@ -317,6 +344,146 @@ LEFT JOIN (
         count(*) FILTER (WHERE status = 'conflict') AS conflicts
     FROM landings GROUP BY run_id
 ) ld USING (run_id)
+""",
+    # Per role (planner, worker, judge) of each run: every model call counts, even one whose
+    # agent row is missing (its role is then the first part of its agent id).
+    "role_metrics": """
+SELECT *,
+    total_tokens / nullif(sum(total_tokens) OVER (PARTITION BY run_id), 0) AS token_share,
+    cost_usd / nullif(sum(cost_usd) OVER (PARTITION BY run_id), 0) AS cost_share
+FROM (
+    SELECT coalesce(a.run_id, l.run_id) AS run_id,
+        coalesce(a.role, split_part(l.agent_id, '/', 1)) AS role,
+        count(DISTINCT coalesce(a.agent_id, l.agent_id)) AS agents,
+        coalesce(sum(l.calls), 0)::BIGINT AS calls,
+        coalesce(sum(l.failed_calls), 0)::BIGINT AS failed_calls,
+        coalesce(sum(l.input_tokens), 0)::BIGINT AS input_tokens,
+        coalesce(sum(l.output_tokens), 0)::BIGINT AS output_tokens,
+        coalesce(sum(l.cache_read_input_tokens), 0)::BIGINT AS cache_read_input_tokens,
+        (coalesce(sum(l.input_tokens), 0) + coalesce(sum(l.output_tokens), 0))::BIGINT
+            AS total_tokens,
+        coalesce(sum(l.cost_usd), 0) AS cost_usd,
+        coalesce(sum(a.steps), 0)::BIGINT AS steps
+    FROM agents a
+    FULL OUTER JOIN (
+        SELECT agent_id, any_value(run_id) AS run_id, count(*) AS calls,
+            count(error_type) AS failed_calls, sum(input_tokens) AS input_tokens,
+            sum(output_tokens) AS output_tokens,
+            sum(cache_read_input_tokens) AS cache_read_input_tokens, sum(cost_usd) AS cost_usd
+        FROM llm_calls GROUP BY agent_id
+    ) l ON a.agent_id = l.agent_id
+    GROUP BY ALL
+)
+""",
+    # One row per task: outcome, attempts, time to land, and what its workers cost.
+    "task_outcomes": """
+SELECT t.run_id, t.task_id, t.cycle, t.title, t.status, t.attempts, t.reason, t.commit_sha,
+    t.worker_agent_id, p.ended_at AS planned_at, t.started_at, t.ended_at, ld.landed_at,
+    date_diff('microsecond', p.ended_at, t.started_at) / 1e6 AS queued_seconds,
+    date_diff('microsecond', t.started_at, t.ended_at) / 1e6 AS wall_seconds,
+    date_diff('microsecond', t.started_at, ld.landed_at) / 1e6 AS seconds_to_land,
+    coalesce(ld.landing_attempts, 0) AS landing_attempts,
+    coalesce(ld.conflicts, 0) AS conflicts,
+    coalesce(c.workers, 0) AS workers,
+    coalesce(c.calls, 0) AS calls,
+    coalesce(c.input_tokens, 0) AS input_tokens,
+    coalesce(c.output_tokens, 0) AS output_tokens,
+    coalesce(c.cost_usd, 0) AS cost_usd,
+    CASE WHEN t.status = 'landed' THEN coalesce(c.cost_usd, 0) END AS landed_cost_usd
+FROM tasks t
+LEFT JOIN agents p ON p.agent_id = t.planner_agent_id
+LEFT JOIN (
+    SELECT run_id, task_id, max(ended_at) FILTER (WHERE status = 'landed') AS landed_at,
+        count(*) AS landing_attempts, count(*) FILTER (WHERE status = 'conflict') AS conflicts
+    FROM landings GROUP BY run_id, task_id
+) ld ON ld.run_id = t.run_id AND ld.task_id = t.task_id
+LEFT JOIN (
+    SELECT a.run_id, a.task_id, count(DISTINCT a.agent_id) AS workers,
+        count(l.agent_id) AS calls, sum(l.input_tokens)::BIGINT AS input_tokens,
+        sum(l.output_tokens)::BIGINT AS output_tokens, sum(l.cost_usd) AS cost_usd
+    FROM agents a LEFT JOIN llm_calls l ON l.agent_id = a.agent_id
+    WHERE a.role = 'worker' AND a.task_id IS NOT NULL
+    GROUP BY a.run_id, a.task_id
+) c ON c.run_id = t.run_id AND c.task_id = t.task_id
+""",
+    # Landings per minute of each run, minutes without one included (from the run's start).
+    "landing_timeline": """
+WITH counts AS (
+    SELECT run_id, date_trunc('minute', ended_at) AS minute,
+        count(*) FILTER (WHERE status = 'landed') AS landings,
+        count(*) FILTER (WHERE status = 'conflict') AS conflicts,
+        count(*) FILTER (WHERE status NOT IN ('landed', 'conflict')) AS other
+    FROM landings WHERE ended_at IS NOT NULL GROUP BY ALL
+), bounds AS (
+    SELECT c.run_id, date_trunc('minute', least(min(c.minute), min(r.started_at))) AS lo,
+        max(c.minute) AS hi
+    FROM counts c LEFT JOIN runs r USING (run_id) GROUP BY c.run_id
+), minutes AS (
+    SELECT run_id, unnest(generate_series(lo, hi, INTERVAL 1 MINUTE)) AS minute FROM bounds
+)
+SELECT m.run_id, m.minute,
+    coalesce(c.landings, 0) AS landings,
+    coalesce(c.conflicts, 0) AS conflicts,
+    coalesce(c.other, 0) AS other,
+    sum(coalesce(c.landings, 0)) OVER (PARTITION BY m.run_id ORDER BY m.minute)::BIGINT
+        AS landed_total
+FROM minutes m LEFT JOIN counts c USING (run_id, minute)
+""",
+    # Files that fought: conflicts per file, and how many tasks planned to change it.
+    "hot_files": """
+WITH conflicted AS (
+    SELECT run_id, task_id, ended_at, resolved,
+        unnest(from_json(conflict_files, '["VARCHAR"]')) AS file
+    FROM landings
+    WHERE status = 'conflict' AND json_valid(conflict_files)
+        AND json_type(conflict_files) = 'ARRAY'
+), planned AS (
+    SELECT run_id, unnest(from_json(files, '["VARCHAR"]')) AS file, task_id
+    FROM tasks WHERE json_valid(files) AND json_type(files) = 'ARRAY'
+), per_file AS (
+    SELECT run_id, file, count(*) AS conflicts, count(DISTINCT task_id) AS conflicted_tasks,
+        min(ended_at) AS first_conflict_at, max(ended_at) AS last_conflict_at
+    FROM conflicted GROUP BY run_id, file
+), plans AS (
+    SELECT run_id, file, count(DISTINCT task_id) AS planned_tasks FROM planned GROUP BY ALL
+)
+SELECT coalesce(f.run_id, p.run_id) AS run_id, coalesce(f.file, p.file) AS file,
+    coalesce(f.conflicts, 0) AS conflicts,
+    coalesce(f.conflicted_tasks, 0) AS conflicted_tasks,
+    coalesce(p.planned_tasks, 0) AS planned_tasks,
+    f.first_conflict_at, f.last_conflict_at
+FROM per_file f FULL OUTER JOIN plans p ON p.run_id = f.run_id AND p.file = f.file
+WHERE coalesce(f.conflicts, 0) > 0 OR p.planned_tasks > 1
+""",
+    "tool_errors": """
+SELECT e.run_id, e.tool_name, e.error_type, count(*) AS errors,
+    count(DISTINCT e.agent_id) AS agents,
+    any_value(c.calls) AS tool_calls,
+    count(*) / any_value(c.calls) AS error_rate,
+    min(e.started_at) AS first_at,
+    arg_min(e.output_excerpt, e.started_at) AS example
+FROM tool_calls e
+JOIN (
+    SELECT run_id, tool_name, count(*) AS calls FROM tool_calls GROUP BY ALL
+) c ON c.run_id IS NOT DISTINCT FROM e.run_id AND c.tool_name IS NOT DISTINCT FROM e.tool_name
+WHERE e.error_type IS NOT NULL
+GROUP BY e.run_id, e.tool_name, e.error_type
+""",
+    # Latency of answered calls per model (failed attempts are counted, not timed: a 429 is fast).
+    "model_latency": """
+SELECT run_id, request_model, count(*) AS calls,
+    count(*) FILTER (WHERE error_type IS NULL) AS ok_calls,
+    count(error_type) AS failed_calls,
+    count(*) FILTER (WHERE attempt > 1) AS retries,
+    quantile_cont(duration_ms, 0.5) FILTER (WHERE error_type IS NULL) AS p50_ms,
+    quantile_cont(duration_ms, 0.9) FILTER (WHERE error_type IS NULL) AS p90_ms,
+    quantile_cont(duration_ms, 0.99) FILTER (WHERE error_type IS NULL) AS p99_ms,
+    max(duration_ms) FILTER (WHERE error_type IS NULL) AS max_ms,
+    avg(duration_ms) FILTER (WHERE error_type IS NULL) AS mean_ms,
+    sum(output_tokens) FILTER (WHERE error_type IS NULL)
+        / nullif(sum(duration_ms) FILTER (WHERE error_type IS NULL) / 1000, 0)
+        AS output_tokens_per_second
+FROM llm_calls GROUP BY run_id, request_model
 """,
 }
 

@@ -7,6 +7,7 @@ be called directly by a test with a plain model function.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import threading
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from devswarm import prompts
 from devswarm.agent import Agent, ModelFn, Outcome
 from devswarm.budget import Ledger
@@ -25,7 +28,15 @@ from devswarm.errors import UserError
 from devswarm.llm import ModelCallError, ModelClient
 from devswarm.records import RecordLog, now, span_id
 from devswarm.sandbox import run_command, scrubbed_env
-from devswarm.schemas import CheckResult, Plan, PlannedTask, Verdict, WorkerReport, slug
+from devswarm.schemas import (
+    CheckResult,
+    Plan,
+    PlannedTask,
+    Verdict,
+    WorkerReport,
+    slug,
+    validate_plan,
+)
 from devswarm.store import Store
 from devswarm.toolbox import Toolbox
 from devswarm.workspace import ConflictError, LandResult, Workspace, check_branch_name
@@ -34,7 +45,27 @@ CallFactory = Callable[["Run", str], ModelFn]  # (run, agent_id) -> model functi
 LandFn = Callable[[Workspace, Path], LandResult]
 
 _RUNS: dict[str, Run] = {}
+_LISTENERS: list[Callable[[str], None]] = []  # the CLI's live panel / event printer
 _RUNS_LOCK = threading.Lock()
+
+
+class RunState(BaseModel):
+    """What a run must remember across a crash: the tips it planned from and finished cycles."""
+
+    cycle_tips: dict[int, str] = {}
+    cycles: list[dict[str, Any]] = []
+    last_green: str | None = None
+    hot_files: dict[str, int] = {}
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        return cls.model_validate_json(path.read_text()) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=1))
+        os.replace(tmp, path)
 
 
 def get_run(run_id: str) -> Run:
@@ -110,13 +141,134 @@ class Run:
         self.stop_reason: str | None = None
         self.started_at = now()
         self.starts: dict[str, str] = {}  # agent id or task key -> when it started
+        self.state = RunState.load(self.dir / "state.json")
+        self.hot_files.update(self.state.hot_files)
+        self.stats: Counter[str] = Counter()  # live counters for the panel and the event lines
+        self.listeners: list[Callable[[str], None]] = list(_LISTENERS)
+        self._task_keys: set[str] = set()
         self._check_cache: dict[str, CheckResult] = {}
         self._check_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
-        self._imported: set[Path] = set()
+        (self.dir / "STOP").unlink(
+            missing_ok=True
+        )  # a stop request ends a run; a resume starts anew
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(config.model_dump_json(indent=1, exclude={"api_key"}))
         with _RUNS_LOCK:
             _RUNS[self.run_id] = self
+
+    def unique_task_key(self, key: str) -> str:
+        """Task keys are unique in a run (follow-ups may reuse an id)."""
+        with self._lock:
+            base, n = key, 1
+            while key in self._task_keys:
+                n += 1
+                key = f"{base}-{n}"
+            self._task_keys.add(key)
+            return key
+
+    def cycle_base(self, cycle: int) -> str:
+        """The tip a cycle plans against: recorded once, so a resumed run plans from the same state."""
+        with self._lock:
+            self.starts.setdefault(f"cycle-{cycle}", now())
+            if cycle not in self.state.cycle_tips:
+                self.state.cycle_tips[cycle] = self.workspace.tip()
+                self.state.save(self.dir / "state.json")
+            return self.state.cycle_tips[cycle]
+
+    def landed_task_keys(self) -> set[str]:
+        """Tasks of this run already on the branch, from the commits' trailers (resume)."""
+        return {
+            t["task"]
+            for t in self.workspace.landed_trailers()
+            if t.get("run") == self.run_id and t.get("task")
+        }
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, line: str) -> None:
+        """One event line for whoever watches (the live panel, CI logs)."""
+        for listener in self.listeners:
+            try:
+                listener(line)
+            except Exception:
+                pass
+
+    def bump(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def count_report(self, report: WorkerReport) -> None:
+        with self._lock:
+            self.stats[report.status] += 1
+            self.stats["conflicts"] += report.conflicts
+
+    def finish_cycle(self, cycle: int, verdict: Verdict, reports: list[WorkerReport]) -> None:
+        """Record the cycle and what the next one starts from (a summary, not transcripts)."""
+        tip = self.workspace.tip()
+        check = self.check_at(tip)
+        if check is None or check.passed:
+            self.state.last_green = tip
+        summary = [f"Judge: {verdict.decision} — {verdict.reasons}"]
+        summary += [
+            f"- {r.task_key}: {r.status}" + (f" — {r.handoff[:400]}" if r.handoff else "")
+            for r in reports
+        ]
+        if check is not None and not check.passed:
+            summary.insert(
+                0,
+                prompts.red_tip(
+                    self.config.check or "",
+                    check.output[-3000:],
+                    self._commits_since(self.state.last_green),
+                ),
+            )
+        self.state.cycles.append(
+            {
+                "cycle": cycle,
+                "decision": verdict.decision,
+                "summary": "\n".join(summary),
+                "tip": tip,
+            }
+        )
+        self.state.hot_files = dict(self.hot_files)
+        self.state.save(self.dir / "state.json")
+        self.log.write(
+            "cycle",
+            run_id=self.run_id,
+            cycle=cycle,
+            started_at=self.starts.get(f"cycle-{cycle}"),
+            ended_at=now(),
+            tip_before=self.state.cycle_tips.get(cycle),
+            tip_after=tip,
+            decision=verdict.decision,
+            reasons=verdict.reasons,
+            score=verdict.score,
+            label=verdict.decision,
+            check_passed=None if check is None else check.passed,
+            span_id=span_id(self.run_id, str(cycle)),
+            parent_span_id=span_id(self.run_id),
+        )
+        self.import_records()
+
+    def _commits_since(self, green: str | None) -> list[str]:
+        rev = f"{green or self.workspace.base_commit}..{self.workspace.tip()}"
+        return [
+            f"{t['commit'][:10]} {t.get('subject') or ''} (task {t.get('task')})"
+            for t in self.workspace.landed_trailers(rev)
+        ]
+
+    def final_status(self, verdict: Verdict | None) -> str:
+        if self.ledger.exhausted in {"tokens", "cost", "wall_time", "cycles"} and (
+            verdict is None or verdict.decision == "continue"
+        ):
+            return "budget_exhausted"
+        if self.stop_reason:
+            return "stopped"
+        if verdict is None:
+            return "budget_exhausted" if self.ledger.exhausted else "stopped"
+        return {"done": "done", "stop": "stopped"}.get(verdict.decision, "budget_exhausted")
 
     # -- records ----------------------------------------------------------------------------
 
@@ -250,13 +402,61 @@ def plan_scope(
     depth: int,
     previous: str | None = None,
 ) -> tuple[Plan, list[PlannedTask]]:
-    """One planner explores the tip read-only and returns its Plan and the tasks it owns."""
-    agent_id = planner_id(run, cycle, plan_path)
+    """One planner explores the cycle's tip read-only and returns its Plan and the tasks it owns."""
     cfg = run.config
-    tip = run.workspace.tip()
+    allow_scopes = depth < cfg.plan_depth
+    return _planner(
+        run,
+        calls,
+        agent_id=planner_id(run, cycle, plan_path),
+        cycle=cycle,
+        plan_path=plan_path,
+        tip=run.cycle_base(cycle),
+        scope_paths=scope_paths,
+        allow_scopes=allow_scopes,
+        system=prompts.planner_system(cfg.max_tasks_per_plan, allow_scopes),
+        user=prompts.planner_user(goal, scope_paths, cfg.check, previous, dict(run.hot_files)),
+    )
+
+
+def plan_followups(
+    run: Run, calls: CallFactory, task: PlannedTask, report: WorkerReport
+) -> list[PlannedTask]:
+    """The planner that owns a task reads its worker's handoff and may add follow-up tasks."""
+    _plan, tasks = _planner(
+        run,
+        calls,
+        agent_id=f"{task.planner_agent_id}/followup-{task.spec.id}",
+        cycle=task.cycle,
+        plan_path=task.plan_path,
+        tip=run.workspace.tip(),
+        scope_paths=[],
+        allow_scopes=False,
+        system=prompts.planner_system(run.config.max_followup_tasks, False),
+        user=prompts.followup_user(run.config.goal, task, report),
+    )
+    return tasks
+
+
+def _planner(
+    run: Run,
+    calls: CallFactory,
+    *,
+    agent_id: str,
+    cycle: int,
+    plan_path: str,
+    tip: str,
+    scope_paths: list[str],
+    allow_scopes: bool,
+    system: str,
+    user: str,
+) -> tuple[Plan, list[PlannedTask]]:
+    cfg = run.config
     log = run.agent_log(agent_id)
     _agent_row(run, log, agent_id, "planner", cycle, plan_path, None, cfg.models.planner, "running")
     wt = run.workspace.add_worktree(safe_name(agent_id), tip)
+    plan: Plan | None = None
+    run.bump("planning")
     try:
         agent = Agent(
             agent_id=agent_id,
@@ -265,41 +465,70 @@ def plan_scope(
             model=cfg.models.planner,
             call=calls(run, agent_id),
             toolbox=Toolbox(wt, read_only=True),
-            system=prompts.planner_system(cfg.max_tasks_per_plan, depth < cfg.plan_depth),
-            user=prompts.planner_user(goal, scope_paths, cfg.check, previous, dict(run.hot_files)),
+            system=system,
+            user=user,
             limits=cfg.limits,
             log=log,
             transcript=run.transcript(agent_id),
             answer_schema=Plan,
             should_stop=run.should_stop,
         )
-        outcome = agent.run()
+        for turn in range(2):  # an invalid plan goes back to the planner once, with the errors
+            outcome = agent.run()
+            if outcome.status != "finished" or outcome.answer is None:
+                break
+            plan = Plan.model_validate(outcome.answer)
+            if not allow_scopes:
+                plan.scopes = []
+            errors = validate_plan(plan, scope_paths)
+            if not errors:
+                break
+            if turn == 0:
+                agent.tell(prompts.invalid_plan(errors))
+            else:
+                plan = _repair(plan, errors)
     finally:
+        run.bump("planning", -1)
         run.workspace.remove_worktree(wt)
-    _agent_end(run, log, agent_id, "planner", cycle, plan_path, None, cfg.models.planner, outcome)
-    if outcome.status != "finished" or outcome.answer is None:
-        return Plan(summary=f"planner ended: {outcome.status} {outcome.reason}"), []
-    plan = Plan.model_validate(outcome.answer)
-    if depth >= cfg.plan_depth:
-        plan.scopes = []
+    _agent_end(
+        run, log, agent_id, "planner", cycle, plan_path, None, cfg.models.planner, agent.outcome
+    )
+    if plan is None:
+        return Plan(summary=f"planner ended: {agent.outcome.status} {agent.outcome.reason}"), []
     tasks: list[PlannedTask] = []
-    seen: set[str] = set()
+    keys = {t.id: run.unique_task_key(f"c{cycle}.{plan_path}.{t.id}") for t in plan.tasks}
     for spec in plan.tasks[: cfg.max_tasks_per_plan]:
-        while spec.id in seen:
-            spec.id = f"{spec.id}-{len(seen)}"
-        seen.add(spec.id)
         task = PlannedTask(
             spec=spec,
-            key=f"c{cycle}.{plan_path}.{spec.id}",
+            key=keys[spec.id],
             cycle=cycle,
             plan_path=plan_path,
             planner_agent_id=agent_id,
             base_commit=tip,
             check=spec.check,
+            depends_on=[keys[d] for d in spec.depends_on if d in keys],
         )
         tasks.append(task)
         _task_row(run, task, "pending")
+    run.bump("planned", len(tasks))
     return plan, tasks
+
+
+def _repair(plan: Plan, errors: list[str]) -> Plan:
+    """Still invalid after a second try: keep what is sound (first of each id, no bad edges, no scopes)."""
+    seen: set[str] = set()
+    tasks = []
+    for t in plan.tasks:
+        if t.id not in seen:
+            seen.add(t.id)
+            tasks.append(t)
+    for t in tasks:
+        t.depends_on = [d for d in t.depends_on if d in seen and d != t.id]
+    fixed = Plan(summary=plan.summary, tasks=tasks, scopes=[])
+    if validate_plan(fixed):  # a dependency cycle remains: drop the dependencies
+        for t in fixed.tasks:
+            t.depends_on = []
+    return fixed
 
 
 # -- work -----------------------------------------------------------------------------------
@@ -337,6 +566,7 @@ def work_task(
     _task_row(run, task, "running", worker=agent_id, attempts=attempt, started=True)
     outcome: Outcome | None = None
     wt: Path | None = None
+    run.bump("working")
     try:
         if reason := run.should_stop():
             report.status, report.reason = "skipped", f"not started: {reason}"
@@ -376,6 +606,7 @@ def work_task(
     except ModelCallError as exc:
         report.status, report.reason = "error", f"model call failed: {exc}"
     finally:
+        run.bump("working", -1)
         if wt is not None:
             run.workspace.remove_worktree(wt)
         if outcome is not None and outcome.finish:
@@ -687,3 +918,9 @@ def _landing_row(
         span_id=span_id(agent_id, "landing", started),
         parent_span_id=span_id(agent_id),
     )
+
+
+def record_skip(run: Run, task: PlannedTask, reason: str) -> None:
+    """A task that never started (a dependency failed, or the swarm is draining)."""
+    _task_row(run, task, "skipped", reason=reason, ended=True)
+    run.emit(f"{task.key}: skipped ({reason})")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from devswarm.schemas import PlannedTask
-from devswarm.swarm import get_run, plan_scope
+from devswarm.schemas import PlannedTask, WorkerReport
+from devswarm.swarm import get_run, plan_followups, plan_scope
 from flows._pool import map_concurrently
 from tasks.model import prefect_calls
 
@@ -50,6 +50,12 @@ def plan(
     for _scope, fut in map_concurrently(sub, the_plan.scopes, run.config.max_planners):
         tasks.extend(fut.result())
     return tasks
+
+
+@flow(name="followup", flow_run_name="followup · {task.spec.id}", persist_result=False)
+def followup(run_id: str, task: PlannedTask, report: WorkerReport) -> list[PlannedTask]:
+    """The owning planner reads a worker's handoff and may add follow-up tasks to the cycle."""
+    return plan_followups(get_run(run_id), prefect_calls, task, report)
 
 
 def _artifact(plan_path: str, cycle: int, the_plan, tasks: list[PlannedTask]) -> None:

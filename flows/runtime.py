@@ -71,3 +71,36 @@ def wait_for_history(flow_run_id: Any, timeout: float = 20.0) -> None:
             if runs and all(r.state is not None and r.state.is_final() for r in runs):
                 return
             time.sleep(0.5)
+
+
+def mark_crashed(run_name: str) -> int:
+    """Flow runs of this run that a dead process left Running are marked Crashed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    marked = 0
+    with get_client(sync_client=True) as client:
+        roots = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"swarm · {run_name}"]),
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                ),
+            )
+        )
+        for root in roots:
+            for flow_run_id in flow_run_tree(client, root.id):
+                fr = client.read_flow_run(flow_run_id)
+                if fr.state is not None and not fr.state.is_final():
+                    client.set_flow_run_state(
+                        flow_run_id, Crashed(message="its process died; resumed"), force=True
+                    )
+                    marked += 1
+    return marked

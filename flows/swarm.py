@@ -1,13 +1,14 @@
-"""The swarm flow: cycles of plan → work → judge until the judge says done/stop or max_cycles.
+"""The swarm flow: cycles of plan → work → judge until the judge says done/stop or a budget ends.
 
 swarm ── plan (root) ── sub-plans (concurrent, recursive)
-      ── work × N (concurrent, bounded, results streamed as they finish)
+      ── work × N (concurrent, bounded, streamed; handoffs → follow-up plans)
       ── judge
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -15,17 +16,18 @@ from prefect.runtime import flow_run
 from pydantic import SecretStr
 
 from devswarm.config import SwarmConfig
-from devswarm.schemas import PlannedTask, Verdict, WorkerReport
-from devswarm.swarm import Run
-from flows._pool import map_concurrently
+from devswarm.records import now
+from devswarm.scheduler import Scheduler
+from devswarm.schemas import PlannedTask, WorkerReport
+from devswarm.swarm import Run, record_skip
 from flows.judge import judge
-from flows.plan import plan
+from flows.plan import followup, plan
 from flows.work import work
 
 
 @flow(name="swarm", flow_run_name="swarm · {config.run_name}", persist_result=False)
 def swarm(config: SwarmConfig) -> dict[str, Any]:
-    """Run the whole swarm for one goal on one repository; return the run's summary."""
+    """Run (or resume) the whole swarm for one goal on one repository; return its summary."""
     logger = get_run_logger()
     if not config.api_key.get_secret_value():
         # Never a flow parameter (Prefect stores those): from the environment or a provider block.
@@ -33,49 +35,42 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
             update={"api_key": SecretStr(os.environ.get("OPENAI_API_KEY", ""))}
         )
     run = Run(config)
-    status, cycle, verdict = "running", 0, None
-    run.record_run(status, 0, flow_run.id)
+    status, verdict = "running", None
+    cycle = len(run.state.cycles)
+    run.record_run(status, cycle, str(flow_run.id))
     for model in run.unpriced:
-        logger.warning(
-            "no known price for model %s: dollar caps count it at the fallback price", model
+        run.emit(
+            f"warning: no known price for model {model}; dollar caps count it at the fallback price"
         )
-    previous: str | None = None
+    if run.state.cycles:
+        run.emit(f"resuming after cycle {cycle}")
     try:
-        for cycle in range(1, config.max_cycles + 1):
+        while True:
             if run.should_stop():
                 break
+            if cycle >= config.max_cycles:
+                run.ledger.stop("cycles")
+                break
+            cycle += 1
+            previous = run.state.cycles[-1]["summary"] if run.state.cycles else None
             tasks = plan(run.run_id, cycle, "root", config.goal, [], 0, previous)
-            logger.info("cycle %d: %d tasks planned", cycle, len(tasks))
+            run.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
             reports = run_workers(run, tasks)
             verdict = judge(run.run_id, cycle, reports)
-            run.log.write(
-                "cycle",
-                run_id=run.run_id,
-                cycle=cycle,
-                decision=verdict.decision,
-                reasons=verdict.reasons,
-                score=verdict.score,
-                label=verdict.decision,
-                check_passed=run.check_at(run.workspace.tip()).passed if config.check else None,
-                tip_after=run.workspace.tip(),
-                ended_at=_now(),
-            )
-            run.import_records()
-            logger.info(
-                "cycle %d: judge says %s (%s)", cycle, verdict.decision, verdict.reasons[:200]
-            )
+            run.finish_cycle(cycle, verdict, reports)
+            run.emit(f"cycle {cycle}: judge says {verdict.decision}: {verdict.reasons[:160]}")
             if verdict.decision != "continue":
                 break
-            previous = _summary(verdict, reports)
-        status = _final_status(run, verdict)
+        status = run.final_status(verdict)
     except BaseException:
         status = "crashed"
         raise
     finally:
-        run.record_run(status, cycle, flow_run.id)
+        run.record_run(status, cycle, str(flow_run.id))
         run.workspace.prune()
         run.import_records()
         run.close()
+    logger.info("run %s ended: %s after %d cycle(s)", run.run_id, status, cycle)
     summary = {
         "run_id": run.run_id,
         "status": status,
@@ -90,55 +85,40 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
 
 
 def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
-    """One work subflow per task, bounded, each report recorded as soon as it arrives."""
-    reports: list[WorkerReport] = []
-    for task, fut in map_concurrently(lambda t: work(run.run_id, t), tasks, run.config.max_workers):
-        try:
-            report = fut.result()
-        except Exception as exc:  # a crashed subflow (not a failed task) is reported, not fatal
-            report = WorkerReport(
-                task_key=task.key, agent_id="", status="crashed", reason=str(exc)[:500]
-            )
-        reports.append(report)
-        run.import_records(
-            [p for p in [run.dir / "records" / "swarm.jsonl"] if p.exists()] + _agent_files(report)
+    """One work subflow per task, streamed: each report is recorded the moment it arrives."""
+
+    def on_report(task: PlannedTask, report: WorkerReport) -> None:
+        run.count_report(report)
+        files = [run.dir / "records" / "swarm.jsonl"] + (
+            [Path(report.records)] if report.records else []
         )
-    return reports
+        run.import_records([f for f in files if f.exists()])
+        run.emit(
+            f"{task.key}: {report.status}" + (f" ({report.reason[:120]})" if report.reason else "")
+        )
 
-
-def _agent_files(report: WorkerReport):
-    from pathlib import Path
-
-    return [Path(report.records)] if report.records else []
-
-
-def _summary(verdict: Verdict, reports: list[WorkerReport]) -> str:
-    lines = [f"Judge: {verdict.decision} — {verdict.reasons}"]
-    for r in reports:
-        lines.append(f"- {r.task_key}: {r.status}" + (f" — {r.handoff[:400]}" if r.handoff else ""))
-    return "\n".join(lines)
-
-
-def _final_status(run: Run, verdict: Verdict | None) -> str:
-    if run.ledger.exhausted in {"tokens", "cost", "wall_time"}:
-        return "budget_exhausted"
-    if run.stop_reason:
-        return "stopped"
-    if verdict is None:
-        return "stopped"
-    return {"done": "done", "stop": "stopped"}.get(verdict.decision, "max_cycles")
-
-
-def _now() -> str:
-    from devswarm.records import now
-
-    return now()
+    scheduler = Scheduler(
+        work=lambda task, attempt: work(run.run_id, task, attempt),
+        followup=lambda task, report: followup(run.run_id, task, report),
+        should_stop=run.should_stop,
+        tip=run.workspace.tip,
+        on_report=on_report,
+        on_skip=lambda task, reason: record_skip(run, task, reason),
+        max_workers=run.config.max_workers,
+        max_planners=run.config.max_planners,
+        max_followups=run.config.max_followups,
+        landed=run.landed_task_keys(),
+    )
+    return scheduler.run(tasks)
 
 
 def _summary_artifact(summary: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     md = "\n".join(f"- **{k}**: `{v}`" for k, v in summary.items() if k != "verdict")
+    if summary.get("verdict"):
+        md += f"\n\n## Verdict\n{summary['verdict']['decision']}: {summary['verdict']['reasons']}"
     create_markdown_artifact(
-        key="swarm-summary", markdown=f"# Swarm run {summary['run_id']}\n\n{md}"
+        key="swarm-summary",
+        markdown=f"# Swarm run {summary['run_id']}\n\n{md}\n\n_written {now()}_",
     )

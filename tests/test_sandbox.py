@@ -97,6 +97,10 @@ def test_scrubbed_env_drops_credentials_by_name_and_prefix():
         "LANG": "C.UTF-8",
         "PATH": "/usr/bin:/bin",
         "GIT_AUTHOR_NAME": "someone",
+        "GIT_CONFIG_PARAMETERS": "'protocol.file.allow'='always'",
+        "GIT_CONFIG_COUNT": "2",
+        "GIT_CONFIG_KEY_1": "core.hooksPath",
+        "GIT_CONFIG_VALUE_1": "/elsewhere/hooks",
     }
     env = scrubbed_env(base)
     assert set(env) == {
@@ -107,7 +111,16 @@ def test_scrubbed_env_drops_credentials_by_name_and_prefix():
         "GIT_TERMINAL_PROMPT",
         "PYTHONDONTWRITEBYTECODE",
         "PYTHONUNBUFFERED",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_KEY_0",
+        "GIT_CONFIG_VALUE_0",
     }
+    # Git config through the environment is ours alone: no transport to a local path.
+    assert (env["GIT_CONFIG_COUNT"], env["GIT_CONFIG_KEY_0"], env["GIT_CONFIG_VALUE_0"]) == (
+        "1",
+        "protocol.file.allow",
+        "never",
+    )
     assert env["PATH"].split(os.pathsep) == [os.path.dirname(sys.executable), "/usr/bin", "/bin"]
     assert env["GIT_TERMINAL_PROMPT"] == "0"
     assert base["OPENAI_API_KEY"] == "a"  # the caller's mapping is left alone

@@ -1,9 +1,138 @@
-"""devswarm CLI commands: ops."""
+"""devswarm CLI commands for day-to-day operation: runs, logs, stop, resume."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from devswarm.config import SwarmConfig, default_home
+from devswarm.errors import UserError
+
+HomeOpt = Annotated[Path | None, typer.Option(help="Data folder (default $DEVSWARM_HOME)")]
+
+
+def _run_dir(home: Path | None, run: str) -> Path:
+    path = (home or default_home()) / "runs" / run
+    if not (path / "config.json").exists():
+        raise UserError(f"no run named {run} in {path.parent}")
+    return path
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the devswarm CLI."""
+    from devswarm.cli import _fail
+
+    @app.command()
+    def runs(home: HomeOpt = None) -> None:
+        """List runs with their status and cost."""
+        from rich.console import Console
+        from rich.table import Table
+
+        root = (home or default_home()) / "runs"
+        table = Table("run", "status", "cycles", "tasks landed", "model calls", "US$", "started")
+        for cfg_file in sorted(root.glob("*/config.json")):
+            cfg = SwarmConfig.model_validate_json(cfg_file.read_text())
+            row = _run_row(cfg, cfg_file.parent.name)
+            table.add_row(*row)
+        Console(width=160).print(table)
+
+    @app.command()
+    def logs(
+        run: Annotated[str, typer.Argument(help="Run name")],
+        agent: Annotated[
+            str | None, typer.Option(help="Only agents whose id contains this")
+        ] = None,
+        follow: Annotated[
+            bool, typer.Option("--follow", "-f", help="Keep printing new messages")
+        ] = False,
+        home: HomeOpt = None,
+    ) -> None:
+        """Show agents' transcripts (every message, as the model saw it)."""
+        try:
+            folder = _run_dir(home, run) / "transcripts"
+        except UserError as exc:
+            _fail(str(exc))
+        offsets: dict[Path, int] = {}
+        while True:
+            for path in sorted(folder.glob("*.jsonl")):
+                if agent and agent.replace("/", "_") not in path.name and agent not in path.name:
+                    continue
+                with path.open() as f:
+                    f.seek(offsets.get(path, 0))
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        typer.echo(_format(json.loads(line)))
+                    offsets[path] = f.tell()
+            if not follow:
+                return
+            time.sleep(1)
+
+    @app.command()
+    def stop(run: Annotated[str, typer.Argument(help="Run name")], home: HomeOpt = None) -> None:
+        """Drain a running swarm: no new workers; running ones stop at their next step."""
+        try:
+            folder = _run_dir(home, run)
+        except UserError as exc:
+            _fail(str(exc))
+        (folder / "STOP").write_text("stop requested\n")
+        typer.echo(f"stop requested for {run}: it drains at the agents' next step")
+
+    @app.command()
+    def resume(run: Annotated[str, typer.Argument(help="Run name")], home: HomeOpt = None) -> None:
+        """Continue a crashed or stopped run: landed tasks are kept, answered model calls replay free."""
+        import os
+
+        from pydantic import SecretStr
+
+        from devswarm.cli import execute, print_summary
+
+        try:
+            cfg = SwarmConfig.model_validate_json((_run_dir(home, run) / "config.json").read_text())
+            cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+            summary = execute(cfg, resume=True)
+        except UserError as exc:
+            _fail(str(exc))
+        print_summary(summary)
+        if summary["status"] not in {"done", "stopped", "budget_exhausted"}:
+            raise typer.Exit(1)
+
+
+def _run_row(cfg: SwarmConfig, name: str) -> list[str]:
+    from devswarm.store import open_readonly
+
+    state = ["?"] * 5
+    try:
+        store = open_readonly(cfg.db_path)
+        try:
+            cols, rows = store.query(
+                "SELECT r.status, r.cycles, (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id AND t.status = 'landed'),"
+                " (SELECT count(*) FROM llm_calls c WHERE c.run_id = r.run_id),"
+                " (SELECT round(coalesce(sum(cost_usd), 0), 4) FROM llm_calls c WHERE c.run_id = r.run_id), r.started_at"
+                " FROM runs r WHERE r.run_id = ?",
+                [name],
+            )
+        finally:
+            store.close()
+        if rows:
+            state = [str(v) for v in rows[0]]
+    except Exception:
+        pass
+    return [name, *state][:7] + [""] * max(0, 7 - len(state) - 1)
+
+
+def _format(rec: dict) -> str:
+    m = rec.get("message", {})
+    role = m.get("role", "?")
+    head = f"--- {rec.get('agent_id', '')} · {role}"
+    parts = [head]
+    if m.get("content"):
+        parts.append(str(m["content"]))
+    for call in m.get("tool_calls") or []:
+        fn = call.get("function", {})
+        parts.append(f"→ {fn.get('name')}({fn.get('arguments')})")
+    return "\n".join(parts)

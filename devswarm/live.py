@@ -1,0 +1,81 @@
+"""What a person watching a run sees: a live panel on a terminal, one line per event elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from devswarm import swarm
+
+
+def _panel(started: float) -> Table:
+    table = Table(title="devswarm", show_header=True, header_style="bold")
+    for col in (
+        "run",
+        "planning",
+        "tasks: working / pending / landed / failed / skipped",
+        "tokens",
+        "US$",
+        "conflicts",
+        "elapsed",
+    ):
+        table.add_column(col)
+    for run in list(swarm._RUNS.values()):
+        s = run.stats
+        done = (
+            s["landed"]
+            + s["skipped"]
+            + sum(
+                v
+                for k, v in s.items()
+                if k not in {"landed", "skipped", "planned", "planning", "working", "conflicts"}
+            )
+        )
+        failed = done - s["landed"] - s["skipped"]
+        pending = max(0, s["planned"] - s["working"] - done)
+        table.add_row(
+            run.run_id,
+            str(s["planning"]),
+            f"{s['working']} / {pending} / {s['landed']} / {failed} / {s['skipped']}",
+            f"{run.ledger.tokens:,}",
+            f"{run.ledger.cost:.4f}",
+            str(s["conflicts"]),
+            f"{time.monotonic() - started:.0f} s",
+        )
+    return table
+
+
+@contextmanager
+def watch(console: Console | None = None) -> Iterator[None]:
+    """Show progress while the block runs (a panel on a terminal, event lines otherwise)."""
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    if console.is_terminal:
+        with Live(_panel(started), console=console, refresh_per_second=2, transient=False) as live:
+
+            def listener(line: str) -> None:
+                live.console.log(line)
+                live.update(_panel(started))
+
+            swarm._LISTENERS.append(listener)
+            try:
+                yield
+            finally:
+                swarm._LISTENERS.remove(listener)
+                live.update(_panel(started))
+    else:
+
+        def printer(line: str) -> None:
+            print(f"[{time.monotonic() - started:7.1f}s] {line}", file=sys.stderr, flush=True)
+
+        swarm._LISTENERS.append(printer)
+        try:
+            yield
+        finally:
+            swarm._LISTENERS.remove(printer)

@@ -1,0 +1,212 @@
+"""`devswarm server`: a real Prefect server on an embedded PostgreSQL, and the worker cap."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from devswarm import server
+from devswarm.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVSWARM = [sys.executable, "-m", "devswarm.cli"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*DEVSWARM, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class _Settings(BaseHTTPRequestHandler):
+    """A stand-in Prefect API that answers GET /api/admin/settings with a given database block."""
+
+    database: dict = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.dumps({"server": {"database": self.database}}).encode()
+        self.send_response(200 if self.path == "/api/admin/settings" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def settings_api():
+    """Serve a database settings block on 127.0.0.1; yields a function(database) -> API URL."""
+    servers = []
+
+    def serve(database: dict) -> str:
+        handler = type("Handler", (_Settings,), {"database": database})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/api"
+
+    yield serve
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_worker_cap_follows_the_database_behind_the_api(
+    settings_api, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("DEVSWARM_HOME", str(tmp_path))
+    monkeypatch.delenv("DEVSWARM_PREFECT_DATABASE", raising=False)
+    # No PREFECT_API_URL: Prefect's temporary SQLite server.
+    assert server.worker_cap(None, None)[0] == 4
+    assert server.worker_cap(settings_api({"driver": "sqlite+aiosqlite"}), None)[0] == 4
+    postgres = settings_api({"connection_url": "**********", "host": "db.internal"})
+    assert server.worker_cap(postgres, None) == (None, "")
+    # Prefect obfuscates connection URLs: a plain `prefect server start` looks like this.
+    unknown = settings_api({"connection_url": "**********", "driver": None})
+    cap, why = server.worker_cap(unknown, None)
+    assert cap == 4 and "DEVSWARM_PREFECT_DATABASE" in why
+    monkeypatch.setenv("DEVSWARM_PREFECT_DATABASE", "postgresql")
+    assert server.worker_cap(unknown, None)[0] is None
+    monkeypatch.delenv("DEVSWARM_PREFECT_DATABASE")
+    # devswarm's own server is known from its state file, without asking the API.
+    (tmp_path / "server").mkdir()
+    state = server.ServerState(
+        pid=1, url="http://127.0.0.1:1", api_url="http://127.0.0.1:1/api", port=1,
+        socket_dir="/x", started_at="now",
+    )  # fmt: skip
+    (tmp_path / "server" / "server.json").write_text(state.model_dump_json())
+    assert server.worker_cap("http://127.0.0.1:1/api/", None)[0] is None
+    # Nothing answers: capped, never a crash.
+    assert server.worker_cap("http://127.0.0.1:9/api", None)[0] == 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is about running as root")
+def test_refuses_a_server_folder_under_roots_home(tmp_path: Path) -> None:
+    home = Path(os.path.expanduser("~root"))
+    with pytest.raises(UserError, match="under root's home"):
+        server.check_location(home / ".local" / "share" / "devswarm" / "server")
+    target = home / "devswarm-test-never-created" / "server"
+    done = cli("server", "start", "--dir", str(target), "--port", "1")
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().startswith("devswarm: server folder")
+        and "\n" not in done.stderr.strip()
+    )
+    assert "Traceback" not in done.stderr
+    assert not target.parent.exists()
+
+
+def test_server_folder_default_is_outside_roots_home(monkeypatch) -> None:
+    monkeypatch.delenv("DEVSWARM_HOME", raising=False)
+    folder = server.server_dir()
+    if os.geteuid() == 0:
+        assert folder == Path("/var/lib/devswarm/server")
+    server.check_location(folder)  # never refused by default
+
+
+def test_status_and_stop_of_a_folder_that_never_ran(tmp_path: Path) -> None:
+    assert server.status(tmp_path / "server") is None
+    assert server.stop(tmp_path / "server") is False
+    done = cli("server", "status", "--dir", str(tmp_path / "server"))
+    assert done.returncode == 1 and done.stdout.startswith("down")
+
+
+@pytest.mark.slow
+def test_server_start_status_stop_and_50_concurrent_subflows(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "home" / "server"
+    env = {"DEVSWARM_HOME": str(tmp_path / "home")}
+    port = _free_port()
+
+    started = cli("server", "start", "--port", str(port), env=env)
+    assert started.returncode == 0, started.stderr
+    api_url = f"http://127.0.0.1:{port}/api"
+    assert f"export PREFECT_API_URL={api_url}" in started.stdout
+    assert f'PREFECT_API_AUTH_STRING="$(cat {root}/auth)"' in started.stdout
+    state = server.read_state(root)
+    assert state is not None and state.database == "postgresql"
+    print(f"\ncold start: {state.start_seconds} s")
+
+    # Secrets and the database socket are the user's alone.
+    assert stat.S_IMODE((root / "auth").stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "pgrun").stat().st_mode) == 0o700
+    assert (root / "pgrun" / ".s.PGSQL.5432").is_socket()
+    auth = (root / "auth").read_text().strip()
+    assert auth.startswith("admin:") and len(auth) > 30
+    assert _get(f"{api_url}/flows/filter", None, method="POST") == 401
+    assert _get(f"{api_url}/admin/version", auth) == 200
+    assert _get(f"http://127.0.0.1:{port}/", None) == 200  # the UI
+
+    # Another process sees it up, and devswarm run would not cap the workers.
+    status = cli("server", "status", env=env)
+    assert status.returncode == 0 and status.stdout.startswith(f"up: http://127.0.0.1:{port}")
+    monkeypatch.setenv("DEVSWARM_HOME", env["DEVSWARM_HOME"])
+    monkeypatch.delenv("DEVSWARM_PREFECT_DATABASE", raising=False)
+    assert server.worker_cap(api_url, None) == (None, "")
+
+    client_env = {"PREFECT_API_URL": api_url, "PREFECT_API_AUTH_STRING": auth}
+    bench = subprocess.run(
+        [sys.executable, "bench/server.py", "--subflows-only", "--subflows", "50"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env, **client_env},
+        timeout=240,
+    )
+    print(bench.stdout.strip())
+    assert bench.returncode == 0, bench.stdout + bench.stderr[-2000:]
+    assert bench.stdout.startswith("50/50 concurrent no-op subflows completed")
+
+    postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
+    stopped = cli("server", "stop", env=env)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped")
+    assert not server._alive(state.pid) and not server._alive(postmaster)
+    assert _get(f"{api_url}/health", None) is None
+    down = cli("server", "status", env=env)
+    assert down.returncode == 1 and down.stdout.startswith("down")
+
+    # Warm start from the same folder keeps the data and the auth string.
+    again = cli("server", "start", "--port", str(port), env=env)
+    assert again.returncode == 0, again.stderr
+    print(f"warm start: {server.read_state(root).start_seconds} s")
+    assert (root / "auth").read_text().strip() == auth
+    assert _get(f"{api_url}/admin/version", auth) == 200
+    assert cli("server", "stop", env=env).returncode == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, auth: str | None, method: str = "GET") -> int | None:
+    request = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
