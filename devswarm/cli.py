@@ -214,39 +214,6 @@ def demo(
         raise typer.Exit(1)
 
 
-@app.command()
-def sql(
-    query: Annotated[str, typer.Argument(help="SQL to run on the store")],
-    db: Annotated[
-        Path | None, typer.Option(help="DuckDB file (default <home>/devswarm.duckdb)")
-    ] = None,
-) -> None:
-    """Run SQL on the DuckDB store and print a table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from devswarm.config import default_home
-    from devswarm.store import open_readonly
-
-    path = db or default_home() / "devswarm.duckdb"
-    try:
-        if not path.exists():
-            raise UserError(f"no store at {path}; run a swarm first or pass --db")
-        store = open_readonly(path)
-        try:
-            cols, rows = store.query(query)
-        finally:
-            store.close()
-    except UserError as exc:
-        _fail(str(exc))
-    except Exception as exc:  # DuckDB's own parse/bind errors are the user's to fix
-        _fail(str(exc).splitlines()[0])
-    table = Table(*cols)
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
-    Console(width=200).print(table)
-
-
 @app.command("model-server")
 def model_server(
     scenario: Annotated[Path, typer.Option(help="Scenario JSON file")],
@@ -262,9 +229,9 @@ def model_server(
         _fail(str(exc))
 
 
-from devswarm.commands import analysis, ops, server  # noqa: E402
+from devswarm.commands import analysis, blocks, ops, server  # noqa: E402
 
-for _module in (analysis, ops, server):
+for _module in (analysis, blocks, ops, server):
     _module.register(app)
 
 

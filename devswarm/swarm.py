@@ -7,6 +7,7 @@ be called directly by a test with a plain model function.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -26,8 +27,8 @@ from devswarm.budget import Ledger
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
 from devswarm.llm import ModelCallError, ModelClient
-from devswarm.records import RecordLog, now, span_id
-from devswarm.sandbox import run_command, scrubbed_env
+from devswarm.records import RecordLog, current_flow_run_id, now, span_id
+from devswarm.sandbox import bwrap_available, run_command, scrubbed_env
 from devswarm.schemas import (
     CheckResult,
     Plan,
@@ -37,7 +38,7 @@ from devswarm.schemas import (
     slug,
     validate_plan,
 )
-from devswarm.store import Store
+from devswarm.store import Store, is_busy, publish_run, run_store_path
 from devswarm.toolbox import Toolbox
 from devswarm.workspace import ConflictError, LandResult, Workspace, check_branch_name
 
@@ -47,6 +48,8 @@ LandFn = Callable[[Workspace, Path], LandResult]
 _RUNS: dict[str, Run] = {}
 _LISTENERS: list[Callable[[str], None]] = []  # the CLI's live panel / event printer
 _RUNS_LOCK = threading.Lock()
+_log = logging.getLogger("devswarm")
+_SANDBOX_NOTICED: set[str] = set()  # run ids told "no bubblewrap" (the CLI builds a probe Run too)
 
 
 class RunState(BaseModel):
@@ -122,6 +125,12 @@ class Run:
         self.dir = config.home / "runs" / self.run_id
         self.workspace = Workspace(repo, config.home / "repos" / _repo_key(repo), self.branch)
         self.workspace.prune()
+        self.sandbox_notice = _sandbox_notice(config.use_bwrap)
+        with _RUNS_LOCK:  # once per run, through logging (stderr; Prefect's console)
+            tell = self.sandbox_notice is not None and self.run_id not in _SANDBOX_NOTICED
+            _SANDBOX_NOTICED.add(self.run_id)
+        if tell:
+            _log.warning(self.sandbox_notice)
         self.ledger = Ledger(
             config.budget.max_tokens, config.budget.max_cost_usd, config.budget.max_wall_seconds
         )
@@ -148,6 +157,10 @@ class Run:
         self._task_keys: set[str] = set()
         self._check_cache: dict[str, CheckResult] = {}
         self._check_locks: dict[str, threading.Lock] = {}
+        self.setup_cache: dict[str, CheckResult] = {}  # base commit -> first setup result there
+        self._setup_locks: dict[str, threading.Lock] = {}
+        # False once the server refused response_format: later agents put the schema in the prompt.
+        self.structured_output = True
         self._lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
         (self.dir / "STOP").unlink(
@@ -261,7 +274,7 @@ class Run:
 
     def final_status(self, verdict: Verdict | None) -> str:
         if self.ledger.exhausted in {"tokens", "cost", "wall_time", "cycles"} and (
-            verdict is None or verdict.decision == "continue"
+            verdict is None or verdict.decision != "done"
         ):
             return "budget_exhausted"
         if self.stop_reason:
@@ -301,16 +314,36 @@ class Run:
             config=self.config.model_dump_json(exclude={"api_key"}),
         )
 
+    @property
+    def store_path(self) -> Path:
+        """This run's own DuckDB file (one writer per file); merged into the warehouse at the end."""
+        return run_store_path(self.config.db_path, self.run_id)
+
+    def publish(self) -> Path | None:
+        """Merge this run's file into the warehouse and write its HTML report; returns the
+        report's path. Never raises: the end of a run must not fail on either."""
+        try:
+            publish_run(self.config.db_path, self.store_path)
+        except Exception as exc:
+            _log.warning("run %s not merged into %s: %s", self.run_id, self.config.db_path, exc)
+        try:
+            from devswarm.report import write_html_report
+
+            return write_html_report(self.config.db_path, self.run_id, self.dir / "report.html")
+        except Exception as exc:
+            _log.warning("no HTML report for run %s: %s", self.run_id, exc)
+            return None
+
     def import_records(self, paths: list[Path] | None = None) -> int:
         """Import agents' JSONL files into DuckDB (idempotent), retrying while another process writes."""
         records = self.dir / "records"
         files = paths if paths is not None else sorted(records.glob("*.jsonl"))
         for attempt in range(50):
             try:
-                with Store(self.config.db_path) as store:
+                with Store(self.store_path) as store:
                     return sum(store.import_jsonl(p) for p in files if p.exists())
-            except Exception as exc:  # DuckDB's lock error when another process holds the file
-                if "lock" not in str(exc).lower() or attempt == 49:
+            except Exception as exc:  # another process (a reader) holds the file a moment
+                if not is_busy(exc) or attempt == 49:
                     raise
                 time.sleep(0.1 + 0.05 * attempt)
         return 0
@@ -367,17 +400,49 @@ class Run:
                     f"check-{commit[:12]}-{threading.get_ident()}", commit
                 )
                 try:
-                    self._setup(wt)
+                    self._setup(wt, commit)
                     self._check_cache[commit] = self.run_check(command, wt)
                 finally:
                     self.workspace.remove_worktree(wt)
             return self._check_cache[commit]
 
-    def _setup(self, worktree: Path) -> CheckResult | None:
+    def _setup(self, worktree: Path, base: str) -> CheckResult | None:
+        """The setup command in a fresh worktree at commit `base`.
+
+        What a setup makes (a venv, node_modules, a build) lives in the worktree, so a passing
+        setup runs again in every worktree. A failing one is cached per base commit: the same
+        commit fails the same way, so later workers report it at once; and the first setup of
+        a commit runs alone, so a broken setup runs once, not once per worker.
+        """
         if not self.config.setup:
             return None
+        with self._lock:
+            lock = self._setup_locks.setdefault(base, threading.Lock())
+        with lock:
+            first = self.setup_cache.get(base)
+            if first is None:
+                self.setup_cache[base] = first = self._run_setup(worktree)
+                return first
+        return first if not first.passed else self._run_setup(worktree)
+
+    def _run_setup(self, worktree: Path) -> CheckResult:
         # The user's own setup (e.g. pip install) may need the network: not sandboxed.
-        return self.run_check(self.config.setup, worktree, sandboxed=False)
+        return self.run_check(self.config.setup or "", worktree, sandboxed=False)
+
+
+def _sandbox_notice(use_bwrap: bool | None) -> str | None:
+    """What to say once per run when agents' commands run without bubblewrap."""
+    if use_bwrap is None and bwrap_available():
+        return None
+    if use_bwrap:
+        if bwrap_available():
+            return None
+        raise UserError("bubblewrap was required (use_bwrap) but does not work on this machine")
+    why = "turned off (use_bwrap=False)" if use_bwrap is False else "not available here"
+    return (
+        f"bubblewrap is {why}: agents' commands run without a sandbox, with network access and "
+        "write access to everything this user can write (see docs/sandbox.md)"
+    )
 
 
 def _repo_key(repo: Path) -> str:
@@ -472,6 +537,7 @@ def _planner(
             transcript=run.transcript(agent_id),
             answer_schema=Plan,
             should_stop=run.should_stop,
+            structured_output=run.structured_output,
         )
         for turn in range(2):  # an invalid plan goes back to the planner once, with the errors
             outcome = agent.run()
@@ -487,6 +553,7 @@ def _planner(
                 agent.tell(prompts.invalid_plan(errors))
             else:
                 plan = _repair(plan, errors)
+        run.structured_output = run.structured_output and agent.structured_output
     finally:
         run.bump("planning", -1)
         run.workspace.remove_worktree(wt)
@@ -572,7 +639,7 @@ def work_task(
             report.status, report.reason = "skipped", f"not started: {reason}"
             return report
         wt = run.workspace.add_worktree(safe_name(agent_id), task.base_commit)
-        setup = run._setup(wt)
+        setup = run._setup(wt, task.base_commit)
         if setup is not None and not setup.passed:
             report.status, report.reason = (
                 "setup_failed",
@@ -775,8 +842,10 @@ def judge_cycle(
             transcript=run.transcript(agent_id),
             answer_schema=Verdict,
             should_stop=run.should_stop,
+            structured_output=run.structured_output,
         )
         outcome = agent.run()
+        run.structured_output = run.structured_output and agent.structured_output
     finally:
         run.workspace.remove_worktree(wt)
     _agent_end(run, log, agent_id, "judge", cycle, "", None, cfg.models.judge, outcome)
@@ -817,6 +886,7 @@ def _agent_row(
         status=status,
         steps=0,
         started_at=run.starts.setdefault(agent_id, now()),
+        flow_run_id=current_flow_run_id(),  # joins Prefect's history (devswarm history import)
         span_id=span_id(agent_id),
         parent_span_id=span_id(run.run_id, str(cycle)),
     )

@@ -28,7 +28,27 @@ def run_swarm(config: SwarmConfig) -> dict[str, Any]:
     state = swarm(params, return_state=True)
     flow_run_id = state.state_details.flow_run_id
     wait_for_history(flow_run_id)
+    import_history_quietly(config, flow_run_id)
     return state.result()
+
+
+def import_history_quietly(config: SwarmConfig, flow_run_id: Any) -> None:
+    """Copy the run's Prefect flow and task runs into DuckDB and refresh its HTML report.
+
+    Best effort: `devswarm history import --run ID` does the same later.
+    """
+    from devswarm.commands.analysis import import_history
+    from devswarm.report import write_html_report
+
+    try:
+        import_history(config.db_path, config.run_name, wait=5.0, flow_run_id=str(flow_run_id))
+        report = config.home / "runs" / str(config.run_name) / "report.html"
+        if report.exists():
+            write_html_report(config.db_path, config.run_name, report)
+    except Exception as exc:
+        logging.getLogger("devswarm").warning(
+            "Prefect history not imported (try: devswarm history import): %s", exc
+        )
 
 
 def flow_run_tree(client: Any, root: Any) -> list[Any]:

@@ -56,6 +56,8 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
             tasks = plan(run.run_id, cycle, "root", config.goal, [], 0, previous)
             run.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
             reports = run_workers(run, tasks)
+            if run.should_stop():  # drained: the judge would be a call past the budget
+                break
             verdict = judge(run.run_id, cycle, reports)
             run.finish_cycle(cycle, verdict, reports)
             run.emit(f"cycle {cycle}: judge says {verdict.decision}: {verdict.reasons[:160]}")
@@ -69,6 +71,7 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
         run.record_run(status, cycle, str(flow_run.id))
         run.workspace.prune()
         run.import_records()
+        report = run.publish()  # merge into the warehouse; <run dir>/report.html
         run.close()
     logger.info("run %s ended: %s after %d cycle(s)", run.run_id, status, cycle)
     summary = {
@@ -78,6 +81,7 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
         "branch": run.branch,
         "tip": run.workspace.tip(),
         "db": str(config.db_path),
+        "report": str(report) if report else None,
         "verdict": verdict.model_dump() if verdict else None,
     }
     _summary_artifact(summary)
@@ -118,6 +122,8 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
     md = "\n".join(f"- **{k}**: `{v}`" for k, v in summary.items() if k != "verdict")
     if summary.get("verdict"):
         md += f"\n\n## Verdict\n{summary['verdict']['decision']}: {summary['verdict']['reasons']}"
+    if summary.get("report"):
+        md += f"\n\n[HTML report]({Path(summary['report']).as_uri()}) (a self-contained file)"
     create_markdown_artifact(
         key="swarm-summary",
         markdown=f"# Swarm run {summary['run_id']}\n\n{md}\n\n_written {now()}_",

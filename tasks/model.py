@@ -13,6 +13,7 @@ from prefect import task
 from prefect.runtime import task_run
 
 from devswarm.agent import ModelFn
+from devswarm.budget import BudgetExhausted
 from devswarm.llm import ModelCallError, request_hash
 from devswarm.swarm import Run, get_run
 
@@ -73,6 +74,8 @@ def prefect_calls(run: Run, agent_id: str) -> ModelFn:
     """The agent's model function: every call goes through the `model_call` Prefect task."""
 
     def call(request: dict[str, Any], step: int) -> dict[str, Any]:
+        if reason := run.ledger.exhausted:  # drained: no Prefect task run for a call never sent
+            raise BudgetExhausted(reason)
         return model_call(run.run_id, agent_id, step, request)
 
     return call

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from tests.conftest import chat_requests, git, make_repo, snapshot
+from tests.helpers import JUDGE_DONE, plan_reply, rows, task, tc
 
 CALC = """def add(a, b):
     return a + b
@@ -25,39 +25,6 @@ class AddTest(unittest.TestCase):
     def test_add(self):
         self.assertEqual(add(2, 3), 5)
 """
-
-
-def tc(name: str, **arguments) -> dict:
-    return {"name": name, "arguments": arguments}
-
-
-def plan_reply(*tasks: dict, scopes: list | None = None) -> dict:
-    return {"json": {"summary": "test plan", "tasks": list(tasks), "scopes": scopes or []}}
-
-
-def task(id: str, files: list[str], check: str | None = None) -> dict:
-    return {
-        "id": id,
-        "title": f"do {id}",
-        "description": f"Do {id}.",
-        "acceptance": [],
-        "files": files,
-        "check": check,
-    }
-
-
-JUDGE_DONE = {
-    "match": "judge/*",
-    "steps": [{"json": {"decision": "done", "reasons": "ok", "score": 1.0}}],
-}
-
-
-def rows(db: Path, sql: str, *params) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def test_model_call_retries_429_with_retry_after_then_lands(swarm_run, tmp_path: Path) -> None:
