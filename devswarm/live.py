@@ -14,32 +14,19 @@ from rich.table import Table
 from devswarm import swarm
 
 
+_last_rows: dict[str, list[str]] = {}  # a run's last row stays on the panel after it ends
+
+
 def _panel(started: float) -> Table:
     table = Table(title="devswarm", show_header=True, header_style="bold")
-    for col in (
-        "run",
-        "planning",
-        "tasks: working / pending / landed / failed / skipped",
-        "tokens",
-        "US$",
-        "conflicts",
-        "elapsed",
-    ):
+    for col in ("run", "planning", "tasks: working / pending / landed / failed / skipped", "tokens", "US$", "conflicts", "elapsed"):
         table.add_column(col)
     for run in list(swarm._RUNS.values()):
         s = run.stats
-        done = (
-            s["landed"]
-            + s["skipped"]
-            + sum(
-                v
-                for k, v in s.items()
-                if k not in {"landed", "skipped", "planned", "planning", "working", "conflicts"}
-            )
-        )
-        failed = done - s["landed"] - s["skipped"]
-        pending = max(0, s["planned"] - s["working"] - done)
-        table.add_row(
+        settled = {"landed", "skipped", "planned", "planning", "working", "conflicts"}
+        failed = sum(v for k, v in s.items() if k not in settled)
+        pending = max(0, s["planned"] - s["working"] - s["landed"] - s["skipped"] - failed)
+        _last_rows[run.run_id] = [
             run.run_id,
             str(s["planning"]),
             f"{s['working']} / {pending} / {s['landed']} / {failed} / {s['skipped']}",
@@ -47,7 +34,11 @@ def _panel(started: float) -> Table:
             f"{run.ledger.cost:.4f}",
             str(s["conflicts"]),
             f"{time.monotonic() - started:.0f} s",
-        )
+        ]
+    for row in _last_rows.values():
+        table.add_row(*row)
+    if not _last_rows:
+        table.add_row("(starting Prefect)", "", "", "", "", "", f"{time.monotonic() - started:.0f} s")
     return table
 
 
@@ -60,7 +51,7 @@ def watch(console: Console | None = None) -> Iterator[None]:
         with Live(_panel(started), console=console, refresh_per_second=2, transient=False) as live:
 
             def listener(line: str) -> None:
-                live.console.log(line)
+                live.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}", highlight=False)
                 live.update(_panel(started))
 
             swarm._LISTENERS.append(listener)

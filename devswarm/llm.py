@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from typing import Any
 
@@ -79,6 +80,7 @@ class ModelClient:
         prices: dict[str, Price | None] | None = None,
         fallback_price: Price | None = None,
         ledger: Ledger | None = None,
+        max_in_flight: int = 32,
     ) -> None:
         self.base_url = base_url
         self._client = openai.OpenAI(
@@ -90,6 +92,8 @@ class ModelClient:
         self._prices = prices or {}
         self._fallback = fallback_price or Price(input=5.0, output=15.0)
         self.ledger = ledger
+        # A cap on calls in flight across the swarm, so parallel workers don't start 429 storms.
+        self._slots = threading.BoundedSemaphore(max_in_flight)
 
     def price(self, model: str) -> Price:
         return self._prices.get(model) or self._fallback
@@ -146,9 +150,10 @@ class ModelClient:
         }
         tokens, cost = 0, 0.0
         try:
-            raw = self._client.chat.completions.with_raw_response.create(
-                **request, extra_headers=headers
-            )
+            with self._slots:
+                raw = self._client.chat.completions.with_raw_response.create(
+                    **request, extra_headers=headers
+                )
             completion = raw.parse()
         except openai.APIStatusError as exc:
             code = _error_code(exc)

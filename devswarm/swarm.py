@@ -142,6 +142,7 @@ class Run:
             prices={m: config.price(m) for m in models},
             fallback_price=config.budget.fallback_price,
             ledger=self.ledger,
+            max_in_flight=config.max_model_calls_at_once,
         )
         self.unpriced = sorted(m for m in models if config.price(m) is None)
         self.secrets = [s for s in [config.api_key.get_secret_value()] if s]

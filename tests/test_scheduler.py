@@ -1,0 +1,149 @@
+"""The cycle's scheduler on its own: dependencies, streaming, follow-ups, crashes, drains."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from devswarm.scheduler import Scheduler
+from devswarm.schemas import PlannedTask, TaskSpec, WorkerReport
+
+
+def planned(id: str, depends_on: list[str] | None = None) -> PlannedTask:
+    return PlannedTask(
+        spec=TaskSpec(id=id, title=id, description=id),
+        key=id,
+        cycle=1,
+        plan_path="root",
+        planner_agent_id="planner",
+        base_commit="base",
+        depends_on=depends_on or [],
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def add(self, kind: str, key: str) -> None:
+        with self.lock:
+            self.events.append((kind, key))
+
+
+def scheduler(rec: Recorder, work, *, followup=None, stop=lambda: None, max_workers=4, **kw) -> Scheduler:
+    return Scheduler(
+        work=work,
+        followup=followup,
+        should_stop=stop,
+        tip=lambda: "tip",
+        on_report=lambda t, r: rec.add("report", t.key),
+        on_skip=lambda t, reason: rec.add("skip", t.key),
+        max_workers=max_workers,
+        **kw,
+    )
+
+
+def landed(task: PlannedTask, attempt: int) -> WorkerReport:
+    return WorkerReport(task_key=task.key, agent_id=f"w-{task.key}-{attempt}", status="landed")
+
+
+def test_dependants_start_after_their_dependency_landed_from_the_new_tip() -> None:
+    rec, bases = Recorder(), {}
+
+    def work(task, attempt):
+        bases[task.key] = task.base_commit
+        rec.add("start", task.key)
+        time.sleep(0.05)
+        return landed(task, attempt)
+
+    reports = scheduler(rec, work).run([planned("b", ["a"]), planned("a")])
+    assert [r.status for r in reports] == ["landed", "landed"]
+    assert rec.events.index(("report", "a")) < rec.events.index(("start", "b"))
+    assert bases == {"a": "base", "b": "tip"}
+
+
+def test_a_failed_dependency_skips_the_whole_chain() -> None:
+    rec = Recorder()
+
+    def work(task, attempt):
+        status = "failed" if task.key == "a" else "landed"
+        return WorkerReport(task_key=task.key, agent_id="w", status=status)
+
+    reports = {r.task_key: r for r in scheduler(rec, work).run([planned("a"), planned("b", ["a"]), planned("c", ["b"])])}
+    assert reports["a"].status == "failed"
+    assert reports["b"].status == reports["c"].status == "skipped"
+    assert "a did not land" in reports["b"].reason
+
+
+def test_reports_stream_while_a_slow_worker_still_runs() -> None:
+    rec = Recorder()
+    release = threading.Event()
+
+    def work(task, attempt):
+        if task.key == "slow":
+            release.wait(5)
+        return landed(task, attempt)
+
+    def followup(task, report):
+        rec.add("followup", task.key)
+        release.set()  # the slow worker only ends after the fast one's follow-up ran
+        return [planned("extra")]
+
+    def work_with_concern(task, attempt):
+        r = work(task, attempt)
+        if task.key == "fast":
+            r.handoff = "done\nConcerns: more to do"
+        return r
+
+    reports = scheduler(rec, work_with_concern, followup=followup).run([planned("slow"), planned("fast")])
+    assert sorted(r.task_key for r in reports) == ["extra", "fast", "slow"]
+    assert rec.events.index(("followup", "fast")) < rec.events.index(("report", "slow"))
+
+
+def test_a_crashed_worker_is_resubmitted_once_then_reported() -> None:
+    rec, attempts = Recorder(), []
+
+    def work(task, attempt):
+        attempts.append((task.key, attempt))
+        if task.key == "flaky" and attempt == 1 or task.key == "broken":
+            raise RuntimeError("subflow crashed")
+        return landed(task, attempt)
+
+    reports = {r.task_key: r for r in scheduler(rec, work).run([planned("flaky"), planned("broken")])}
+    assert reports["flaky"].status == "landed" and ("flaky", 2) in attempts
+    assert reports["broken"].status == "crashed" and attempts.count(("broken", 2)) == 1
+
+
+def test_a_drain_skips_what_has_not_started_and_respects_the_worker_bound() -> None:
+    rec, running, peak = Recorder(), [0], [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work(task, attempt):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        stop.set()
+        with lock:
+            running[0] -= 1
+        return landed(task, attempt)
+
+    tasks = [planned(f"t{i}") for i in range(8)]
+    reports = scheduler(rec, work, stop=lambda: "stop requested" if stop.is_set() else None, max_workers=2).run(tasks)
+    statuses = [r.status for r in reports]
+    assert peak[0] <= 2
+    assert statuses.count("landed") == 2 and statuses.count("skipped") == 6
+
+
+def test_tasks_landed_before_a_resume_are_not_redone() -> None:
+    rec, started = Recorder(), []
+
+    def work(task, attempt):
+        started.append(task.key)
+        return landed(task, attempt)
+
+    reports = {r.task_key: r for r in scheduler(rec, work, landed={"a"}).run([planned("a"), planned("b", ["a"])])}
+    assert started == ["b"]
+    assert reports["a"].status == "landed"
