@@ -13,13 +13,20 @@ from rich.table import Table
 
 from devswarm import swarm
 
-
 _last_rows: dict[str, list[str]] = {}  # a run's last row stays on the panel after it ends
 
 
 def _panel(started: float) -> Table:
     table = Table(title="devswarm", show_header=True, header_style="bold")
-    for col in ("run", "planning", "tasks: working / pending / landed / failed / skipped", "tokens", "US$", "conflicts", "elapsed"):
+    for col in (
+        "run",
+        "planning",
+        "tasks: working / pending / landed / failed / skipped",
+        "tokens",
+        "US$",
+        "conflicts",
+        "elapsed",
+    ):
         table.add_column(col)
     for run in list(swarm._RUNS.values()):
         s = run.stats
@@ -38,7 +45,9 @@ def _panel(started: float) -> Table:
     for row in _last_rows.values():
         table.add_row(*row)
     if not _last_rows:
-        table.add_row("(starting Prefect)", "", "", "", "", "", f"{time.monotonic() - started:.0f} s")
+        table.add_row(
+            "(starting Prefect)", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
+        )
     return table
 
 
@@ -51,7 +60,9 @@ def watch(console: Console | None = None) -> Iterator[None]:
         with Live(_panel(started), console=console, refresh_per_second=2, transient=False) as live:
 
             def listener(line: str) -> None:
-                live.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}", highlight=False)
+                live.console.print(
+                    f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}", highlight=False
+                )
                 live.update(_panel(started))
 
             swarm._LISTENERS.append(listener)
