@@ -66,6 +66,10 @@ def run(
     run_name: Annotated[
         str | None, typer.Option(help="Name of the run (default <repo>-<time>)")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with any run settings (models, prices, limits, budget, ...)"),
+    ] = None,
 ) -> None:
     """Run a swarm on a repository against any OpenAI-compatible endpoint."""
     from pydantic import SecretStr
@@ -76,8 +80,10 @@ def run(
         text = _goal(goal, goal_file)
         if not repo.exists():
             raise UserError(f"repository {repo} does not exist")
-        cfg = SwarmConfig(
-            goal=text, repo=repo, branch=branch, check=check, setup=setup, run_name=run_name
+        settings = _settings_file(config)
+        cfg = SwarmConfig.model_validate(
+            {**settings, "goal": text, "repo": repo, "run_name": run_name}
+            | {k: v for k, v in {"branch": branch, "check": check, "setup": setup}.items() if v}
         )
         cfg.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
@@ -102,8 +108,41 @@ def run(
     except UserError as exc:
         _fail(str(exc))
     print_summary(summary)
-    if summary["status"] not in {"done", "max_cycles", "stopped"}:
-        raise typer.Exit(1)
+    raise typer.Exit(EXIT_CODES.get(summary["status"], 1))
+
+
+# done and stopped (by the judge or a person) are normal ends; an exhausted budget is not.
+EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4}
+
+
+def _settings_file(path: Path | None) -> dict:
+    """Run settings from a TOML file (the same names as SwarmConfig's fields)."""
+    if path is None:
+        return {}
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from devswarm.config import SwarmConfig
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path}: {exc}") from None
+    if "api_key" in data:
+        raise UserError(
+            f"config file {path}: keep the API key out of files; use OPENAI_API_KEY or a block"
+        )
+    try:
+        SwarmConfig.model_validate({"goal": "x", "repo": ".", **data})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(
+            f"config file {path}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from None
+    return data
 
 
 def _goal(goal: str | None, goal_file: Path | None) -> str:
@@ -247,7 +286,9 @@ def main() -> None:
 
         path = Path(tempfile.gettempdir()) / "devswarm-error.log"
         path.write_text(traceback.format_exc())
-        typer.echo(f"devswarm: internal error: {type(exc).__name__}: {exc} (traceback in {path})", err=True)
+        typer.echo(
+            f"devswarm: internal error: {type(exc).__name__}: {exc} (traceback in {path})", err=True
+        )
         sys.exit(3)
 
 

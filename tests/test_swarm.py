@@ -283,6 +283,9 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
             ["--repo", "{repo}", "--goal", "x", "--branch", "main", "--base-url", "{url}"],
             "checked out",
         ),
+        (["--repo", "{repo}", "--goal", "x", "--config", "{tmp}/nope.toml"], "does not exist"),
+        (["--repo", "{repo}", "--goal", "x", "--config", "{tmp}/bad.toml"], "max_workers"),
+        (["--repo", "{repo}", "--goal-file", "{tmp}/missing.md"], "goal file"),
     ],
 )
 def test_run_with_bad_input_says_one_line_and_exits_nonzero(
@@ -291,6 +294,7 @@ def test_run_with_bad_input_says_one_line_and_exits_nonzero(
     from devswarm.modelserver import ModelServer, Scenario
 
     repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
+    (tmp_path / "bad.toml").write_text('max_workers = "many"\n')
     before = snapshot(repo)
     with ModelServer(Scenario.from_data({})) as server:
         argv = [a.format(tmp=tmp_path, repo=repo, url=server.url) for a in args]

@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
         from pydantic import SecretStr
 
-        from devswarm.cli import execute, print_summary
+        from devswarm.cli import EXIT_CODES, execute, print_summary
 
         try:
             cfg = SwarmConfig.model_validate_json((_run_dir(home, run) / "config.json").read_text())
@@ -98,8 +98,7 @@ def register(app: typer.Typer) -> None:
         except UserError as exc:
             _fail(str(exc))
         print_summary(summary)
-        if summary["status"] not in {"done", "stopped", "budget_exhausted"}:
-            raise typer.Exit(1)
+        raise typer.Exit(EXIT_CODES.get(summary["status"], 1))
 
 
 def _run_row(cfg: SwarmConfig, name: str) -> list[str]:
