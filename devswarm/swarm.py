@@ -152,7 +152,9 @@ class Run:
         self.started_at = now()
         self.starts: dict[str, str] = {}  # agent id or task key -> when it started
         self.state = RunState.load(self.dir / "state.json")
-        self.hot_files.update(self.state.hot_files)
+        self.hot_files.update(
+            self.state.hot_files or self._earlier_hot_files(self.workspace.user_repo)
+        )
         self.stats: Counter[str] = Counter()  # live counters for the panel and the event lines
         self.listeners: list[Callable[[str], None]] = list(_LISTENERS)
         self._task_keys: set[str] = set()
@@ -171,6 +173,29 @@ class Run:
         (self.dir / "config.json").write_text(config.model_dump_json(indent=1, exclude={"api_key"}))
         with _RUNS_LOCK:
             _RUNS[self.run_id] = self
+
+    def _earlier_hot_files(self, repo: Path) -> Counter[str]:
+        """Conflicts per file from earlier runs on this repository (planners keep them apart)."""
+        hot: Counter[str] = Counter()
+        if not self.config.db_path.exists():
+            return hot
+        try:
+            from devswarm.store import open_readonly
+
+            store = open_readonly(self.config.db_path)
+            try:
+                _, found = store.query(
+                    "SELECT l.conflict_files FROM landings l JOIN runs r USING (run_id)"
+                    " WHERE r.repo_path = ? AND l.status = 'conflict'",
+                    [str(repo)],
+                )
+            finally:
+                store.close()
+        except Exception:  # the history is a hint; a busy or old store must not stop a run
+            return hot
+        for (files,) in found:
+            hot.update(json.loads(files or "[]"))
+        return hot
 
     def unique_task_key(self, key: str) -> str:
         """Task keys are unique in a run (follow-ups may reuse an id)."""

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import chat_requests, git, make_repo
 from tests.helpers import JUDGE_DONE, plan_reply, rows, task, tc, write_and_finish
 
@@ -375,3 +377,23 @@ def test_devswarm_stop_drains_a_running_swarm(tmp_path: Path) -> None:
     statuses = [r[0] for r in rows(home / "devswarm.duckdb", "SELECT status FROM tasks")]
     assert statuses.count("skipped") >= 3  # never started
     assert len(statuses) == 6  # every task accounted for
+
+
+@pytest.mark.slow
+def test_hot_files_from_earlier_landings_reach_the_next_runs_planners(
+    swarm_run, tmp_path: Path
+) -> None:
+    from devswarm.demo import CHECK, DEMO, make_demo_repo
+
+    repo = make_demo_repo(tmp_path / "textkit")
+    scenario = json.loads((DEMO / "scenario.json").read_text())
+    first, log1 = swarm_run(scenario, repo, check=CHECK)
+    assert (
+        rows(Path(first["db"]), "SELECT count(*) FROM landings WHERE status = 'conflict'")[0][0]
+        == 1
+    )
+    planner1 = [r for r in chat_requests(log1) if r["agent"].endswith("/c1/root")][0]
+    assert "Hot files" not in json.dumps(planner1["request"]["messages"])
+    _, log2 = swarm_run(scenario, repo, check=CHECK)
+    planner2 = [r for r in chat_requests(log2) if r["agent"].endswith("/c1/root")][0]
+    assert "textkit/__init__.py: 1 conflicts" in json.dumps(planner2["request"]["messages"])
