@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -70,6 +68,16 @@ def run(
         Path | None,
         typer.Option(help="TOML file with any run settings (models, prices, limits, budget, ...)"),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="Where workers run: local, or deployment (a work pool; docs/scale-out.md)"
+        ),
+    ] = None,
+    remote: Annotated[
+        str | None,
+        typer.Option(help="Shared git remote for --executor deployment (default: one in <home>)"),
+    ] = None,
 ) -> None:
     """Run a swarm on a repository against any OpenAI-compatible endpoint."""
     from pydantic import SecretStr
@@ -104,6 +112,14 @@ def run(
             cfg.budget.max_cost_usd = max_cost
         if max_tokens is not None:
             cfg.budget.max_tokens = max_tokens
+        if executor is not None:
+            if executor not in ("local", "deployment"):
+                raise UserError(f"--executor must be local or deployment, not {executor!r}")
+            cfg.executor = executor  # type: ignore[assignment]
+        if remote is not None:
+            from devswarm.workspace import remote_url
+
+            cfg.remote = remote_url(remote)
         summary = execute(cfg)
     except UserError as exc:
         _fail(str(exc))
@@ -163,7 +179,7 @@ def execute(cfg, *, resume: bool = False) -> dict:
     """
     from devswarm.live import watch
     from devswarm.llm import ModelClient
-    from devswarm.swarm import Run, new_run_name
+    from devswarm.swarm import Run, drain_on_signals, new_run_name
 
     cfg.repo = cfg.repo.expanduser().resolve()
     cfg.run_name = cfg.run_name or new_run_name(cfg.repo)
@@ -193,39 +209,8 @@ def execute(cfg, *, resume: bool = False) -> dict:
 
     if resume:
         mark_crashed(cfg.run_name)
-    with watch(), _draining():
+    with watch(), drain_on_signals(lambda msg: typer.echo(f"devswarm: {msg}", err=True)):
         return run_swarm(cfg)
-
-
-@contextlib.contextmanager
-def _draining():
-    """SIGINT/SIGTERM: drain every run of this process; a second signal aborts."""
-    import signal
-
-    from devswarm import swarm
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hits = 0
-
-    def handler(signum, _frame):
-        nonlocal hits
-        hits += 1
-        if hits > 1:
-            raise KeyboardInterrupt
-        for run in list(swarm._RUNS.values()):
-            run.stop(f"stopped by {signal.Signals(signum).name}")
-        typer.echo(
-            "devswarm: draining (running workers stop at their next step); again to abort", err=True
-        )
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def print_summary(summary: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -101,6 +102,15 @@ class SwarmConfig(BaseModel):
     check_turns: int = 2
     command_timeout: float = 300.0
     use_bwrap: bool | None = None
+
+    # Scale-out (docs/scale-out.md): "local" runs workers as subflows in this process;
+    # "deployment" runs each on a Prefect work pool and lands through a shared git remote.
+    executor: Literal["local", "deployment"] = "local"
+    remote: str | None = None  # the shared remote's URL (default: a bare repository in <home>)
+    worker_deployment: str = "work-remote/devswarm-worker"
+    # Where workers leave reports and records: None, the run folder (a disk both sides see);
+    # else a Prefect storage block, "<block type slug>/<name>" (e.g. "s3-bucket/devswarm").
+    result_storage: str | None = None
 
     limits: AgentLimits = Field(default_factory=AgentLimits)
     budget: Budget = Field(default_factory=Budget)

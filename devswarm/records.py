@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -310,7 +311,9 @@ def _flow_agent(
     spec = task.get("spec") if isinstance(task.get("spec"), dict) else {}
     if flow_name == "work" and task.get("key") and spec.get("id"):
         attempt = params.get("attempt") or 1
-        agent = f"worker/{run_id}/c{task.get('cycle')}/{task.get('plan_path')}/{spec['id']}/a{attempt}"
+        agent = (
+            f"worker/{run_id}/c{task.get('cycle')}/{task.get('plan_path')}/{spec['id']}/a{attempt}"
+        )
         return agent, task["key"], task.get("cycle")
     if flow_name == "followup" and task.get("planner_agent_id") and spec.get("id"):
         return f"{task['planner_agent_id']}/followup-{spec['id']}", None, task.get("cycle")
@@ -370,13 +373,16 @@ def task_run_record(
     """A ``prefect_task_runs`` record from a Prefect TaskRun (as a dict) of our run ``run_id``.
 
     A model call's task run is named "<agent id> · step N", which gives agent_id and step; other
-    task runs get their agent from their flow run when imported (devswarm.store).
+    task runs get their agent when imported (devswarm.store: a subflow's stand-in the subflow's,
+    any other its flow run's).
     """
     name = task_run.get("name") or ""
     agent_id, step = None, None
     if m := _STEP_NAME.match(name):
         agent_id, step = m[1], int(m[2])
         task_name = "model-call"
+    elif subflow_run_id:  # the stand-in a parent flow run holds for a subflow run
+        task_name = "subflow"
     else:
         task_name = name.split(" · ")[0]
     run_count = task_run.get("run_count") or 0
@@ -419,3 +425,17 @@ def _str(value: Any) -> str | None:
 def _state(value: Any) -> str | None:
     # A StateType enum or its text ("COMPLETED").
     return getattr(value, "value", value) if value is not None else None
+
+
+def current_flow_run_id() -> str | None:
+    """The Prefect flow run this thread runs in, or None (outside Prefect, or Prefect unloaded).
+
+    Reads Prefect's runtime module only if the process already imported it, so plain-Python
+    callers never pay for (or depend on) importing Prefect.
+    """
+    module = sys.modules.get("prefect.runtime.flow_run")
+    try:
+        value = module.id if module is not None else None
+    except Exception:  # no flow run context in this thread
+        return None
+    return str(value) if value else None

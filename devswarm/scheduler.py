@@ -147,7 +147,9 @@ class Scheduler:
     def _work_result(self, fut: Future, task: PlannedTask, attempt: int) -> WorkerReport | None:
         try:
             return fut.result()
-        except Exception as exc:  # the subflow crashed (not the task failing): once more
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the subflow crashed or was killed: once more
             if attempt < 2 and not self.should_stop():
                 return None
             return WorkerReport(

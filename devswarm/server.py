@@ -58,6 +58,8 @@ DEFAULT_PORT = 4200
 ROOT_DEFAULT_DIR = Path("/var/lib/devswarm/server")
 # The temporary (SQLite) server holds few concurrent subflows; see DESIGN.md's measurements.
 SQLITE_WORKER_CAP = 4
+# Requests to our own loopback server must not go through an HTTP(S)_PROXY from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ServerState(BaseModel):
@@ -122,7 +124,12 @@ def server_dir(home: Path | None = None) -> Path:
 
 
 def check_location(root: Path) -> None:
-    """Refuse, as root, a server folder under root's home (it would have to be opened to others)."""
+    """Refuse a folder whose socket path is too long, and as root one under root's home
+    (PostgreSQL's system user would need it opened to others)."""
+    if len(str(ServerPaths(root).pgrun / ".s.PGSQL.5432")) > 107:  # sun_path: 108 bytes
+        raise UserError(
+            f"server folder {root} is too long a path for a unix socket; pick a shorter one"
+        )
     if os.geteuid() != 0:
         return
     home = Path(pwd.getpwuid(0).pw_dir).resolve()
@@ -130,10 +137,6 @@ def check_location(root: Path) -> None:
         raise UserError(
             f"server folder {root} is under root's home {home}, which PostgreSQL's system user "
             f"would need to traverse; use --dir or DEVSWARM_HOME elsewhere (default {ROOT_DEFAULT_DIR})"
-        )
-    if len(str(ServerPaths(root).pgrun / ".s.PGSQL.5432")) > 100:
-        raise UserError(
-            f"server folder {root} is too long a path for a unix socket; pick a shorter one"
         )
 
 
@@ -154,7 +157,7 @@ def start(
     opened = _prepare_root(paths.root)
     with _locked(paths):
         current = read_state(paths.root)
-        if current is not None and _alive(current.pid) and healthy(current.url):
+        if current is not None and _ours(current.pid) and healthy(current.url, timeout=10.0):
             return current, opened
         _stop_prefect(current)
         if not _port_free(port):
@@ -184,7 +187,8 @@ def status(root: Path | None = None) -> ServerState | None:
     """The running server's state, or None when it is down (or not answering)."""
     paths = ServerPaths((root or server_dir()).expanduser().resolve())
     state = read_state(paths.root)
-    if state is None or not _alive(state.pid) or not healthy(state.url):
+    # A busy server can be slow to answer; slow still means up.
+    if state is None or not _ours(state.pid) or not healthy(state.url, timeout=10.0):
         return None
     return state
 
@@ -210,7 +214,7 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
     """True when the Prefect API at `url` (with or without /api) answers its health check."""
     base = url.rstrip("/").removesuffix("/api")
     try:
-        with urllib.request.urlopen(f"{base}/api/health", timeout=timeout) as resp:
+        with _LOCAL.open(f"{base}/api/health", timeout=timeout) as resp:
             return resp.status == 200
     except (OSError, urllib.error.URLError):
         return False
@@ -239,7 +243,7 @@ def database_backend(api_url: str, auth_string: str | None = None, timeout: floa
         token = base64.b64encode(auth_string.encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with _LOCAL.open(request, timeout=timeout) as resp:
             settings = json.load(resp)
     except (OSError, urllib.error.URLError, ValueError):
         return "unknown"
@@ -434,13 +438,19 @@ def _postmaster_pid(paths: ServerPaths) -> int | None:
 
 
 def _postmaster_running(paths: ServerPaths) -> bool:
+    """Whether postmaster.pid names a live PostgreSQL (not a pid reused after a reboot)."""
     pid = _postmaster_pid(paths)
-    return pid is not None and _alive(pid)
+    if pid is None or not _alive(pid):
+        return False
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"postgres")
+    except OSError:
+        return True
 
 
 def _stop_postgres(paths: ServerPaths, timeout: float) -> bool:
     pid = _postmaster_pid(paths)
-    if pid is None or not _alive(pid):
+    if pid is None or not _postmaster_running(paths):
         return False
     # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions and stop cleanly.
     # A signal works from any process as root or as the owner; pg_ctl would need the binaries.
@@ -509,7 +519,7 @@ def _start_prefect(paths: ServerPaths, port: int, auth: str, timeout: float) -> 
 
 
 def _stop_prefect(state: ServerState | None, timeout: float = 30.0) -> bool:
-    if state is None or not _alive(state.pid):
+    if state is None or not _ours(state.pid):
         return False
     _kill_group(state.pid, timeout)
     return True
@@ -549,6 +559,17 @@ def _alive(pid: int) -> bool:
         return fields[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _ours(pid: int) -> bool:
+    """Whether pid is a live Prefect server process (after a reboot the pid may be another's)."""
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid
+    return b"prefect" in cmdline and b"server" in cmdline
 
 
 def _wait_dead(pid: int, timeout: float) -> bool:

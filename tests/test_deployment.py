@@ -1,0 +1,127 @@
+"""prefect.yaml's scheduled swarm deployment, deployed and run as the README says, on a real
+`devswarm server` with a process work pool and a Prefect worker in its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from devswarm import server
+from tests.conftest import git, make_repo
+from tests.test_blocks import CALC, KEY, MUL_SCENARIO
+from tests.test_server import fresh_server_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args: list[str], env: dict, **kwargs) -> str:
+    done = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, **kwargs
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_scheduled_swarm_deployment_completes_with_its_child_runs(tmp_path: Path) -> None:
+    with fresh_server_folder() as root:
+        _deploy_and_run(root, tmp_path)
+
+
+def _deploy_and_run(root: Path, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from devswarm.modelserver import ModelServer, Scenario
+
+    state, _ = server.start(root, port=_free_port())
+    worker = None
+    try:
+        auth = server.read_auth(root) or ""
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": state.api_url,
+            "PREFECT_API_AUTH_STRING": auth,
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        env.pop("OPENAI_API_KEY", None)  # the run must take the key from the provider block
+        env.pop("OPENAI_BASE_URL", None)
+        repo = make_repo(tmp_path / "calc", {"calc.py": CALC, "GOAL.md": "Add mul.\n"})
+        log = tmp_path / "requests.jsonl"
+        with ModelServer(Scenario.from_data(MUL_SCENARIO), log_path=log) as model_server:
+            # The README's steps, each in its own process.
+            _run(
+                [sys.executable, "-m", "devswarm.cli", "init", "--base-url", model_server.url]
+                + ["--model", "offline-model", "--repo", str(repo), "--branch", "devswarm/nightly"]
+                + ["--home", str(tmp_path / "data")],
+                {**env, "OPENAI_API_KEY": KEY},
+            )
+            prefect = [sys.executable, "-m", "prefect"]
+            _run([*prefect, "work-pool", "create", "devswarm", "--type", "process"], env)
+            deployed = _run([*prefect, "--no-prompt", "deploy", "--all"], env)
+            assert "swarm-from-blocks/nightly" in deployed
+            worker_log = (tmp_path / "worker.log").open("w")
+            worker = subprocess.Popen(
+                [*prefect, "worker", "start", "--pool", "devswarm"],
+                env=env,
+                cwd=tmp_path,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            with temporary_settings(
+                {PREFECT_API_URL: state.api_url, PREFECT_API_AUTH_STRING: auth}
+            ):
+                flow_run = run_deployment(
+                    "swarm-from-blocks/nightly",
+                    parameters={"max_cycles": 1, "max_workers": 2},
+                    timeout=0,
+                )
+                with get_client(sync_client=True) as client:
+                    deadline = time.monotonic() + 240
+                    while time.monotonic() < deadline:
+                        flow_run = client.read_flow_run(flow_run.id)
+                        if flow_run.state and flow_run.state.is_final():
+                            break
+                        time.sleep(1)
+                    deployment = client.read_deployment_by_name("swarm-from-blocks/nightly")
+                    children = client.read_flow_runs(
+                        flow_run_filter=FlowRunFilter(
+                            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])
+                        )
+                    )
+        worker_output = (tmp_path / "worker.log").read_text()
+        assert flow_run.state.is_completed(), f"{flow_run.state}\n{worker_output[-3000:]}"
+        assert sorted(c.name.split(" · ")[0] for c in children) == ["judge", "plan", "work"]
+        assert all(c.state.is_completed() for c in children)
+        assert "def mul" in git(repo, "show", "devswarm/nightly:calc.py")
+        assert log.read_text().count('"agent": "worker/') == 2  # the offline model did the work
+        # prefect.yaml's schedule and one-at-a-time limit reached the server.
+        assert deployment.global_concurrency_limit.limit == 1
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+        assert KEY not in str(flow_run.parameters) and KEY not in worker_output
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(5)
