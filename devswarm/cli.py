@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,7 +34,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def run(
-    repo: Annotated[Path, typer.Option(help="The git repository to work on")],
+    repo: Annotated[Path | None, typer.Option(help="The git repository to work on")] = None,
     goal: Annotated[str | None, typer.Option(help="The goal, as text")] = None,
     goal_file: Annotated[Path | None, typer.Option(help="The goal, from a file")] = None,
     branch: Annotated[
@@ -46,8 +46,19 @@ def run(
     setup: Annotated[
         str | None, typer.Option(help="Setup command run in each fresh worktree")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Workers at once")] = 8,
-    cycles: Annotated[int, typer.Option(help="Most plan → work → judge cycles")] = 3,
+    workers: Annotated[int | None, typer.Option(help="Workers at once [default: 8]")] = None,
+    cycles: Annotated[
+        int | None, typer.Option(help="Most plan → work → judge cycles [default: 3]")
+    ] = None,
+    repository_block: Annotated[
+        str | None, typer.Option(help="A devswarm repository block (path, branch, check, setup)")
+    ] = None,
+    provider_block: Annotated[
+        str | None, typer.Option(help="A devswarm model provider block (endpoint, key, models)")
+    ] = None,
+    warehouse_block: Annotated[
+        str | None, typer.Option(help="A devswarm warehouse block (data folder, DuckDB file)")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="One model for every role")] = None,
     planner_model: Annotated[str | None, typer.Option(help="Planner's model")] = None,
     worker_model: Annotated[str | None, typer.Option(help="Workers' model")] = None,
@@ -86,15 +97,24 @@ def run(
 
     try:
         text = _goal(goal, goal_file)
-        if not repo.exists():
-            raise UserError(f"repository {repo} does not exist")
-        settings = _settings_file(config)
-        cfg = SwarmConfig.model_validate(
-            {**settings, "goal": text, "repo": repo, "run_name": run_name}
-            | {k: v for k, v in {"branch": branch, "check": check, "setup": setup}.items() if v}
-        )
-        cfg.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
-        cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+        # Settings layer up: blocks, then a config file, then flags.
+        settings, key = _from_blocks(repository_block, provider_block, warehouse_block)
+        settings.update(_settings_file(config))
+        flags = {
+            "repo": repo,
+            "branch": branch,
+            "check": check,
+            "setup": setup,
+            "base_url": base_url,
+        }
+        settings.update({k: v for k, v in flags.items() if v})
+        if not settings.get("repo"):
+            raise UserError("which repository? give --repo PATH or --repository-block NAME")
+        if not Path(settings["repo"]).expanduser().exists():
+            raise UserError(f"repository {settings['repo']} does not exist")
+        settings.setdefault("base_url", os.environ.get("OPENAI_BASE_URL"))
+        cfg = SwarmConfig.model_validate({**settings, "goal": text, "run_name": run_name})
+        cfg.api_key = key or SecretStr(os.environ.get("OPENAI_API_KEY", ""))
         if model:
             cfg.models = Models.single(model)
         for role, value in (
@@ -104,10 +124,13 @@ def run(
         ):
             if value:
                 setattr(cfg.models, role, value)
-        cfg.max_workers, cfg.max_cycles = workers, cycles
+        if workers is not None:
+            cfg.max_workers = workers
+        if cycles is not None:
+            cfg.max_cycles = cycles
         if home:
             cfg.home = home.expanduser().resolve()
-        cfg.db = db
+        cfg.db = db or cfg.db
         if max_cost is not None:
             cfg.budget.max_cost_usd = max_cost
         if max_tokens is not None:
@@ -129,6 +152,31 @@ def run(
 
 # done and stopped (by the judge or a person) are normal ends; an exhausted budget is not.
 EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4}
+
+
+def _from_blocks(
+    repository: str | None, provider: str | None, warehouse: str | None
+) -> tuple[dict, Any]:
+    """Settings from saved Prefect blocks (and the provider block's key, kept secret)."""
+    if not (repository or provider or warehouse):
+        return {}, None
+    _quiet_prefect()
+    from blocks import ModelProvider, Repository, Warehouse
+    from flows.deploy import _load
+
+    settings: dict[str, Any] = {}
+    key = None
+    if repository:
+        r = _load(Repository, repository)
+        settings.update(repo=r.path, branch=r.branch, check=r.check, setup=r.setup)
+    if provider:
+        p = _load(ModelProvider, provider)
+        settings.update(base_url=p.base_url, models=p.models(), prices=p.prices)
+        key = p.api_key if p.api_key.get_secret_value() else None
+    if warehouse:
+        w = _load(Warehouse, warehouse)
+        settings.update({k: v for k, v in {"home": w.home, "db": w.db}.items() if v})
+    return {k: v for k, v in settings.items() if v is not None}, key
 
 
 def _settings_file(path: Path | None) -> dict:

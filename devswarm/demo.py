@@ -8,10 +8,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from devswarm.errors import UserError
 
 DEMO = Path(__file__).parent / "demo"
 MARKER = ".devswarm-demo"
+DEMO_KEY = "sk-offline-demo-key"
 CHECK = "python -m unittest discover -s tests -t ."
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "devswarm demo",
@@ -63,7 +66,6 @@ def run_demo(directory: Path) -> dict[str, Any]:
     data = directory / "data"
     scenario = Scenario.load(DEMO / "scenario.json")
     with ModelServer(scenario, log_path=data / "model-requests.jsonl") as server:
-        os.environ["OPENAI_API_KEY"] = "sk-offline-demo-key"
         cfg = SwarmConfig(
             goal=(repo / "GOAL.md").read_text(),
             repo=repo,
@@ -74,6 +76,7 @@ def run_demo(directory: Path) -> dict[str, Any]:
             max_cycles=2,
             max_workers=4,
             home=data,
+            api_key=SecretStr(DEMO_KEY),  # any string: the offline server checks none
         )
         summary = execute(cfg)
     summary["request_log"] = str(data / "model-requests.jsonl")

@@ -110,6 +110,10 @@ class WorkerReport(BaseModel):
     reason: str | None = None
     conflicts: int = 0
     records: str | None = None  # path of the worker's JSONL records
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    diff_stat: str = ""
 
 
 class CheckResult(BaseModel):

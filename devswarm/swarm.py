@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from devswarm import prompts
 from devswarm.agent import Agent, ModelFn, Outcome
@@ -108,6 +108,19 @@ def drain_on_signals(announce: Callable[[str], None] | None = None):
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+_KEYS: dict[str, SecretStr] = {}  # API keys handed from the CLI to the flow in this process
+
+
+def hand_over_key(run_name: str | None, key: SecretStr) -> None:
+    """Give a run's API key to its flow without making it a (stored) flow parameter."""
+    if run_name and key.get_secret_value():
+        _KEYS[run_name] = key
+
+
+def take_key(run_name: str | None) -> SecretStr | None:
+    return _KEYS.pop(run_name, None) if run_name else None
 
 
 def get_run(run_id: str) -> Run:
@@ -757,7 +770,11 @@ def work_task(
     finally:
         run.bump("working", -1)
         if wt is not None:
+            report.diff_stat = _diff_stat(run, wt, task.base_commit)
             run.workspace.remove_worktree(wt)
+        if outcome is not None:
+            report.input_tokens, report.output_tokens = outcome.input_tokens, outcome.output_tokens
+            report.cost_usd = round(outcome.cost_usd, 6)
         if outcome is not None and outcome.finish:
             report.handoff = _handoff(outcome.finish)
         elif not report.handoff:
@@ -862,6 +879,13 @@ def _finish_work(
             continue
         agent.tell(prompts.conflict(files, result.their_commits))
         agent.run()
+
+
+def _diff_stat(run: Run, wt: Path, base: str) -> str:
+    try:
+        return run.workspace.diff_stat(wt, base)
+    except Exception:  # a report without a diff stat beats a lost report
+        return ""
 
 
 def _ahead(ws: Workspace, wt: Path, base: str) -> bool:

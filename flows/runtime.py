@@ -16,14 +16,15 @@ from devswarm.config import SwarmConfig
 
 def run_swarm(config: SwarmConfig) -> dict[str, Any]:
     """Run the swarm flow in this process and return its summary."""
-    from devswarm.swarm import new_run_name
+    from devswarm.swarm import hand_over_key, new_run_name
     from flows.swarm import swarm
 
     if not config.run_name:
         config = config.model_copy(update={"run_name": new_run_name(config.repo)})
 
-    # The key never travels as a flow parameter (Prefect stores parameters); the flow reads it
-    # from the environment or the provider block.
+    # The key never travels as a flow parameter (Prefect stores parameters): it is handed to the
+    # flow inside this process (or read from the environment or a provider block).
+    hand_over_key(config.run_name, config.api_key)
     params = config.model_copy(update={"api_key": config.api_key.__class__("")})
     state = swarm(params, return_state=True)
     flow_run_id = state.state_details.flow_run_id

@@ -21,7 +21,7 @@ from devswarm.config import SwarmConfig
 from devswarm.records import now
 from devswarm.scheduler import Scheduler
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
-from devswarm.swarm import Run, drain_on_signals, record_skip
+from devswarm.swarm import Run, drain_on_signals, record_skip, take_key
 from flows.judge import judge
 from flows.plan import followup, plan
 from flows.work import work
@@ -35,7 +35,10 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
     if not config.api_key.get_secret_value():
         # Never a flow parameter (Prefect stores those): from the environment or a provider block.
         config = config.model_copy(
-            update={"api_key": SecretStr(os.environ.get("OPENAI_API_KEY", ""))}
+            update={
+                "api_key": take_key(config.run_name)
+                or SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+            }
         )
     run = Run(config)
     run.record_run("running", len(run.state.cycles), str(flow_run.id))
@@ -67,10 +70,17 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
         "tip": run.workspace.tip(),
         "db": str(config.db_path),
         "report": str(report) if report else None,
+        "tasks_landed": run.stats["landed"],
+        "tasks_not_landed": sum(run.stats[k] for k in run.stats if k not in _NOT_OUTCOMES),
+        "tokens": run.ledger.tokens,
+        "cost_usd": round(run.ledger.cost, 6),
         "verdict": verdict.model_dump() if verdict else None,
     }
     _summary_artifact(summary)
     return summary
+
+
+_NOT_OUTCOMES = {"landed", "planned", "planning", "working", "conflicts"}
 
 
 def run_cycles(run: Run) -> Verdict | None:

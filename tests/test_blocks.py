@@ -167,3 +167,45 @@ MUL_SCENARIO = {
         },
     ]
 }
+
+
+def test_run_takes_block_names_and_the_key_from_the_provider_block(
+    prefect_server, tmp_path: Path
+) -> None:
+    """`devswarm run --repository-block --provider-block`: nothing else needed, no key in env."""
+    from devswarm.modelserver import ModelServer, Scenario
+    from tests.helpers import JUDGE_DONE, plan_reply, task, write_and_finish
+
+    repo = make_repo(tmp_path / "proj", {"calc.py": CALC})
+    scenario = {
+        "agents": [
+            {"match": "planner/*/followup-*", "steps": [plan_reply()]},
+            {"match": "planner/*", "steps": [plan_reply(task("notes", ["NOTES.md"]))]},
+            {"match": "worker/*", "steps": write_and_finish("NOTES.md", "notes\n")},
+            JUDGE_DONE,
+        ]
+    }
+    log = tmp_path / "requests.jsonl"
+    with ModelServer(Scenario.from_data(scenario), log_path=log) as server:
+        saved = _init(
+            "--provider", "blk-offline", "--base-url", server.url, "--model", "offline-model",
+            "--repo", str(repo), "--repository", "blk-proj",
+            "--warehouse", "blk-data", "--home", str(tmp_path / "data"),
+            env={"OPENAI_API_KEY": KEY},
+        )  # fmt: skip
+        assert saved.exit_code == 0, saved.output
+        result = CliRunner().invoke(
+            app,
+            ["run", "--repository-block", "blk-proj", "--provider-block", "blk-offline",
+             "--warehouse-block", "blk-data", "--goal", "write notes", "--branch", "devswarm/blk"],
+            env={"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""},
+            catch_exceptions=False,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert git(repo, "show", "devswarm/blk:NOTES.md") == "notes"
+    assert (tmp_path / "data" / "devswarm.duckdb").exists()
+    # The endpoint came from the provider block: the swarm's calls reached this server.
+    assert any(
+        json.loads(line)["agent"].startswith("worker/") for line in log.read_text().splitlines()
+    )
+    assert KEY not in result.output

@@ -1,0 +1,138 @@
+"""Bench: how close a swarm comes to the latency-bound ideal, and what orchestration costs.
+
+    python bench/efficiency.py                              # N=8 k=4 L=2 C=4, both servers
+    python bench/efficiency.py -N 100 -k 10 -L 10 -C 50 --server postgres   # the issue's target
+
+N workers, each making k model calls of latency L seconds at the offline server, at most C
+workers at once (the swarm's --workers; model calls in flight are not capped below C). Each
+worker's calls are k − 1 `list_files` steps and a last step that writes its file and finishes,
+so every worker also commits and lands. The planner and the judge answer at once (latency 0).
+The ideal is the model latency alone: ⌈N/C⌉ × k × L. Prints the wall time of the whole swarm
+run (Prefect's server already up; planning, landings, judge, records and Prefect's history
+included) ÷ the ideal, the orchestration CPU seconds per model call (this process, its git
+commands and the Prefect server — PostgreSQL included; not the model server), and where the
+wall time went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+
+def scenario(n: int, k: int, latency: float) -> dict:
+    specs, agents = [], [c.NO_FOLLOWUPS]
+    for i in range(n):
+        name = f"w{i:03}"
+        specs.append(c.task_spec(name, [f"{name}.txt"]))
+        steps = [{"tool_calls": [c.tool_call("list_files", path=".")]} for _ in range(k - 1)]
+        steps.append(
+            {"tool_calls": [c.tool_call("write_file", path=f"{name}.txt", content=f"{name}\n"),
+                            c.tool_call("finish", summary="done")]}
+        )  # fmt: skip
+        agents.append({"match": f"worker/*/{name}/*", "steps": steps})
+    agents.insert(1, {"match": "planner/*", "steps": [c.plan_reply(specs)]})
+    agents.append(c.JUDGE_DONE)
+    return {"latency": latency, "agents": agents}
+
+
+def child(params: dict) -> None:
+    import duckdb
+
+    from devswarm.config import Models, SwarmConfig
+
+    work = Path(params["work"])
+    n, conc = params["n"], params["c"]
+    repo = c.make_repo(work / "user", {"README.md": "efficiency\n"})
+    cfg = SwarmConfig(
+        goal="bench", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
+        home=work / "home", max_cycles=1, max_workers=conc, max_tasks_per_plan=n,
+        max_model_calls_at_once=max(conc, 1), run_name="bench-efficiency",
+        request_timeout=params["latency"] + 60,
+    )  # fmt: skip
+    os.environ["OPENAI_API_KEY"] = "sk-bench"
+    summary, meter, started = c.run_swarm_measured(cfg)
+    where = c.phases(cfg.db_path, started, c.utcnow())
+    con = duckdb.connect(str(cfg.db_path), read_only=True)
+    calls, failed = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE http_status IS NULL OR http_status >= 400) "
+        "FROM llm_calls"
+    ).fetchone()
+    landed = con.execute("SELECT count(*) FROM tasks WHERE status = 'landed'").fetchone()[0]
+    con.close()
+    c.child_result(
+        {
+            "status": summary["status"],
+            "wall": meter.wall,
+            "cpu": meter.cpu,
+            "peak_rss": meter.peak_rss,
+            "calls": calls,
+            "failed_calls": failed,
+            "landed": landed,
+            "phases": where,
+        }
+    )
+
+
+def measure(n: int, k: int, latency: float, conc: int, server: c.PrefectServer) -> dict:
+    work = c.scratch("efficiency")
+    with c.model_server(scenario(n, k, latency), work / "model") as (url, log):
+        res = c.run_child(
+            __file__, {"work": str(work), "url": url, "n": n, "k": k, "latency": latency, "c": conc},
+            server,
+        )  # fmt: skip
+        res["server_calls"] = len(c.chat_log(log))
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-N", type=int, default=8, help="workers (tasks)")
+    parser.add_argument("-k", type=int, default=4, help="model calls per worker")
+    parser.add_argument("-L", type=float, default=2.0, help="latency of each model call, seconds")
+    parser.add_argument("-C", type=int, default=4, help="workers at once")
+    parser.add_argument("--server", choices=["both", "ephemeral", "postgres"], default="both")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return 0
+    ideal = math.ceil(args.N / args.C) * args.k * args.L
+    print(f"N={args.N} workers × k={args.k} calls × L={args.L:g} s, C={args.C} at once: "
+          f"ideal {ideal:.1f} s; machine: {os.cpu_count()} cores")  # fmt: skip
+    ratios = {}
+    for kind in c.server_kinds(args.server):
+        with c.prefect_server(kind) as server:
+            res = measure(args.N, args.k, args.L, args.C, server)
+        if "error" in res:
+            print(f"[{kind}] failed: {res['error']}")
+            continue
+        ratio = res["wall"] / ideal
+        ratios[kind] = ratio
+        print(
+            f"[{kind}] wall {res['wall']:.1f} s = {ratio:.2f} × ideal; {res['calls']} model calls "
+            f"({res['failed_calls']} failed), {res['landed']}/{args.N} landed, status "
+            f"{res['status']}; orchestration CPU {res['cpu']:.1f} s = "
+            f"{res['cpu'] / max(res['calls'], 1) * 1000:.0f} ms per model call "
+            f"({res['cpu'] / res['wall']:.2f} cores on average); peak RSS "
+            f"{res['peak_rss'] / 2**20:.0f} MiB"
+        )
+        print("  phases (s): " + "; ".join(f"{k} {v}" for k, v in res["phases"].items()))
+    if not ratios:
+        return 1
+    shown = "; ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+    best = min(ratios.values())
+    print(f"ratio: {best:.2f} (wall ÷ ideal ⌈N/C⌉×k×L; {shown}; target ≤ 1.10 at N=100 k=10 "
+          f"L=10 C=50)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
