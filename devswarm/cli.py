@@ -20,7 +20,26 @@ app = typer.Typer(
 
 
 def _quiet_prefect() -> None:
-    """Settings that must be in place before Prefect is imported."""
+    """Settings that must be in place before Prefect is imported.
+
+    When PREFECT_API_URL points at this machine's `devswarm server`, its auth string is read
+    from the server's private file, so users need not export it.
+    """
+    api = os.environ.get("PREFECT_API_URL")
+    if api and not os.environ.get("PREFECT_API_AUTH_STRING"):
+        from devswarm import server
+
+        try:
+            state = server.status()
+            auth = (
+                server.read_auth()
+                if state and state.api_url.rstrip("/") == api.rstrip("/")
+                else None
+            )
+        except Exception:  # no server of ours, or not readable: the user's own settings stand
+            auth = None
+        if auth:
+            os.environ["PREFECT_API_AUTH_STRING"] = auth
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
