@@ -174,16 +174,19 @@ def tree_rss(pids: list[int]) -> int:
 
 
 class Meter:
-    """CPU seconds and peak resident memory of process trees over a stretch of time."""
+    """CPU seconds and peak resident memory of process trees over a stretch of time: `cpu` for
+    all of them, `server_cpu` for the Prefect server's trees alone (even when the server is a
+    child of this process, as Prefect's temporary server is)."""
 
-    def __init__(self, pids: list[int], interval: float = 0.25) -> None:
-        self.pids, self.interval = pids, interval
+    def __init__(self, pids: list[int], server: list[int] = (), interval: float = 0.25) -> None:
+        self.pids, self.server, self.interval = pids, list(server), interval
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> Meter:
-        self.cpu_start, self.t0 = tree_cpu(self.pids), time.monotonic()
+        self.cpu_start, self.server_start = tree_cpu(self.pids), tree_cpu(self.server)
+        self.t0 = time.monotonic()
         self._thread.start()
         return self
 
@@ -191,6 +194,7 @@ class Meter:
         self._stop.set()
         self._thread.join()
         self.cpu = tree_cpu(self.pids) - self.cpu_start
+        self.server_cpu = tree_cpu(self.server) - self.server_start
         self.wall = time.monotonic() - self.t0
 
     def _sample(self) -> None:
@@ -260,7 +264,8 @@ def run_swarm_measured(cfg: Any) -> tuple[dict, Meter, Any]:
     from flows.runtime import run_swarm
 
     warm_up_prefect()
-    meter = Meter([os.getpid(), *server_pids()])
+    servers = server_pids()
+    meter = Meter([os.getpid(), *servers], servers)
     started = utcnow()
     with meter:
         summary = run_swarm(cfg)

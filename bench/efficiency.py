@@ -32,7 +32,11 @@ def scenario(n: int, k: int, latency: float) -> dict:
     for i in range(n):
         name = f"w{i:03}"
         specs.append(c.task_spec(name, [f"{name}.txt"]))
-        steps = [{"tool_calls": [c.tool_call("list_files", path=".")]} for _ in range(k - 1)]
+        # Distinct steps: the same action with the same result 4 times would count as stuck.
+        steps = [
+            {"tool_calls": [c.tool_call("list_files", path=".", pattern=f"*{j}*")]}
+            for j in range(k - 1)
+        ]
         steps.append(
             {"tool_calls": [c.tool_call("write_file", path=f"{name}.txt", content=f"{name}\n"),
                             c.tool_call("finish", summary="done")]}
@@ -72,6 +76,7 @@ def child(params: dict) -> None:
             "status": summary["status"],
             "wall": meter.wall,
             "cpu": meter.cpu,
+            "server_cpu": meter.server_cpu,
             "peak_rss": meter.peak_rss,
             "calls": calls,
             "failed_calls": failed,
@@ -121,7 +126,8 @@ def main() -> int:
             f"({res['failed_calls']} failed), {res['landed']}/{args.N} landed, status "
             f"{res['status']}; orchestration CPU {res['cpu']:.1f} s = "
             f"{res['cpu'] / max(res['calls'], 1) * 1000:.0f} ms per model call "
-            f"({res['cpu'] / res['wall']:.2f} cores on average); peak RSS "
+            f"({res['cpu'] / res['wall']:.2f} cores on average; Prefect's server "
+            f"{res['server_cpu'] / res['cpu']:.0%} of it); peak RSS "
             f"{res['peak_rss'] / 2**20:.0f} MiB"
         )
         print("  phases (s): " + "; ".join(f"{k} {v}" for k, v in res["phases"].items()))
