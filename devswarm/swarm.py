@@ -652,9 +652,7 @@ def _planner(
     finally:
         run.bump("planning", -1)
         run.workspace.remove_worktree(wt)
-    _agent_end(
-        run, log, agent_id, "planner", cycle, plan_path, None, cfg.models.planner, agent.outcome
-    )
+    _agent_end(log, agent_id, agent.outcome)
     if plan is None:
         return Plan(summary=f"planner ended: {agent.outcome.status} {agent.outcome.reason}"), []
     tasks: list[PlannedTask] = []
@@ -779,18 +777,7 @@ def work_task(
             report.handoff = _handoff(outcome.finish)
         elif not report.handoff:
             report.handoff = report.reason or ""
-        _agent_end(
-            run,
-            log,
-            agent_id,
-            "worker",
-            task.cycle,
-            task.plan_path,
-            task.key,
-            cfg.models.worker,
-            outcome,
-            report,
-        )
+        _agent_end(log, agent_id, outcome, report)
         _task_row(
             run,
             task,
@@ -954,7 +941,7 @@ def judge_cycle(
         run.structured_output = run.structured_output and agent.structured_output
     finally:
         run.workspace.remove_worktree(wt)
-    _agent_end(run, log, agent_id, "judge", cycle, "", None, cfg.models.judge, outcome)
+    _agent_end(log, agent_id, outcome)
     if outcome.answer is None:
         verdict = Verdict(
             decision="stop",
@@ -999,36 +986,16 @@ def _agent_row(
 
 
 def _agent_end(
-    run: Run,
-    log: RecordLog,
-    agent_id: str,
-    role: str,
-    cycle: int,
-    plan_path: str,
-    task_key: str | None,
-    model: str,
-    outcome: Outcome | None,
-    report: WorkerReport | None = None,
+    log: RecordLog, agent_id: str, outcome: Outcome | None, report: WorkerReport | None = None
 ) -> None:
-    status = report.status if report else (outcome.status if outcome else "error")
-    # Re-emit the whole row: the last line per key wins on import.
+    """The agent's end: only what changed (the import merges it into the row it started)."""
     log.write(
         "agent",
         agent_id=agent_id,
-        run_id=run.run_id,
-        cycle=cycle,
-        role=role,
-        plan_path=plan_path,
-        task_id=task_key,
-        parent_agent_id=planner_id(run, cycle, plan_path) if role == "worker" else None,
-        request_model=model,
-        status=status,
+        status=report.status if report else (outcome.status if outcome else "error"),
         steps=outcome.steps if outcome else 0,
-        started_at=run.starts.get(agent_id),
         ended_at=now(),
         handoff=(report.handoff if report else (outcome.reason if outcome else "")) or None,
-        span_id=span_id(agent_id),
-        parent_span_id=span_id(run.run_id, str(cycle)),
     )
 
 
