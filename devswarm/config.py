@@ -98,6 +98,7 @@ class SwarmConfig(BaseModel):
     max_tasks_per_plan: int = 12
     max_followups: int = 4  # follow-up plannings per cycle (from workers' handoffs)
     max_followup_tasks: int = 2
+    max_scopes: int = 4  # sub-planners per planner (fan-out)
     conflict_turns: int = 2
     check_turns: int = 2
     command_timeout: float = 300.0

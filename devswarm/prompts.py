@@ -27,7 +27,7 @@ How to plan:
 - Make between 1 and {max_tasks} tasks. Fewer, complete tasks beat many fragments.
 - If a part of the goal is large and separable (its own directory or subsystem), hand it to a
   sub-planner as a scope (name, goal, the paths it owns) instead of planning it yourself; scopes
-  must not overlap with each other or with your own tasks.{no_scopes}
+  must not overlap with each other or with your own tasks. At most {max_scopes} scopes.{no_scopes}
 - No TODOs, no stubs, no partial implementations in the plan: each task delivers working code.
 - Add no new third-party dependencies unless the goal asks for them.
 
@@ -58,9 +58,11 @@ the branch tip, the workers' reports and handoffs, and what you read in the repo
 Answer with a JSON object matching the schema (decision, reasons, score from 0 to 1)."""
 
 
-def planner_system(max_tasks: int, allow_scopes: bool) -> str:
+def planner_system(max_tasks: int, allow_scopes: bool, max_scopes: int = 4) -> str:
     no_scopes = "" if allow_scopes else "\n- You are at the depth limit: do not create scopes."
-    return PLANNER.format(max_tasks=max_tasks, max_task_lines=300, no_scopes=no_scopes)
+    return PLANNER.format(
+        max_tasks=max_tasks, max_task_lines=300, no_scopes=no_scopes, max_scopes=max_scopes
+    )
 
 
 def planner_user(

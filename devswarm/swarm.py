@@ -227,6 +227,12 @@ class Run:
         self.structured_output = True
         self._lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
+        # One writer of the run's DuckDB file at a time in this process; records imported in
+        # the background (import_soon) so the scheduler's loop never waits on DuckDB.
+        self._import_lock = threading.RLock()
+        self._import_queue: dict[Path, None] = {}
+        self._importer: threading.Thread | None = None
+        self._imported: dict[Path, tuple[int, int]] = {}  # file -> (size, mtime) at its import
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
             (self.dir / "STOP").unlink(missing_ok=True)  # a resume starts anew
@@ -430,18 +436,49 @@ class Run:
             return None
 
     def import_records(self, paths: list[Path] | None = None) -> int:
-        """Import agents' JSONL files into DuckDB (idempotent), retrying while another process writes."""
+        """Import agents' JSONL files into DuckDB (idempotent), retrying while another process
+        writes. Files unchanged since their last import are skipped (records only grow)."""
         records = self.dir / "records"
         files = paths if paths is not None else sorted(records.glob("*.jsonl"))
-        for attempt in range(50):
-            try:
-                with Store(self.store_path) as store:
-                    return sum(store.import_jsonl(p) for p in files if p.exists())
-            except Exception as exc:  # another process (a reader) holds the file a moment
-                if not is_busy(exc) or attempt == 49:
-                    raise
-                time.sleep(0.1 + 0.05 * attempt)
+        with self._import_lock:
+            stamps = {p: _stamp(p) for p in files if p.exists()}
+            files = [p for p, st in stamps.items() if self._imported.get(p) != st]
+            for attempt in range(50):
+                try:
+                    with Store(self.store_path) as store:
+                        n = sum(store.import_jsonl(p) for p in files)
+                    self._imported.update((p, stamps[p]) for p in files)
+                    return n
+                except Exception as exc:  # another process (a reader) holds the file a moment
+                    if not is_busy(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.1 + 0.05 * attempt)
         return 0
+
+    def import_soon(self, paths: list[Path]) -> None:
+        """Import these files on a background thread (batched with whatever else is queued):
+        the scheduler's loop goes straight back to starting workers. import_records() waits
+        for a batch in progress, so the run's final import still sees everything."""
+        with self._lock:
+            self._import_queue.update(dict.fromkeys(paths))
+            if self._importer is None:
+                self._importer = threading.Thread(
+                    target=self._import_queued, name="records-import", daemon=True
+                )
+                self._importer.start()
+
+    def _import_queued(self) -> None:
+        while True:
+            with self._lock:
+                batch = list(self._import_queue)
+                self._import_queue.clear()
+                if not batch:
+                    self._importer = None
+                    return
+            try:
+                self.import_records(batch)
+            except Exception as exc:  # the import at the end of the run tries them all again
+                _log.warning("records of run %s not imported yet: %s", self.run_id, exc)
 
     # -- stop -------------------------------------------------------------------------------
 
@@ -525,6 +562,11 @@ class Run:
         return self.run_check(self.config.setup or "", worktree, sandboxed=False)
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def _sandbox_notice(use_bwrap: bool | None) -> str | None:
     """What to say once per run when agents' commands run without bubblewrap."""
     if use_bwrap is None and bwrap_available():
@@ -574,7 +616,7 @@ def plan_scope(
         tip=run.cycle_base(cycle),
         scope_paths=scope_paths,
         allow_scopes=allow_scopes,
-        system=prompts.planner_system(cfg.max_tasks_per_plan, allow_scopes),
+        system=prompts.planner_system(cfg.max_tasks_per_plan, allow_scopes, cfg.max_scopes),
         user=prompts.planner_user(goal, scope_paths, cfg.check, previous, dict(run.hot_files)),
     )
 
@@ -639,8 +681,8 @@ def _planner(
             if outcome.status != "finished" or outcome.answer is None:
                 break
             plan = Plan.model_validate(outcome.answer)
-            if not allow_scopes:
-                plan.scopes = []
+            # The depth limit and the fan-out bound recursion: extra scopes are dropped.
+            plan.scopes = plan.scopes[: cfg.max_scopes] if allow_scopes else []
             errors = validate_plan(plan, scope_paths)
             if not errors:
                 break
