@@ -87,6 +87,14 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
         shutil.rmtree(root.parent, ignore_errors=True)
 
 
+def worker_cap(kind: str, wanted: int) -> int:
+    """Workers at once on this server: `devswarm run` caps them on Prefect's temporary SQLite
+    server (it answers 503s under concurrent subflow starts); benches do the same."""
+    from devswarm.server import SQLITE_WORKER_CAP
+
+    return min(wanted, SQLITE_WORKER_CAP) if kind == "ephemeral" else wanted
+
+
 def server_kinds(choice: str) -> list[str]:
     """The servers to measure on: both by default (PostgreSQL only where it is installed)."""
     if choice == "both":

@@ -97,6 +97,10 @@ def measure(n: int, k: int, latency: float, conc: int, server: c.PrefectServer) 
     return res
 
 
+def _ideal(n: int, conc: int, k: int, latency: float) -> float:
+    return math.ceil(n / conc) * k * latency
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-N", type=int, default=8, help="workers (tasks)")
@@ -109,16 +113,21 @@ def main() -> int:
     if args.child:
         child(json.loads(args.child))
         return 0
-    ideal = math.ceil(args.N / args.C) * args.k * args.L
-    print(f"N={args.N} workers × k={args.k} calls × L={args.L:g} s, C={args.C} at once: "
-          f"ideal {ideal:.1f} s; machine: {os.cpu_count()} cores")  # fmt: skip
+    print(f"N={args.N} workers × k={args.k} calls × L={args.L:g} s, C={args.C} at once: ideal "
+          f"{_ideal(args.N, args.C, args.k, args.L):.1f} s; machine: {os.cpu_count()} cores")  # fmt: skip
     ratios = {}
     for kind in c.server_kinds(args.server):
+        conc = c.worker_cap(kind, args.C)
+        ideal = _ideal(args.N, conc, args.k, args.L)
         with c.prefect_server(kind) as server:
-            res = measure(args.N, args.k, args.L, args.C, server)
+            res = measure(args.N, args.k, args.L, conc, server)
         if "error" in res:
             print(f"[{kind}] failed: {res['error']}")
             continue
+        if conc < args.C:
+            print(
+                f"[{kind}] C capped at {conc} as devswarm run does on SQLite: ideal {ideal:.1f} s"
+            )
         ratio = res["wall"] / ideal
         ratios[kind] = ratio
         print(

@@ -301,7 +301,10 @@ def product(
     out.landed, out.seconds = res["landed"], res["work_seconds"]
     out.conflicts, out.cas_retries = res["conflicts"], res["cas_retries"]
     out.lost, out.errors = res["lost"], tasks - res["landed"]
-    out.note += f" whole run {res['run_seconds']:.1f} s"
+    out.note += (
+        f" whole run {res['run_seconds']:.1f} s; orchestration CPU {res['cpu']:.1f} s "
+        f"(Prefect's server {res['server_cpu'] / max(res['cpu'], 1e-9):.0%})"
+    )
     print("  phases (s): " + "; ".join(f"{k} {v}" for k, v in res["phases"].items()))
     return out
 
@@ -348,6 +351,8 @@ def child(params: dict) -> None:
             "lost": lost + (len(trailers) - len(set(trailers))),
             "status": summary["status"],
             "phases": where,
+            "cpu": meter.cpu,
+            "server_cpu": meter.server_cpu,
         }
     )
 

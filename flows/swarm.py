@@ -122,7 +122,7 @@ def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
         files = [run.dir / "records" / "swarm.jsonl"] + (
             [Path(report.records)] if report.records else []
         )
-        run.import_records([f for f in files if f.exists()])
+        run.import_soon([f for f in files if f.exists()])  # off the scheduler's loop
         run.emit(
             f"{task.key}: {report.status}" + (f" ({report.reason[:120]})" if report.reason else "")
         )

@@ -3,8 +3,9 @@ repository on disk as the remote, worker clones in their own folders as other ma
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def test_prune_drops_worktree_folders_of_dead_worker_processes(
         "os._exit(0)\n"
     )
     out = subprocess.run(
-        [os.sys.executable, "-c", script], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     dead_dir = Path(out.strip())
     assert (dead_dir / "left").is_dir()
@@ -233,3 +234,33 @@ def test_prune_drops_worktree_folders_of_dead_worker_processes(
     live.remove_worktree(keep)
     live.close()
     assert not live.worktrees_dir.exists()
+
+
+def test_worker_processes_sharing_a_clone_land_one_at_a_time(
+    setup: tuple[Path, Workspace, str], tmp_path: Path
+) -> None:
+    """The machine's landing lane: a worker process waits while another one lands."""
+    _repo, _ws, url = setup
+    home = tmp_path / "machine-1"
+    mine = RemoteWorkspace(url, home, BRANCH)
+    script = (
+        "import sys, time\n"
+        "from devswarm.workspace import RemoteWorkspace\n"
+        f"w = RemoteWorkspace({url!r}, {str(home)!r}, {BRANCH!r})\n"
+        "wt = w.add_worktree('other', w.tip())\n"
+        "(wt / 'other.txt').write_text('other')\n"
+        "w.commit(wt, 'other', {})\n"
+        "print('ready', flush=True)\n"
+        "r = w.land(wt)\n"
+        "print(r.status, r.cas_retries, time.time(), flush=True)\n"
+    )
+    with mine._lane:  # another worker process of this machine is landing
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        released = time.time()
+    status, retries, landed_at = proc.stdout.readline().split()
+    proc.wait(30)
+    assert (status, retries) == ("landed", "0")
+    assert float(landed_at) > released

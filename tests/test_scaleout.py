@@ -244,7 +244,9 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
             f"workers {(a.end_time - a.start_time).total_seconds():.1f} s and "
             f"{(b.end_time - b.start_time).total_seconds():.1f} s; total "
             f"{time.monotonic() - t0:.1f} s; CAS retries {sum(r for _, r in landings)}; "
-            f"first model calls of the two workers {_skew(log):.2f} s apart"
+            f"first model calls of the two workers {_skew(log):.2f} s apart; created → running "
+            f"{(a.start_time - a.created).total_seconds():.1f} s and "
+            f"{(b.start_time - b.created).total_seconds():.1f} s"
         )
     finally:
         if worker is not None:

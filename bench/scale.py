@@ -1,0 +1,162 @@
+"""Bench: many agents at once on one machine — errors, orchestration CPU, memory.
+
+    python bench/scale.py                                   # 40 agents × 5 calls × 5 s, both servers
+    python bench/scale.py -N 200 -k 10 -L 10 --server postgres    # the issue's target
+
+N workers all at once (C = N), each making k model calls of latency L at the offline server and
+landing one commit (the efficiency bench's scripted workers). Prints errors (model calls that
+failed, tasks that did not land, Prefect flow runs of the swarm that did not complete — target
+0), the orchestration CPU averaged over the run (this process, its git commands, the Prefect
+server and PostgreSQL — target ≤ 1 core), and the peak resident memory of all those processes
+(target ≤ 4 GiB; the offline model server's own memory is printed apart). Prefect's temporary
+SQLite server is known to fail with 200 concurrent subflows; this prints what it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+import efficiency  # noqa: E402
+
+
+def child(params: dict) -> None:
+    """Run the efficiency child, then ask Prefect how the swarm's flow runs ended."""
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        efficiency.child(params)
+    result = json.loads(buf.getvalue().strip().splitlines()[-1][len(c.RESULT) :])
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    states: dict[str, int] = {}
+    with get_client(sync_client=True) as client:
+        frontier = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["swarm · bench-efficiency"]))
+        )
+        while frontier:  # the whole tree, page by page (hundreds of worker subflows)
+            for fr in frontier:
+                name = fr.state.type.value if fr.state else "NONE"
+                states[name] = states.get(name, 0) + 1
+            parents, frontier = [fr.id for fr in frontier], []
+            for offset in range(0, 100_000, 200):
+                page = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)
+                    ),
+                    limit=200,
+                    offset=offset,
+                )
+                frontier += page
+                if len(page) < 200:
+                    break
+    result["flow_run_states"] = states
+    c.child_result(result)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-N", type=int, default=40, help="agents, all at once")
+    parser.add_argument("-k", type=int, default=5, help="model calls per agent")
+    parser.add_argument("-L", type=float, default=5.0, help="latency of each call, seconds")
+    parser.add_argument("--server", choices=["both", "ephemeral", "postgres"], default="both")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return 0
+    print(f"N={args.N} agents at once × k={args.k} calls × L={args.L:g} s; machine: "
+          f"{os.cpu_count()} cores, {_gib(_total_memory()):.0f} GiB")  # fmt: skip
+    verdicts = {}
+    for kind in c.server_kinds(args.server):
+        with c.prefect_server(kind) as server:
+            work = c.scratch("scale")
+            scen = efficiency.scenario(args.N, args.k, args.L)
+            with c.model_server(scen, work / "model") as (url, _log):
+                model_meter = _ModelServerMemory()
+                # All at once, even on SQLite (where devswarm run would cap them): this is the
+                # measurement that shows why it caps.
+                params = {"work": str(work), "url": url, "n": args.N, "k": args.k,
+                          "latency": args.L, "c": args.N}  # fmt: skip
+                res = c.run_child(__file__, params, server)
+                model_meter.stop()
+        if "error" in res:
+            print(f"[{kind}] failed: {res['error']}")
+            verdicts[kind] = None
+            continue
+        states = res["flow_run_states"]
+        bad_flows = sum(n for s, n in states.items() if s != "COMPLETED")
+        errors = res["failed_calls"] + (args.N - res["landed"]) + bad_flows
+        cores = res["cpu"] / res["wall"]
+        verdicts[kind] = (errors, cores, res["peak_rss"])
+        print(
+            f"[{kind}] errors {errors} (failed model calls {res['failed_calls']}, tasks not landed "
+            f"{args.N - res['landed']}, flow runs not completed {bad_flows}: {states}); wall "
+            f"{res['wall']:.1f} s for an ideal {args.k * args.L:.0f} s; orchestration CPU "
+            f"{res['cpu']:.1f} s = {cores:.2f} cores on average (Prefect's server "
+            f"{res['server_cpu'] / max(res['cpu'], 1e-9):.0%}); peak RSS "
+            f"{_gib(res['peak_rss']):.2f} GiB (model server apart: "
+            f"{_gib(model_meter.peak):.2f} GiB)"
+        )
+        print("  phases (s): " + "; ".join(f"{k} {v}" for k, v in res["phases"].items()))
+    done = {k: v for k, v in verdicts.items() if v}
+    if not done:
+        print("ratio: n/a (no server completed the run)")
+        return 1
+    best = min(done, key=lambda k: (done[k][0], done[k][1]))
+    errors, cores, rss = done[best]
+    print(f"ratio: {cores:.2f} (orchestration cores on average, target ≤ 1; errors {errors}, "
+          f"target 0; peak RSS {_gib(rss):.2f} GiB, target ≤ 4; [{best}] N={args.N})")  # fmt: skip
+    return 0
+
+
+class _ModelServerMemory:
+    """Peak memory of the offline model server (this process's child), sampled in a thread."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._pids = [
+            p.pid
+            for p in psutil.Process().children()
+            if "devswarm.modelserver" in " ".join(p.cmdline())
+        ]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, c.tree_rss(self._pids))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def _gib(n: float) -> float:
+    return n / 2**30
+
+
+if __name__ == "__main__":
+    sys.exit(main())
