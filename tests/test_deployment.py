@@ -102,6 +102,9 @@ def _deploy_and_run(root: Path, tmp_path: Path) -> None:
                             break
                         time.sleep(1)
                     deployment = client.read_deployment_by_name("swarm-from-blocks/nightly")
+                    worker_deployment = client.read_deployment_by_name(
+                        "work-remote/devswarm-worker"
+                    )
                     children = client.read_flow_runs(
                         flow_run_filter=FlowRunFilter(
                             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run.id])
@@ -115,6 +118,7 @@ def _deploy_and_run(root: Path, tmp_path: Path) -> None:
         assert log.read_text().count('"agent": "worker/') == 2  # the offline model did the work
         # prefect.yaml's schedule and one-at-a-time limit reached the server.
         assert deployment.global_concurrency_limit.limit == 1
+        assert worker_deployment.work_pool_name == "devswarm"  # scale-out's worker deployment
         assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
         assert KEY not in str(flow_run.parameters) and KEY not in worker_output
     finally:
