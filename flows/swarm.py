@@ -7,8 +7,10 @@ swarm ── plan (root) ── sub-plans (concurrent, recursive)
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ def swarm(config: SwarmConfig) -> dict[str, Any]:
     verdict: Verdict | None = None
     status = "crashed"
     try:
-        with drain_on_signals(run.emit):
+        with drain_on_signals(run.emit), subflows_without_heartbeats():
             verdict = run_cycles(run)
         status = run.final_status(verdict)
     finally:
@@ -106,6 +108,17 @@ def run_cycles(run: Run) -> Verdict | None:
         if verdict.decision != "continue":
             break
     return verdict
+
+
+@contextlib.contextmanager
+def subflows_without_heartbeats() -> Iterator[None]:
+    """Subflows started inside send no heartbeats. They run in this process and die with it,
+    and this flow run's own heartbeat already says the process is alive; a heartbeat thread
+    costs each subflow up to 1 s at its end (Prefect joins a thread that sleeps in 1 s steps)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def off_main_thread(fn: Any, *args: Any) -> Any:
