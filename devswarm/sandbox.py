@@ -220,6 +220,13 @@ def bwrap_argv(
             argv += ["--tmpfs", real]
         elif os.path.exists(real):
             argv += ["--ro-bind", "/dev/null", real]
+    # The interpreter devswarm runs on (`python` in agents' commands) stays visible even when its
+    # virtual environment lives under /tmp or a hidden folder.
+    for prefix in sorted(
+        {os.path.realpath(sys.prefix), os.path.realpath(os.path.dirname(sys.executable))}, key=len
+    ):
+        if os.path.isdir(prefix) and prefix != "/":
+            argv += ["--ro-bind", prefix, prefix]
     for gitdir in sorted(_git_dirs(real_cwd), key=len):  # parents before children
         argv += ["--ro-bind", gitdir, gitdir]
     for path in (real_cwd, *writable):
