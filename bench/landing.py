@@ -280,16 +280,19 @@ def product_scenario(tasks: int, layout: str, workers: int) -> dict:
 def product(
     workdir: Path, workers: int, tasks: int, layout: str, server: c.PrefectServer
 ) -> Outcome:
-    out = Outcome("product", layout, note=f"[{server.kind}]")
-    if layout == "shared" and tasks > workers:
-        tasks = workers  # a later round's edit needs the earlier one on the tip: one round only
-    with c.model_server(product_scenario(tasks, layout, workers), workdir / "model") as (url, log):
+    slots, workers = workers, c.worker_cap(server.kind, workers)
+    capped = f", W capped at {workers} as devswarm run does" if workers < slots else ""
+    out = Outcome("product", layout, note=f"[{server.kind}{capped}]")
+    if layout == "shared" and tasks > slots:
+        tasks = slots  # a later round's edit needs the earlier one on the tip: one round only
+    with c.model_server(product_scenario(tasks, layout, slots), workdir / "model") as (url, log):
         res = c.run_child(
             __file__,
             {
                 "work": str(workdir),
                 "url": url,
                 "workers": workers,
+                "slots": slots,
                 "tasks": tasks,
                 "layout": layout,
             },
@@ -316,7 +319,7 @@ def child(params: dict) -> None:
     from devswarm.config import Models, SwarmConfig
 
     work, workers, tasks = Path(params["work"]), params["workers"], params["tasks"]
-    repo = c.make_repo(work / "user", base_files(workers))
+    repo = c.make_repo(work / "user", base_files(params["slots"]))
     cfg = SwarmConfig(
         goal="land", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
         home=work / "home", max_cycles=1, max_workers=workers, max_tasks_per_plan=tasks,

@@ -116,7 +116,7 @@ def main() -> int:
     if not done:
         print("ratio: n/a (no server completed the run)")
         return 1
-    best = min(done, key=lambda k: (done[k][0], done[k][1]))
+    best = "postgres" if "postgres" in done else next(iter(done))  # the targets are for it
     errors, cores, rss = done[best]
     print(f"ratio: {cores:.2f} (orchestration cores on average, target ≤ 1; errors {errors}, "
           f"target 0; peak RSS {_gib(rss):.2f} GiB, target ≤ 4; [{best}] N={args.N})")  # fmt: skip

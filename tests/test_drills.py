@@ -438,7 +438,8 @@ def test_two_swarms_on_one_branch_lose_nothing(tmp_path: Path) -> None:
         probe = [{"tool_calls": [tc("run", command="env")]}] if mark == "A" else []
         agents.append(
             {"match": f"worker/{run}/*/shared/*",
-             "steps": [{"tool_calls": [tc("write_file", path="shared.txt", content=f"base\n{mark}\n")]},
+             # An edit, not a rewrite: a run that starts after the other landed keeps its line.
+             "steps": [{"tool_calls": [tc("edit_file", path="shared.txt", old="base\n", new=f"base\n{mark}\n")]},
                        *probe, {"tool_calls": [tc("finish", summary="shared done")]}]}
         )  # fmt: skip
         # Whoever lands second resolves: keep the other run's line, then its own.
