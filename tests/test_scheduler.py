@@ -31,7 +31,9 @@ class Recorder:
             self.events.append((kind, key))
 
 
-def scheduler(rec: Recorder, work, *, followup=None, stop=lambda: None, max_workers=4, **kw) -> Scheduler:
+def scheduler(
+    rec: Recorder, work, *, followup=None, stop=lambda: None, max_workers=4, **kw
+) -> Scheduler:
     return Scheduler(
         work=work,
         followup=followup,
@@ -70,7 +72,10 @@ def test_a_failed_dependency_skips_the_whole_chain() -> None:
         status = "failed" if task.key == "a" else "landed"
         return WorkerReport(task_key=task.key, agent_id="w", status=status)
 
-    reports = {r.task_key: r for r in scheduler(rec, work).run([planned("a"), planned("b", ["a"]), planned("c", ["b"])])}
+    reports = {
+        r.task_key: r
+        for r in scheduler(rec, work).run([planned("a"), planned("b", ["a"]), planned("c", ["b"])])
+    }
     assert reports["a"].status == "failed"
     assert reports["b"].status == reports["c"].status == "skipped"
     assert "a did not land" in reports["b"].reason
@@ -96,7 +101,9 @@ def test_reports_stream_while_a_slow_worker_still_runs() -> None:
             r.handoff = "done\nConcerns: more to do"
         return r
 
-    reports = scheduler(rec, work_with_concern, followup=followup).run([planned("slow"), planned("fast")])
+    reports = scheduler(rec, work_with_concern, followup=followup).run(
+        [planned("slow"), planned("fast")]
+    )
     assert sorted(r.task_key for r in reports) == ["extra", "fast", "slow"]
     assert rec.events.index(("followup", "fast")) < rec.events.index(("report", "slow"))
 
@@ -110,7 +117,9 @@ def test_a_crashed_worker_is_resubmitted_once_then_reported() -> None:
             raise RuntimeError("subflow crashed")
         return landed(task, attempt)
 
-    reports = {r.task_key: r for r in scheduler(rec, work).run([planned("flaky"), planned("broken")])}
+    reports = {
+        r.task_key: r for r in scheduler(rec, work).run([planned("flaky"), planned("broken")])
+    }
     assert reports["flaky"].status == "landed" and ("flaky", 2) in attempts
     assert reports["broken"].status == "crashed" and attempts.count(("broken", 2)) == 1
 
@@ -131,7 +140,9 @@ def test_a_drain_skips_what_has_not_started_and_respects_the_worker_bound() -> N
         return landed(task, attempt)
 
     tasks = [planned(f"t{i}") for i in range(8)]
-    reports = scheduler(rec, work, stop=lambda: "stop requested" if stop.is_set() else None, max_workers=2).run(tasks)
+    reports = scheduler(
+        rec, work, stop=lambda: "stop requested" if stop.is_set() else None, max_workers=2
+    ).run(tasks)
     statuses = [r.status for r in reports]
     assert peak[0] <= 2
     assert statuses.count("landed") == 2 and statuses.count("skipped") == 6
@@ -144,6 +155,9 @@ def test_tasks_landed_before_a_resume_are_not_redone() -> None:
         started.append(task.key)
         return landed(task, attempt)
 
-    reports = {r.task_key: r for r in scheduler(rec, work, landed={"a"}).run([planned("a"), planned("b", ["a"])])}
+    reports = {
+        r.task_key: r
+        for r in scheduler(rec, work, landed={"a"}).run([planned("a"), planned("b", ["a"])])
+    }
     assert started == ["b"]
     assert reports["a"].status == "landed"
