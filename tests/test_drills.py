@@ -491,8 +491,8 @@ def test_two_swarms_on_one_branch_lose_nothing(tmp_path: Path) -> None:
     shared = checker.git(repo, "show", f"{branch}:shared.txt")
     assert shared in ("base\nA\nB\n", "base\nB\nA\n"), shared  # both changes kept
     db = home / "devswarm.duckdb"
-    conflicts = rows(db, "SELECT count(*) FROM landings WHERE status = 'conflict'")[0][0]
-    assert conflicts >= 1  # the second shared landing met the first, across processes
+    # Whether the two shared landings met in a rebase conflict depends on timing (a twin that
+    # plans after the other landed edits the new tip); either way both lines are kept above.
     for run in runs:
         assert rows(db, "SELECT status FROM runs WHERE run_id = ?", run)[0][0] == "done"
 
