@@ -222,7 +222,8 @@ def run_child(script: str, params: dict, server: PrefectServer, timeout: float =
     cmd = [sys.executable, script, "--child", json.dumps(params)]
     if spy := os.environ.get("BENCH_PYSPY"):  # a py-spy binary: sample the child, all threads
         out = Path(params["work"]) / "py-spy.txt"
-        cmd = [spy, "record", "--idle", "-r", "40", "-f", "raw", "-o", str(out), "--", *cmd]
+        idle = ["--idle"] if os.environ.get("BENCH_PYSPY_IDLE", "1") == "1" else []  # wall or CPU
+        cmd = [spy, "record", *idle, "-r", "40", "-f", "raw", "-o", str(out), "--", *cmd]
         print(f"(py-spy samples: {out})", flush=True)
     proc = subprocess.run(
         cmd,

@@ -4,7 +4,9 @@
     python bench/efficiency.py -N 100 -k 10 -L 10 -C 50 --server postgres   # the issue's target
 
 N workers, each making k model calls of latency L seconds at the offline server, at most C
-workers at once (the swarm's --workers; model calls in flight are not capped below C). Each
+model calls in flight (the swarm's max_model_calls_at_once) and W workers at once (--workers,
+the swarm's max_workers; default C). With W > C, workers beyond C start while others' calls are
+in flight and wait for a slot, oldest worker first (devswarm.llm.ModelSlots). Each
 worker's calls are k − 1 `list_files` steps and a last step that writes its file and finishes,
 so every worker also commits and lands. The planner and the judge answer at once (latency 0).
 The ideal is the model latency alone: ⌈N/C⌉ × k × L. Prints the wall time of the whole swarm
@@ -53,11 +55,11 @@ def child(params: dict) -> None:
     from devswarm.config import Models, SwarmConfig
 
     work = Path(params["work"])
-    n, conc = params["n"], params["c"]
+    n, conc, workers = params["n"], params["c"], params["workers"]
     repo = c.make_repo(work / "user", {"README.md": "efficiency\n"})
     cfg = SwarmConfig(
         goal="bench", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
-        home=work / "home", max_cycles=1, max_workers=conc, max_tasks_per_plan=n,
+        home=work / "home", max_cycles=1, max_workers=workers, max_tasks_per_plan=n,
         max_model_calls_at_once=max(conc, 1), run_name="bench-efficiency",
         request_timeout=params["latency"] + 60,
     )  # fmt: skip
@@ -86,13 +88,13 @@ def child(params: dict) -> None:
     )
 
 
-def measure(n: int, k: int, latency: float, conc: int, server: c.PrefectServer) -> dict:
+def measure(
+    n: int, k: int, latency: float, conc: int, workers: int, server: c.PrefectServer
+) -> dict:
     work = c.scratch("efficiency")
+    params = {"n": n, "k": k, "latency": latency, "c": conc, "workers": workers}
     with c.model_server(scenario(n, k, latency), work / "model") as (url, log):
-        res = c.run_child(
-            __file__, {"work": str(work), "url": url, "n": n, "k": k, "latency": latency, "c": conc},
-            server,
-        )  # fmt: skip
+        res = c.run_child(__file__, {"work": str(work), "url": url, **params}, server)
         res["server_calls"] = len(c.chat_log(log))
     return res
 
@@ -106,21 +108,24 @@ def main() -> int:
     parser.add_argument("-N", type=int, default=8, help="workers (tasks)")
     parser.add_argument("-k", type=int, default=4, help="model calls per worker")
     parser.add_argument("-L", type=float, default=2.0, help="latency of each model call, seconds")
-    parser.add_argument("-C", type=int, default=4, help="workers at once")
+    parser.add_argument("-C", type=int, default=4, help="model calls in flight")
+    parser.add_argument("--workers", type=int, help="workers at once (default: C)")
     parser.add_argument("--server", choices=["both", "ephemeral", "postgres"], default="both")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return 0
-    print(f"N={args.N} workers × k={args.k} calls × L={args.L:g} s, C={args.C} at once: ideal "
-          f"{_ideal(args.N, args.C, args.k, args.L):.1f} s; machine: {os.cpu_count()} cores")  # fmt: skip
+    workers = args.workers or args.C
+    print(f"N={args.N} workers × k={args.k} calls × L={args.L:g} s, C={args.C} calls in flight, "
+          f"W={workers} workers at once: ideal {_ideal(args.N, args.C, args.k, args.L):.1f} s; "
+          f"machine: {os.cpu_count()} cores")  # fmt: skip
     ratios = {}
     for kind in c.server_kinds(args.server):
         conc = c.worker_cap(kind, args.C)
         ideal = _ideal(args.N, conc, args.k, args.L)
         with c.prefect_server(kind) as server:
-            res = measure(args.N, args.k, args.L, conc, server)
+            res = measure(args.N, args.k, args.L, conc, c.worker_cap(kind, workers), server)
         if "error" in res:
             print(f"[{kind}] failed: {res['error']}")
             continue
@@ -145,7 +150,7 @@ def main() -> int:
     shown = "; ".join(f"{k} {v:.2f}" for k, v in ratios.items())
     best = min(ratios.values())
     print(f"ratio: {best:.2f} (wall ÷ ideal ⌈N/C⌉×k×L; {shown}; target ≤ 1.10 at N=100 k=10 "
-          f"L=10 C=50)")  # fmt: skip
+          f"L=10 C=50; W={workers})")  # fmt: skip
     return 0
 
 

@@ -90,7 +90,7 @@ def main() -> int:
                 # All at once, even on SQLite (where devswarm run would cap them): this is the
                 # measurement that shows why it caps.
                 params = {"work": str(work), "url": url, "n": args.N, "k": args.k,
-                          "latency": args.L, "c": args.N}  # fmt: skip
+                          "latency": args.L, "c": args.N, "workers": args.N}  # fmt: skip
                 res = c.run_child(__file__, params, server)
                 model_meter.stop()
         if "error" in res:

@@ -6,11 +6,15 @@ transient failures visibly, so every attempt is one row that matches the server'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import math
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -68,6 +72,96 @@ def _error_code(exc: openai.APIStatusError) -> str | None:
     return inner.get("code") if isinstance(inner, dict) else None
 
 
+class ModelSlots:
+    """At most `n` model calls in flight across the swarm, handed out oldest agent first.
+
+    A free slot goes to the oldest waiting agent (the one whose first call came first), and an
+    agent keeps its slot between its calls for up to `grace` seconds, or until `done(agent)`.
+    So a swarm can run more workers than the endpoint takes calls: the extra ones start their
+    worktree and Prefect subflow while others' calls are in flight and wait here, and a worker
+    that finishes passes its slot at once to one already started. Workers finish in the order
+    they started, each without waiting between its own calls, instead of all of them crawling
+    to the end together; a worker busy longer than `grace` (a long command) lends its slot out.
+    """
+
+    def __init__(self, n: int, grace: float = 2.0) -> None:
+        self.grace = grace
+        self._cond = threading.Condition()  # guards everything below
+        self._free = max(1, n)
+        self._age: dict[str, int] = {}
+        self._waiting: list[tuple[int, int, threading.Event]] = []  # (age, arrival, handoff)
+        self._arrival = itertools.count()
+        self._kept: dict[str, float] = {}  # agent -> monotonic time its kept slot is given up
+        self._expirer: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def hold(self, agent: str) -> Iterator[None]:
+        """A slot for one call of `agent`."""
+        self._acquire(agent)
+        try:
+            yield
+        finally:
+            with self._cond:
+                if self.grace > 0:
+                    self._kept[agent] = time.monotonic() + self.grace
+                    self._start_expirer()
+                    self._cond.notify()
+                else:
+                    self._give()
+
+    def done(self, agent: str) -> None:
+        """The agent makes no more calls: its kept slot goes to the next waiter now."""
+        with self._cond:
+            if self._kept.pop(agent, None) is not None:
+                self._give()
+
+    def _acquire(self, agent: str) -> None:
+        with self._cond:
+            age = self._age.setdefault(agent, len(self._age))
+            if self._kept.pop(agent, None) is not None:
+                return  # back within its grace: its own slot
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            entry = (age, next(self._arrival), threading.Event())
+            heapq.heappush(self._waiting, entry)
+        try:
+            entry[2].wait()  # set by _give: the slot is ours
+        except BaseException:  # interrupted while waiting: give up the place, or the slot
+            with self._cond:
+                if entry[2].is_set():
+                    self._give()
+                else:
+                    self._waiting.remove(entry)
+                    heapq.heapify(self._waiting)
+            raise
+
+    def _give(self) -> None:
+        """One slot back: to the oldest waiter (never free in between), else free. Lock held."""
+        if self._waiting:
+            heapq.heappop(self._waiting)[2].set()
+        else:
+            self._free += 1
+
+    def _start_expirer(self) -> None:
+        if self._expirer is None:
+            self._expirer = threading.Thread(target=self._expire, name="model-slots", daemon=True)
+            self._expirer.start()
+
+    def _expire(self) -> None:
+        """Give up kept slots whose grace ran out; ends when none is kept (started again later)."""
+        with self._cond:
+            while self._kept:
+                now_ = time.monotonic()
+                due = [a for a, t in self._kept.items() if t <= now_]
+                for agent in due:
+                    del self._kept[agent]
+                    self._give()
+                if self._kept:
+                    self._cond.wait(min(self._kept.values()) - now_)
+            self._expirer = None
+
+
 class ModelClient:
     """A thread-safe wrapper around one OpenAI-compatible endpoint."""
 
@@ -93,7 +187,7 @@ class ModelClient:
         self._fallback = fallback_price or Price(input=5.0, output=15.0)
         self.ledger = ledger
         # A cap on calls in flight across the swarm, so parallel workers don't start 429 storms.
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self.slots = ModelSlots(max_in_flight)
 
     def price(self, model: str) -> Price:
         return self._prices.get(model) or self._fallback
@@ -123,7 +217,23 @@ class ModelClient:
         attempt: int,
         log: RecordLog | None,
     ) -> dict[str, Any]:
-        """Send one chat request; return a JSON-safe reply dict or raise ModelCallError."""
+        """Send one chat request; return a JSON-safe reply dict or raise ModelCallError.
+        Waits for a slot first (oldest agent first); the row's time starts with the slot."""
+        with self.slots.hold(agent_id):
+            return self._chat(
+                request, run_id=run_id, agent_id=agent_id, step=step, attempt=attempt, log=log
+            )
+
+    def _chat(
+        self,
+        request: dict[str, Any],
+        *,
+        run_id: str,
+        agent_id: str,
+        step: int,
+        attempt: int,
+        log: RecordLog | None,
+    ) -> dict[str, Any]:
         model = request["model"]
         price = self.price(model)
         reservation = None
@@ -150,10 +260,9 @@ class ModelClient:
         }
         tokens, cost = 0, 0.0
         try:
-            with self._slots:
-                raw = self._client.chat.completions.with_raw_response.create(
-                    **request, extra_headers=headers
-                )
+            raw = self._client.chat.completions.with_raw_response.create(
+                **request, extra_headers=headers
+            )
             completion = raw.parse()
         except openai.APIStatusError as exc:
             code = _error_code(exc)

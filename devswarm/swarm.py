@@ -693,6 +693,7 @@ def _planner(
         run.structured_output = run.structured_output and agent.structured_output
     finally:
         run.bump("planning", -1)
+        run.client.slots.done(agent_id)
         run.workspace.remove_worktree(wt)
     _agent_end(log, agent_id, agent.outcome)
     if plan is None:
@@ -809,6 +810,7 @@ def work_task(
         report.status, report.reason = "error", f"model call failed: {exc}"
     finally:
         run.bump("working", -1)
+        run.client.slots.done(agent_id)
         if wt is not None:
             report.diff_stat = _diff_stat(run, wt, task.base_commit)
             run.workspace.remove_worktree(wt)
@@ -982,6 +984,7 @@ def judge_cycle(
         outcome = agent.run()
         run.structured_output = run.structured_output and agent.structured_output
     finally:
+        run.client.slots.done(agent_id)
         run.workspace.remove_worktree(wt)
     _agent_end(log, agent_id, outcome)
     if outcome.answer is None:

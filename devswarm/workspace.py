@@ -449,6 +449,9 @@ class Workspace:
                     f"{self.home} holds a clone of {url.strip() or 'another repository'}, "
                     f"not {self.user_repo}; use another data folder"
                 )
+            # A process killed inside `git worktree add` leaves a worktree whose HEAD is all
+            # zeros, and fetch refuses to run while it exists: drop dead processes' worktrees.
+            self.prune()
             fetch = ("fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin")
             proc = _git(self.clone, *fetch, check=False)
             if proc.returncode != 0:

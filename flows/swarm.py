@@ -24,6 +24,7 @@ from devswarm.records import now
 from devswarm.scheduler import Scheduler
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
 from devswarm.swarm import Run, drain_on_signals, record_skip, take_key
+from flows._pool import STARTS
 from flows.judge import judge
 from flows.plan import followup, plan
 from flows.work import work
@@ -144,7 +145,7 @@ def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
         work=(
             deployment_work(run)  # each worker a flow run on a work pool (docs/scale-out.md)
             if run.config.executor == "deployment"
-            else lambda task, attempt: work(run.run_id, task, attempt)
+            else lambda task, attempt: _start_work(run, task, attempt)
         ),
         followup=lambda task, report: followup(run.run_id, task, report),
         should_stop=run.should_stop,
@@ -157,6 +158,11 @@ def run_workers(run: Run, tasks: list[PlannedTask]) -> list[WorkerReport]:
         landed=run.landed_task_keys(),
     )
     return scheduler.run(tasks)
+
+
+def _start_work(run: Run, task: PlannedTask, attempt: int) -> WorkerReport:
+    with STARTS.starting():  # a few subflow starts at once: the first bodies run sooner
+        return work(run.run_id, task, attempt)
 
 
 def _summary_artifact(summary: dict[str, Any]) -> None:

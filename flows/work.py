@@ -6,6 +6,7 @@ from prefect import flow
 
 from devswarm.schemas import PlannedTask, WorkerReport
 from devswarm.swarm import get_run, work_task
+from flows._pool import STARTS
 from tasks.landing import land
 from tasks.model import prefect_calls
 
@@ -13,6 +14,7 @@ from tasks.model import prefect_calls
 @flow(name="work", flow_run_name="work · {task.spec.id}", persist_result=False)
 def work(run_id: str, task: PlannedTask, attempt: int = 1) -> WorkerReport:
     """Run one worker to the end and return its report (never raises for the task's own failure)."""
+    STARTS.started()  # the next queued subflow may start (flows/_pool.py StartGate)
     run = get_run(run_id)
     report = work_task(run, prefect_calls, task, attempt=attempt, land=lambda ws, wt: land(ws, wt))
     _artifact(report, task)

@@ -82,8 +82,10 @@ def reachable(repo: Path, commit: str, tip: str) -> bool:
 
 def trailers(repo: Path, tip: str) -> list[tuple[str, str | None, str | None]]:
     """(commit, run, task) for every commit reachable from `tip` (None where a trailer is absent)."""
-    fmt = "%H%x1f%(trailers:key=Devswarm-Run,valueonly,separator=%x2C)%x1f" \
-        "%(trailers:key=Devswarm-Task,valueonly,separator=%x2C)%x1e"  # fmt: skip
+    fmt = (
+        "%H%x1f%(trailers:key=Devswarm-Run,valueonly,separator=%x2C)%x1f"
+        "%(trailers:key=Devswarm-Task,valueonly,separator=%x2C)%x1e"
+    )
     out = git(repo, "log", f"--format={fmt}", tip)
     found = []
     for record in out.split("\x1e"):
@@ -125,8 +127,15 @@ def _log_key(line: dict, request_timeout: float) -> tuple:
     return (line["agent"], line["step"], line["attempt"], *outcome)
 
 
-def _row_key(agent: str, step: int, attempt: int, error_type: str | None, status: int | None,
-             input_tokens: int | None, output_tokens: int | None) -> tuple:  # fmt: skip
+def _row_key(
+    agent: str,
+    step: int,
+    attempt: int,
+    error_type: str | None,
+    status: int | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+) -> tuple:
     if error_type == "timeout":
         return (agent, step, attempt, "timeout")
     return (agent, step, attempt, status, input_tokens or 0, output_tokens or 0)
@@ -286,7 +295,7 @@ def check(
     secret: str,
     requests: list[dict],
     request_timeout: float,
-    optional_requests: list[dict] = (),  # type: ignore[assignment]
+    optional_requests: Iterable[dict] = (),
     run_ids: list[str] | None = None,
     db: Path | None = None,
     output: str = "",
@@ -324,9 +333,13 @@ def check(
 
 
 def _check_git_and_store(
-    f: Findings, con: duckdb.DuckDBPyConnection, repo: Path, branch: str, home: Path,
+    f: Findings,
+    con: duckdb.DuckDBPyConnection,
+    repo: Path,
+    branch: str,
+    home: Path,
     run_ids: list[str],
-) -> None:  # fmt: skip
+) -> None:
     tip = branch_tip(repo, branch)
     if tip is None:
         f.problem(f"branch {branch} does not exist in {repo}")
@@ -388,9 +401,13 @@ def _check_git_and_store(
 
 
 def _check_llm_calls(
-    f: Findings, con: duckdb.DuckDBPyConnection, run_ids: list[str], requests: list[dict],
-    optional: Iterable[dict], request_timeout: float,
-) -> None:  # fmt: skip
+    f: Findings,
+    con: duckdb.DuckDBPyConnection,
+    run_ids: list[str],
+    requests: list[dict],
+    optional: Iterable[dict],
+    request_timeout: float,
+) -> None:
     def ours(line: dict) -> bool:
         return any(f"/{r}/" in f"{line['agent']}/" for r in run_ids)
 
@@ -406,11 +423,15 @@ def _check_llm_calls(
     missing = required - recorded
     extra = recorded - required - maybe
     if missing:
-        f.problem(f"{sum(missing.values())} model calls the server answered have no llm_calls "
-                  f"row, e.g. {sorted(missing)[:3]}")  # fmt: skip
+        f.problem(
+            f"{sum(missing.values())} model calls the server answered have no llm_calls "
+            f"row, e.g. {sorted(missing)[:3]}"
+        )
     if extra:
-        f.problem(f"{sum(extra.values())} llm_calls rows match no request the server logged, "
-                  f"e.g. {sorted(extra, key=str)[:3]}")  # fmt: skip
+        f.problem(
+            f"{sum(extra.values())} llm_calls rows match no request the server logged, "
+            f"e.g. {sorted(extra, key=str)[:3]}"
+        )
     f.facts["llm_calls"] = len(rows)
     f.facts["input_tokens"] = sum(r[5] or 0 for r in rows)
     f.facts["output_tokens"] = sum(r[6] or 0 for r in rows)
@@ -418,9 +439,16 @@ def _check_llm_calls(
 
 
 def _check_secret(
-    f: Findings, home: Path, db: Path, repo: Path, secret: str, output: str,
-    scan: Iterable[Path], run_ids: list[str], prefect: bool,
-) -> None:  # fmt: skip
+    f: Findings,
+    home: Path,
+    db: Path,
+    repo: Path,
+    secret: str,
+    output: str,
+    scan: Iterable[Path],
+    run_ids: list[str],
+    prefect: bool,
+) -> None:
     assert len(secret) >= 12, "use a distinctive key, or the search proves nothing"
     for path in sorted({db, *Path(home).rglob("*.duckdb")}):
         if path.exists():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -574,3 +576,72 @@ def test_a_refused_key_is_not_mistaken_for_missing_structured_output(h: Harness)
     assert outcome.status == "error" and "invalid_api_key" in outcome.reason
     assert agent.structured_output is True
     assert len(h.requests()) == 1
+
+
+def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> None:
+    from devswarm.llm import ModelSlots
+
+    slots = ModelSlots(2, grace=0)
+    for agent in ("old", "young"):  # ages: old first
+        with slots.hold(agent):
+            pass
+    order: list[str] = []
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def call(agent: str) -> None:
+        nonlocal in_flight, peak
+        with slots.hold(agent):
+            with lock:
+                in_flight += 1
+                peak = max(peak, in_flight)
+                order.append(agent)
+            release.wait(5)
+            time.sleep(0.01)
+            with lock:
+                in_flight -= 1
+
+    blockers = [threading.Thread(target=call, args=(f"blocker{i}",)) for i in range(2)]
+    for t in blockers:
+        t.start()
+    while len(order) < 2:
+        time.sleep(0.01)
+    waiters = []
+    for agent in ("young", "young", "old"):  # young asks first, old last
+        waiters.append(threading.Thread(target=call, args=(agent,)))
+        waiters[-1].start()
+        time.sleep(0.05)
+    release.set()
+    for t in blockers + waiters:
+        t.join(5)
+    assert order[2:] == ["old", "young", "young"]  # the oldest agent first, then by arrival
+    assert peak == 2
+    with slots.hold("x"), slots.hold("y"):  # both slots free again: nothing leaked
+        pass
+
+
+def test_an_agent_keeps_its_model_slot_between_calls_until_done_or_its_grace_ends() -> None:
+    from devswarm.llm import ModelSlots
+
+    slots = ModelSlots(1, grace=0.5)
+    got: list[tuple[str, float]] = []
+    t0 = time.monotonic()
+
+    def call(agent: str) -> None:
+        with slots.hold(agent):
+            got.append((agent, time.monotonic() - t0))
+
+    call("a")  # a keeps the slot for 0.5 s
+    waiter = threading.Thread(target=call, args=("b",))
+    waiter.start()
+    time.sleep(0.1)
+    call("a")  # back within its grace: its own slot, ahead of b who waits
+    assert [g[0] for g in got] == ["a", "a"]
+    slots.done("a")  # a is finished: b gets the slot now, not when the grace ends
+    waiter.join(2)
+    assert got[-1][0] == "b" and got[-1][1] < 0.45, got
+    waiter = threading.Thread(target=call, args=("c",))
+    waiter.start()  # b keeps the slot, never says done: c gets it when b's grace ends
+    waiter.join(2)
+    assert got[-1][0] == "c" and got[-1][1] - got[-2][1] >= 0.45, got

@@ -588,3 +588,168 @@ def test_checker_finds_each_kind_of_damage(
         assert found.problems == [] and found.facts["landed"] == 2 and found.facts["llm_calls"] == 3
     else:
         assert any(expected in p for p in found.problems), found.problems
+
+
+# -- 5. a worker's process killed mid-task (--executor deployment) --------------------------------
+
+
+def _flow_run_process(marker: str, worker_pid: int) -> tuple[int, list[int]] | None:
+    """(the flow-run process running a command with `marker`, the command's pids): the
+    command's ancestor that the Prefect worker started."""
+    import psutil
+
+    pids = _processes(marker)
+    for pid in pids:
+        try:
+            for parent in psutil.Process(pid).parents():
+                if parent.ppid() == worker_pid:
+                    return parent.pid, pids
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+@pytest.mark.drill
+@pytest.mark.slow
+def test_deployment_worker_process_killed_mid_task_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    """--executor deployment: a worker's flow-run process is SIGKILLed while its command runs;
+    Prefect marks the flow run crashed, the swarm runs the task again, nothing is lost."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
+
+    from devswarm.config import Models, SwarmConfig
+    from flows.runtime import run_swarm
+    from flows.worker_deployment import deploy_worker
+    from tests.conftest import git
+    from tests.test_scaleout import POOL, _start_prefect_server, _stop
+
+    victim_a1 = {
+        "match": "worker/*/victim/a1",
+        "steps": [
+            {"tool_calls": [tc("run", command="sleep 3173")]},
+            *worker_script("victim")[0]["steps"],
+        ],
+    }
+    scenario = scenario_for(
+        [[victim_a1], worker_script("victim"), worker_script("probe", probe=True)], latency=0.05
+    )
+    plan = plan_reply(task("victim", ["victim.txt"]), task("probe", ["probe.txt"]))
+    scenario["agents"] += [{"match": "planner/*", "steps": [plan]}, JUDGE_DONE]
+    api_url, server = _start_prefect_server(tmp_path / "server")
+    worker = None
+    try:
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "DEVSWARM_HOME": str(tmp_path / "worker-home"),
+            "OPENAI_API_KEY": SECRET,
+        }
+        subprocess.run(
+            [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        worker_log = tmp_path / "prefect-worker.log"
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+            env=env, cwd=tmp_path, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        repo = make_repo(tmp_path / "user", {"README.md": "deployment\n"})
+        remote = tmp_path / "shared" / "remote.git"
+        git(tmp_path, "init", "-q", "--bare", str(remote))
+        log = tmp_path / "requests.jsonl"
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        settings = {
+            PREFECT_API_URL: api_url,
+            PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results",
+        }
+        did: dict[str, Any] = {}
+        done = threading.Event()
+
+        def kill() -> None:
+            while not done.wait(0.05):
+                found = _flow_run_process("sleep 3173", worker.pid)
+                if found:
+                    os.kill(found[0], signal.SIGKILL)  # the worker's process, mid-task
+                    did["process"], did["command"] = found[0], _kill_groups(found[1])
+                    return
+
+        with (
+            temporary_settings(settings),
+            ModelServer(Scenario.from_data(scenario), log_path=log) as ms,
+        ):
+            deploy_worker(POOL)
+            killer = threading.Thread(target=kill, daemon=True)
+            killer.start()
+            try:
+                summary = run_swarm(
+                    SwarmConfig(
+                        goal="Write the files.", repo=repo, base_url=ms.url,
+                        models=Models.single("offline-model"), home=tmp_path / "data",
+                        max_cycles=1, max_workers=2, executor="deployment", remote=str(remote),
+                        run_name="drill-deploy",
+                    )
+                )  # fmt: skip
+            finally:
+                done.set()
+                killer.join(5)
+            ms.stop()
+            out, err = capfd.readouterr()
+            assert did.get("process"), worker_log.read_text()[-3000:]
+            assert summary["status"] == "done", worker_log.read_text()[-3000:]
+            db = tmp_path / "data" / "devswarm.duckdb"
+            agents = dict(rows(db, "SELECT agent_id, status FROM agents WHERE role = 'worker'"))
+            assert agents["worker/drill-deploy/c1/root/victim/a2"] == "landed", agents
+            assert not _processes("sleep 3173")
+            facts = checker.assert_sound(
+                repo=repo,
+                branch=summary["branch"],
+                home=tmp_path / "data",
+                secret=SECRET,
+                requests=checker.read_request_log(log),
+                request_timeout=120.0,
+                run_ids=[summary["run_id"]],
+                output=out + err + worker_log.read_text(),
+                scan=[tmp_path / "results", tmp_path / "worker-home", tmp_path / "server"],
+                prefect=True,
+            )
+        assert facts["landed"] == 2
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(5)
+        _stop(server)
+
+
+def test_clone_reopens_after_a_kill_inside_worktree_add(tmp_path: Path) -> None:
+    """Found by bench/resume.py: a SIGKILL inside `git worktree add` left a worktree whose HEAD
+    is all zeros, and the resume failed ("cannot refresh ...: bad object worktrees/.../HEAD")."""
+    import shutil
+
+    from devswarm.workspace import Workspace
+
+    repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
+    ws = Workspace(repo, tmp_path / "home", "devswarm/x")
+    wt = ws.add_worktree("w1", ws.tip())
+    meta = ws.clone / ".git" / "worktrees" / "w1"
+    (meta / "HEAD").write_text("0" * 40 + "\n")  # what git writes first, before the commit
+    (meta / "HEAD.lock").write_text("")
+    (meta / "locked").write_text(f"devswarm pid {2**22 + 1} on {os.uname().nodename}")  # dead
+    for child in wt.iterdir():
+        if child.name != ".git":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    again = Workspace(repo, tmp_path / "home", "devswarm/x")  # raised UserError before the fix
+    assert again.tip() == ws.tip()
+    assert not meta.exists() and not wt.exists()

@@ -161,3 +161,45 @@ def test_tasks_landed_before_a_resume_are_not_redone() -> None:
     }
     assert started == ["b"]
     assert reports["a"].status == "landed"
+
+
+def test_start_gate_lets_a_few_subflows_start_at_once_and_opens_on_failure() -> None:
+    from flows._pool import StartGate
+
+    gate = StartGate(2)
+    lock = threading.Lock()
+    starting, peak, bodies = 0, 0, []
+
+    def subflow(i: int) -> None:
+        nonlocal starting, peak
+        with gate.starting():
+            with lock:
+                starting += 1
+                peak = max(peak, starting)
+            time.sleep(0.05)  # Prefect's start
+            with lock:
+                starting -= 1
+            if i % 3 == 0:
+                raise RuntimeError("the subflow failed to start")  # never reaches its body
+            gate.started()  # the body: the next one may start
+            gate.started()  # a second call is harmless
+            time.sleep(0.2)  # the body's work does not hold the gate
+            bodies.append(i)
+
+    def call(i: int) -> None:
+        try:
+            subflow(i)
+        except RuntimeError:
+            pass
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert peak == 2  # never more than 2 starting, though 12 were called together
+    assert sorted(bodies) == [i for i in range(12) if i % 3]
+    assert (
+        time.monotonic() - t0 < 1.5
+    )  # bodies overlap: 6 × 0.05 s of starts + 0.2 s, not 12 × 0.25
