@@ -12,6 +12,8 @@ absolute paths, no `..` out, no symlinks out, nothing under `.git`.
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import json
 import os
@@ -246,6 +248,24 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+@functools.cache
+def _specs(read_only: bool) -> list[dict]:
+    """Built once per process: pydantic's schema generation cost ~13 % of the swarm process's
+    CPU when it ran for every model call (bench/scale.py under py-spy)."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": _description(tool),
+                "parameters": _schema(tool.args),
+            },
+        }
+        for name, tool in _TOOLS.items()
+        if not (read_only and tool.writes)
+    ]
+
+
 def _description(tool: _Tool) -> str:
     """The handler's docstring as one paragraph: the tool's description for the model."""
     return " ".join((inspect.getdoc(getattr(Toolbox, tool.handler)) or "").split())
@@ -291,18 +311,8 @@ class Toolbox:
         return [n for n, t in _TOOLS.items() if not (self.read_only and t.writes)]
 
     def specs(self) -> list[dict]:
-        """The tools in the OpenAI `tools` request parameter format."""
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": name,
-                    "description": _description(_TOOLS[name]),
-                    "parameters": _schema(_TOOLS[name].args),
-                },
-            }
-            for name in self.tool_names()
-        ]
+        """The tools in the OpenAI `tools` request parameter format (a fresh copy)."""
+        return copy.deepcopy(_specs(self.read_only))
 
     def call(self, name: str, arguments: str | dict) -> ToolResult:
         """Run tool `name` with the model's `arguments` (JSON text or a dict); never raises for

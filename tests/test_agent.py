@@ -645,3 +645,36 @@ def test_an_agent_keeps_its_model_slot_between_calls_until_done_or_its_grace_end
     waiter.start()  # b keeps the slot, never says done: c gets it when b's grace ends
     waiter.join(2)
     assert got[-1][0] == "c" and got[-1][1] - got[-2][1] >= 0.45, got
+
+
+@pytest.mark.parametrize("body", [b"<html>gateway</html>", b'{"error": null}', b"[]"])
+def test_a_200_that_is_not_a_chat_completion_is_a_transient_invalid_response(
+    tmp_path: Path, body: bytes
+) -> None:
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ModelClient(f"http://127.0.0.1:{server.server_port}/v1", SecretStr("sk-test"))
+        log = RecordLog(tmp_path / "records.jsonl")
+        request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        with pytest.raises(ModelCallError) as err:
+            client.chat(request, run_id="r", agent_id="a", step=1, attempt=1, log=log)
+        assert err.value.transient and err.value.error_type == "invalid_response"
+        (row,) = [r for r in read_records(log.path) if r["kind"] == "llm_call"]
+        assert row["error_type"] == "invalid_response" and row["http_status"] == 200
+    finally:
+        server.shutdown()

@@ -197,6 +197,19 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert bench.returncode == 0, bench.stdout + bench.stderr[-2000:]
     assert bench.stdout.startswith("50/50 concurrent no-op subflows completed")
 
+    # Task-run events are written in batches (devswarm/server.py), and still all of them, soon.
+    environ = Path(f"/proc/{state.pid}/environ").read_bytes().split(b"\0")
+    assert b"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=200" in environ
+    recorded = subprocess.run(
+        [sys.executable, "-c", _TASK_RUNS_RECORDED],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env, **client_env, "PREFECT_LOGGING_LEVEL": "WARNING"},
+        timeout=120,
+    )
+    assert recorded.stdout.startswith("recorded 7 of 7"), recorded.stdout + recorded.stderr[-2000:]
+
     postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
     stopped = cli("server", "stop", env=env)
     assert stopped.stdout.startswith("stopped"), stopped.stdout + stopped.stderr
@@ -212,6 +225,33 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert (root / "auth").read_text().strip() == auth
     assert _get(f"{api_url}/admin/version", auth) == 200
     assert cli("server", "stop", env=env).returncode == 0
+
+
+_TASK_RUNS_RECORDED = """
+import time
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+@task
+def t(i: int) -> int:
+    return i
+
+@flow
+def f() -> list[int]:
+    return [t(i) for i in range(7)]
+
+fid = f(return_state=True).state_details.flow_run_id
+t0, runs = time.monotonic(), []
+with get_client(sync_client=True) as client:
+    while time.monotonic() - t0 < 15:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fid])))
+        if len(runs) == 7 and all(r.state and r.state.is_completed() for r in runs):
+            break
+        time.sleep(0.2)
+done = sum(1 for r in runs if r.state and r.state.is_completed())
+print(f"recorded {done} of 7 in {time.monotonic() - t0:.1f} s")
+"""
 
 
 def _free_port() -> int:
