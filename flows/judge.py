@@ -9,7 +9,12 @@ from devswarm.swarm import get_run, judge_cycle
 from tasks.model import prefect_calls
 
 
-@flow(name="judge", flow_run_name="judge · cycle {cycle}", persist_result=False)
+@flow(
+    name="judge",
+    flow_run_name="judge · cycle {cycle}",
+    persist_result=False,
+    validate_parameters=False,  # called in-process with typed objects; see flows/work.py
+)
 def judge(run_id: str, cycle: int, reports: list[WorkerReport]) -> Verdict:
     run = get_run(run_id)
     verdict, check = judge_cycle(run, prefect_calls, cycle=cycle, reports=reports)

@@ -11,7 +11,12 @@ from flows._pool import map_concurrently
 from tasks.model import prefect_calls
 
 
-@flow(name="plan", flow_run_name="plan · cycle {cycle} · {plan_path}", persist_result=False)
+@flow(
+    name="plan",
+    flow_run_name="plan · cycle {cycle} · {plan_path}",
+    persist_result=False,
+    validate_parameters=False,  # called in-process with typed objects; see flows/work.py
+)
 def plan(
     run_id: str,
     cycle: int,
@@ -52,7 +57,12 @@ def plan(
     return tasks
 
 
-@flow(name="followup", flow_run_name="followup · {task.spec.id}", persist_result=False)
+@flow(
+    name="followup",
+    flow_run_name="followup · {task.spec.id}",
+    persist_result=False,
+    validate_parameters=False,  # called in-process with typed objects; see flows/work.py
+)
 def followup(run_id: str, task: PlannedTask, report: WorkerReport) -> list[PlannedTask]:
     """The owning planner reads a worker's handoff and may add follow-up tasks to the cycle."""
     return plan_followups(get_run(run_id), prefect_calls, task, report)
