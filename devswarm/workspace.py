@@ -202,6 +202,10 @@ def _run_git(
         encoding="utf-8",
         errors="surrogateescape",  # paths round-trip to the file system unchanged
         stdin=None if input is not None else subprocess.DEVNULL,
+        # Its own process group: a signal to ours (Ctrl-C in a terminal, Prefect's runner
+        # cancelling a deployment's run with SIGTERM to the group) must not kill git halfway
+        # through a rebase or a ref update; devswarm drains and lets the command finish.
+        start_new_session=True,
     )
 
 

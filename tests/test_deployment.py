@@ -129,3 +129,139 @@ def _deploy_and_run(root: Path, tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait(5)
+
+
+@pytest.mark.slow
+@pytest.mark.drill
+def test_cancelling_a_deployment_run_drains_the_swarm(tmp_path: Path) -> None:
+    """What the UI's Cancel does (the flow run set to Cancelling; the Prefect worker SIGTERMs the
+    run's process group): the swarm drains — the landed task stays, the running worker stops at
+    its next step, the run is recorded as stopped — instead of dying mid-landing."""
+    with fresh_server_folder() as root:
+        _cancel_drains(root, tmp_path)
+
+
+def _cancel_drains(root: Path, tmp_path: Path) -> None:
+    import duckdb
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    from devswarm.modelserver import ModelServer, Scenario
+    from tests.helpers import JUDGE_DONE, plan_reply, task, tc
+
+    def worker(name: str, latency: float) -> dict:
+        return {
+            "match": f"worker/*/{name}/*",
+            "steps": [
+                {"tool_calls": [tc("list_files", path=".")]},
+                {
+                    "tool_calls": [tc("write_file", path=f"{name}.txt", content=f"{name}\n")],
+                    "latency": latency,
+                },
+                {"tool_calls": [tc("finish", summary="done")]},
+            ],
+        }
+
+    plan = plan_reply(task("fast", ["fast.txt"]), task("slow", ["slow.txt"]))
+    scenario = {
+        "latency": 0.05,
+        "agents": [
+            {"match": "planner/*", "steps": [plan]},
+            worker("fast", 0.05),
+            worker("slow", 8.0),
+            JUDGE_DONE,
+        ],
+    }
+    state, _ = server.start(root, port=_free_port())
+    worker_proc = None
+    try:
+        auth = server.read_auth(root) or ""
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": state.api_url,
+            "PREFECT_API_AUTH_STRING": auth,
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        env.pop("OPENAI_API_KEY", None)
+        env.pop("OPENAI_BASE_URL", None)
+        repo = make_repo(tmp_path / "calc", {"calc.py": CALC, "GOAL.md": "Two files.\n"})
+        branch = "devswarm/nightly"
+        data = tmp_path / "data"
+        with ModelServer(Scenario.from_data(scenario), log_path=tmp_path / "requests.jsonl") as ms:
+            _run(
+                [sys.executable, "-m", "devswarm.cli", "init", "--base-url", ms.url]
+                + ["--model", "offline-model", "--repo", str(repo), "--branch", branch]
+                + ["--home", str(data)],
+                {**env, "OPENAI_API_KEY": KEY},
+            )
+            prefect = [sys.executable, "-m", "prefect"]
+            _run([*prefect, "work-pool", "create", "devswarm", "--type", "process"], env)
+            _run([*prefect, "--no-prompt", "deploy", "--all"], env)
+            worker_log = (tmp_path / "worker.log").open("w")
+            worker_proc = subprocess.Popen(
+                [*prefect, "worker", "start", "--pool", "devswarm"],
+                env=env,
+                cwd=tmp_path,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            with temporary_settings(
+                {PREFECT_API_URL: state.api_url, PREFECT_API_AUTH_STRING: auth}
+            ):
+                flow_run = run_deployment(
+                    "swarm-from-blocks/nightly",
+                    parameters={"max_cycles": 1, "max_workers": 2},
+                    timeout=0,
+                )
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:  # the fast task landed; slow is thinking
+                    shown = subprocess.run(
+                        ["git", "-C", str(repo), "show", f"{branch}:fast.txt"],
+                        capture_output=True,
+                    )
+                    if shown.returncode == 0:
+                        break
+                    time.sleep(0.2)
+                else:
+                    raise AssertionError((tmp_path / "worker.log").read_text()[-3000:])
+                with get_client(sync_client=True) as client:
+                    client.set_flow_run_state(flow_run.id, Cancelling(), force=True)  # the UI
+                    cancelled_at = time.monotonic()
+                    while time.monotonic() < cancelled_at + 90:
+                        flow_run = client.read_flow_run(flow_run.id)
+                        if flow_run.state and flow_run.state.is_final():
+                            break
+                        time.sleep(0.5)
+                    ended_after = time.monotonic() - cancelled_at
+        worker_output = (tmp_path / "worker.log").read_text()
+        assert flow_run.state.type == StateType.CANCELLED, f"{flow_run.state}\n{worker_output}"
+        assert ended_after < 30, ended_after  # drained before Prefect's 30 s grace ran out
+        assert git(repo, "show", f"{branch}:fast.txt") == "fast"
+        con = duckdb.connect(str(data / "devswarm.duckdb"), read_only=True)
+        try:
+            # The flow's own ending ran: a SIGKILLed process would have left "running".
+            (status,) = con.execute("SELECT status FROM runs").fetchone()
+            tasks = dict(con.execute("SELECT task_id, status FROM tasks").fetchall())
+        finally:
+            con.close()
+        assert status == "stopped", status
+        assert tasks["c1.root.fast"] == "landed" and tasks["c1.root.slow"] != "landed", tasks
+        clones = list((data / "repos").glob("*/clone"))
+        assert clones, list(data.rglob("*"))[:20]
+        for clone in clones:  # no worker left a worktree behind
+            listed = git(clone, "worktree", "list", "--porcelain")
+            assert listed.count("worktree ") == 1, listed
+    finally:
+        if worker_proc is not None:
+            os.killpg(worker_proc.pid, signal.SIGTERM)
+            try:
+                worker_proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker_proc.pid, signal.SIGKILL)
+                worker_proc.wait(5)

@@ -490,3 +490,14 @@ def test_changed_files_and_diff_stat_include_untracked(repo: Path, tmp_path: Pat
     assert ws.changed_files(wt, base) == ["fresh.txt", "src/a.py"]
     stat = ws.diff_stat(wt, base)
     assert "src/a.py" in stat and "fresh.txt" in stat
+
+
+def test_git_runs_in_its_own_process_group(repo: Path) -> None:
+    """A signal to devswarm's process group (Ctrl-C, Prefect's runner cancelling a deployment's
+    run) must not reach a git command halfway through a rebase or a ref update."""
+    from devswarm.workspace import _run_git
+
+    alias = "alias.pgrp=!awk '{print $5}' /proc/self/stat"
+    proc = _run_git(repo, ("-c", alias, "pgrp"), None)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) != os.getpgrp()
