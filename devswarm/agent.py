@@ -99,6 +99,19 @@ def format_refused(exc: ModelCallError) -> bool:
     return not exc.transient and exc.status not in (401, 403, 404)
 
 
+OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens")
+
+
+def other_output_limit(exc: ModelCallError, field: str) -> str | None:
+    """The field to cap the answer with instead, when the server refused `field` (OpenAI's
+    newest models refuse `max_tokens` and name `max_completion_tokens`; some servers the reverse)."""
+    other = OUTPUT_LIMITS[1 - OUTPUT_LIMITS.index(field)]
+    text = str(exc)
+    if exc.status == 400 and field in text and other in text:
+        return other
+    return None
+
+
 def parse_json_answer(content: str | None, schema: type[BaseModel]) -> BaseModel:
     """Parse a structured answer, tolerating code fences around the JSON."""
     text = FENCE.sub("", (content or "").strip()).strip()
@@ -129,11 +142,14 @@ class Agent:
         should_stop: Callable[[], str | None] = lambda: None,
         stuck: StuckDetector | None = None,
         structured_output: bool = True,
+        output_limit: str = "max_tokens",
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
         `answer_schema` the agent ends on a valid JSON answer; without one, on `finish`.
-        `structured_output=False`: never send `response_format` (the schema goes in the prompt)."""
+        `structured_output=False`: never send `response_format` (the schema goes in the prompt).
+        `output_limit`: the request field for `limits.max_output_tokens`; switched (and kept) when
+        the server refuses it and names the other."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -141,6 +157,7 @@ class Agent:
         self.should_stop = should_stop
         self.stuck = stuck or StuckDetector()
         self.structured_output = structured_output
+        self.output_limit = output_limit
         self.messages: list[dict[str, Any]] = [
             {"role": "system", "content": system},
             {"role": "user", "content": user},
@@ -190,7 +207,7 @@ class Agent:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
-            "max_tokens": self.limits.max_output_tokens,
+            self.output_limit: self.limits.max_output_tokens,
         }
         specs = self.toolbox.specs()
         if specs:
@@ -208,7 +225,8 @@ class Agent:
     def _query(self) -> dict[str, Any]:
         step = self.outcome.steps
         shorten_hard = False
-        while True:  # at most three sends: each fallback below is taken once
+        tried = {self.output_limit}
+        while True:  # at most four sends: each fallback below is taken once
             request = self._request(shorten_hard)
             try:
                 reply = self.call(request, step)
@@ -216,6 +234,12 @@ class Agent:
             except ModelCallError as exc:
                 if exc.error_type == "context_length_exceeded" and not shorten_hard:
                     shorten_hard = True  # cut every tool output and try once more
+                    continue
+                if other := other_output_limit(exc, self.output_limit):
+                    if other in tried:
+                        raise
+                    tried.add(other)
+                    self.output_limit = other  # for the rest of this agent (and its run)
                     continue
                 if "response_format" in request and format_refused(exc):
                     self._structured_output_off()

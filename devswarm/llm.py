@@ -259,7 +259,9 @@ class ModelClient:
         reservation = None
         if self.ledger is not None:
             worst_in = estimate_tokens(request)
-            worst_out = int(request.get("max_tokens") or 4096)
+            worst_out = int(
+                request.get("max_tokens") or request.get("max_completion_tokens") or 4096
+            )
             reservation = self.ledger.reserve(
                 worst_in + worst_out, price.cost(worst_in, 0, worst_out)
             )

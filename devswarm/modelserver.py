@@ -162,6 +162,8 @@ class Scenario(_Strict):
     models: list[str] = Field(default_factory=lambda: ["offline-model"], min_length=1)
     latency: float = Field(default=0.0, ge=0)
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    # The request field capping the answer's length: OpenAI's newest models refuse max_tokens.
+    output_limit: Literal["max_tokens", "max_completion_tokens", "either"] = "either"
     faults: Faults = Field(default_factory=Faults)
     rules: list[Rule] = Field(default_factory=list)
     agents: list[AgentScript] = Field(default_factory=list)
@@ -434,6 +436,20 @@ def _refused_chat_request(scenario: Scenario, body: dict) -> Outcome | None:
             "invalid_request_error",
             code="model_not_found",
         )
+    for field, wanted in (
+        ("max_tokens", "max_completion_tokens"),
+        ("max_completion_tokens", "max_tokens"),
+    ):
+        if field in body and scenario.output_limit == wanted:  # as OpenAI answers it
+            return _error(
+                400,
+                f"Unsupported parameter: '{field}' is not supported with this model. "
+                f"Use '{wanted}' instead.",
+                "invalid_request_error",
+                param=field,
+                code="unsupported_parameter",
+                fault="output_limit_unsupported",
+            )
     return _structured_output_error(scenario, body.get("response_format"))
 
 

@@ -225,6 +225,8 @@ class Run:
         self._setup_locks: dict[str, threading.Lock] = {}
         # False once the server refused response_format: later agents put the schema in the prompt.
         self.structured_output = True
+        # The request field capping an answer: switched for the whole run once a server refuses it.
+        self.output_limit = "max_tokens"
         self._lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
         # One writer of the run's DuckDB file at a time in this process; records imported in
@@ -675,6 +677,7 @@ def _planner(
             answer_schema=Plan,
             should_stop=run.should_stop,
             structured_output=run.structured_output,
+            output_limit=run.output_limit,
         )
         for turn in range(2):  # an invalid plan goes back to the planner once, with the errors
             outcome = agent.run()
@@ -691,6 +694,7 @@ def _planner(
             else:
                 plan = _repair(plan, errors)
         run.structured_output = run.structured_output and agent.structured_output
+        run.output_limit = agent.output_limit
     finally:
         run.bump("planning", -1)
         run.client.slots.done(agent_id)
@@ -802,8 +806,10 @@ def work_task(
             log=log,
             transcript=run.transcript(agent_id),
             should_stop=run.should_stop,
+            output_limit=run.output_limit,
         )
         outcome = agent.run()
+        run.output_limit = agent.output_limit
         _finish_work(run, agent, task, wt, report, land)
         outcome = agent.outcome
     except ModelCallError as exc:
@@ -980,9 +986,11 @@ def judge_cycle(
             answer_schema=Verdict,
             should_stop=run.should_stop,
             structured_output=run.structured_output,
+            output_limit=run.output_limit,
         )
         outcome = agent.run()
         run.structured_output = run.structured_output and agent.structured_output
+        run.output_limit = agent.output_limit
     finally:
         run.client.slots.done(agent_id)
         run.workspace.remove_worktree(wt)

@@ -678,3 +678,50 @@ def test_a_200_that_is_not_a_chat_completion_is_a_transient_invalid_response(
         assert row["error_type"] == "invalid_response" and row["http_status"] == 200
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("server_wants", "agent_starts"),
+    [("max_completion_tokens", "max_tokens"), ("max_tokens", "max_completion_tokens")],
+)
+def test_a_refused_output_limit_field_is_switched_once_and_kept(
+    h: Harness, server_wants: str, agent_starts: str
+) -> None:
+    """OpenAI's newest models refuse `max_tokens` (400 unsupported_parameter, naming
+    `max_completion_tokens`); other servers may refuse the newer name."""
+    scenario = {
+        "output_limit": server_wants,
+        "agents": [{"match": "worker/*", "steps": [calls(tc("list_files", path=".")), FINISH]}],
+    }
+    agent = h.agent(scenario, output_limit=agent_starts)
+    outcome = agent.run()
+    assert outcome.status == "finished" and agent.output_limit == server_wants
+    sent = [r["request"] for r in h.requests()]
+    fields = [[f for f in ("max_tokens", "max_completion_tokens") if f in b] for b in sent]
+    assert fields == [[agent_starts], [server_wants], [server_wants]]  # one refusal, then kept
+    assert sent[1][server_wants] == AgentLimits().max_output_tokens
+
+
+def test_a_server_refusing_both_output_limit_fields_ends_the_agent_with_the_error(
+    h: Harness,
+) -> None:
+    scenario = {
+        "agents": [
+            {
+                "match": "worker/*",
+                "steps": [
+                    {
+                        "fail": {
+                            "status": 400,
+                            "attempts": 9,
+                            "message": "Unsupported parameter: 'max_tokens' or "
+                            "'max_completion_tokens' (scripted)",
+                        }
+                    }
+                ],
+            }
+        ]
+    }
+    outcome = h.agent(scenario).run()
+    assert outcome.status == "error" and "max_completion_tokens" in outcome.reason
+    assert len(h.requests()) == 2  # tried the other field once, not forever

@@ -315,3 +315,40 @@ def test_run_with_bad_input_says_one_line_and_exits_nonzero(
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
     assert snapshot(repo) == before
+
+
+def test_a_run_on_a_model_that_refuses_max_tokens_pays_one_refusal(swarm_run, tmp_path) -> None:
+    """OpenAI's newest models answer `max_tokens` with a 400 naming `max_completion_tokens`:
+    the first agent switches, and every later agent of the run starts with the field that works."""
+    repo = make_repo(tmp_path / "repo", {"README.md": "limits\n"})
+    worker = {
+        "steps": [
+            {"tool_calls": [tc("write_file", path="{name}.txt", content="x\n")]},
+            {"tool_calls": [tc("finish", summary="done")]},
+        ]
+    }
+    scenario = {
+        "output_limit": "max_completion_tokens",
+        "agents": [
+            {
+                "match": "planner/*",
+                "steps": [plan_reply(task("a", ["a.txt"]), task("b", ["b.txt"]))],
+            },
+            *[
+                {
+                    "match": f"worker/*/{n}/*",
+                    "steps": json.loads(json.dumps(worker["steps"]).replace("{name}", n)),
+                }
+                for n in ("a", "b")
+            ],
+            JUDGE_DONE,
+        ],
+    }
+    summary, log = swarm_run(scenario, repo)
+    assert summary["status"] == "done" and summary["tasks_landed"] == 2
+    requests = chat_requests(log)
+    refused = [r for r in requests if r["status"] == 400]
+    assert len(refused) == 1 and refused[0]["agent"].startswith("planner/"), refused
+    later = [r for r in requests if r["status"] == 200]
+    assert later and all("max_completion_tokens" in r["request"] for r in later)
+    assert not any("max_tokens" in r["request"] for r in later)
