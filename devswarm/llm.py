@@ -240,124 +240,112 @@ class ModelClient:
         """Send one chat request; return a JSON-safe reply dict or raise ModelCallError.
         Waits for a slot first (oldest agent first); the row's time starts with the slot."""
         with self.slots.hold(agent_id):
-            return self._chat(
-                request, run_id=run_id, agent_id=agent_id, step=step, attempt=attempt, log=log
-            )
-
-    def _chat(
-        self,
-        request: dict[str, Any],
-        *,
-        run_id: str,
-        agent_id: str,
-        step: int,
-        attempt: int,
-        log: RecordLog | None,
-    ) -> dict[str, Any]:
-        model = request["model"]
-        price = self.price(model)
-        reservation = None
-        if self.ledger is not None:
-            worst_in = estimate_tokens(request)
-            worst_out = int(
-                request.get("max_tokens") or request.get("max_completion_tokens") or 4096
-            )
-            reservation = self.ledger.reserve(
-                worst_in + worst_out, price.cost(worst_in, 0, worst_out)
-            )
-        started, t0 = now(), time.perf_counter()
-        headers = {"X-Devswarm-Agent": agent_id, "X-Devswarm-Attempt": str(attempt)}
-        row: dict[str, Any] = {
-            "call_id": span_id(agent_id, str(step), str(attempt), started),
-            "run_id": run_id,
-            "agent_id": agent_id,
-            "step": step,
-            "attempt": attempt,
-            "operation_name": "chat",
-            "provider_name": "openai",
-            "request_model": model,
-            "started_at": started,
-            "span_id": span_id(agent_id, str(step), str(attempt), started, "llm"),
-            "parent_span_id": span_id(agent_id),
-        }
-        tokens, cost = 0, 0.0
-        try:
-            # The client's own request path (auth, retries off, status errors, timeouts) with the
-            # request as JSON already: `chat.completions.create` first walks every message
-            # through its TypedDict transform, ~18 % of the swarm process's CPU (bench/scale.py).
-            raw = self._client.post(
-                "/chat/completions",
-                body=request,
-                cast_to=httpx.Response,
-                options={"headers": headers},
-            )
-            row["http_status"] = raw.status_code
-            completion = _completion(raw)
-        except openai.APIStatusError as exc:
-            code = _error_code(exc)
-            row.update(http_status=exc.status_code, error_type=code or type(exc).__name__)
-            raise ModelCallError(
-                str(exc.message)[:500],
-                transient=exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500,
-                status=exc.status_code,
-                error_type=code or type(exc).__name__,
-                retry_after=_retry_after(exc),
-            ) from None
-        except openai.APITimeoutError:
-            row.update(error_type="timeout")
-            raise ModelCallError(
-                "the model call timed out", transient=True, error_type="timeout"
-            ) from None
-        except openai.APIConnectionError as exc:
-            row.update(error_type="connection_error")
-            raise ModelCallError(str(exc), transient=True, error_type="connection_error") from None
-        except (openai.APIResponseValidationError, InvalidResponse) as exc:
-            row.update(error_type="invalid_response")
-            raise ModelCallError(
-                str(exc)[:500], transient=True, error_type="invalid_response"
-            ) from None
-        else:
-            usage = completion.usage
-            input_tokens = usage.prompt_tokens if usage else 0
-            output_tokens = usage.completion_tokens if usage else 0
-            details = usage.prompt_tokens_details if usage else None
-            cached = (details.cached_tokens or 0) if details else 0
-            tokens, cost = (
-                input_tokens + output_tokens,
-                price.cost(input_tokens, cached, output_tokens),
-            )
-            choice = completion.choices[0]
-            message = choice.message
-            reply = {
-                "content": message.content,
-                "tool_calls": [
-                    {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-                    for c in (message.tool_calls or [])
-                    if getattr(c, "function", None) is not None
-                ],
-                "finish_reason": choice.finish_reason,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_read_input_tokens": cached,
-                "cost_usd": cost,
-                "response_id": completion.id,
-                "response_model": completion.model,
+            model = request["model"]
+            price = self.price(model)
+            reservation = None
+            if self.ledger is not None:
+                worst_in = estimate_tokens(request)
+                worst_out = int(
+                    request.get("max_tokens") or request.get("max_completion_tokens") or 4096
+                )
+                reservation = self.ledger.reserve(
+                    worst_in + worst_out, price.cost(worst_in, 0, worst_out)
+                )
+            started, t0 = now(), time.perf_counter()
+            headers = {"X-Devswarm-Agent": agent_id, "X-Devswarm-Attempt": str(attempt)}
+            row: dict[str, Any] = {
+                "call_id": span_id(agent_id, str(step), str(attempt), started),
+                "run_id": run_id,
+                "agent_id": agent_id,
+                "step": step,
+                "attempt": attempt,
+                "operation_name": "chat",
+                "provider_name": "openai",
+                "request_model": model,
+                "started_at": started,
+                "span_id": span_id(agent_id, str(step), str(attempt), started, "llm"),
+                "parent_span_id": span_id(agent_id),
             }
-            row.update(
-                http_status=raw.status_code,
-                response_id=completion.id,
-                response_model=completion.model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cache_read_input_tokens=cached,
-                cost_usd=cost,
-                finish_reasons=json.dumps([choice.finish_reason]),
-            )
-            return reply
-        finally:
-            if reservation is not None and self.ledger is not None:
-                self.ledger.settle(reservation, tokens, cost)
-            ended = now()
-            row.update(ended_at=ended, duration_ms=round((time.perf_counter() - t0) * 1000, 3))
-            if log is not None:
-                log.write("llm_call", **row)
+            tokens, cost = 0, 0.0
+            try:
+                # The client's own request path (auth, retries off, status errors, timeouts) with the
+                # request as JSON already: `chat.completions.create` first walks every message
+                # through its TypedDict transform, ~18 % of the swarm process's CPU (bench/scale.py).
+                raw = self._client.post(
+                    "/chat/completions",
+                    body=request,
+                    cast_to=httpx.Response,
+                    options={"headers": headers},
+                )
+                row["http_status"] = raw.status_code
+                completion = _completion(raw)
+            except openai.APIStatusError as exc:
+                code = _error_code(exc)
+                row.update(http_status=exc.status_code, error_type=code or type(exc).__name__)
+                raise ModelCallError(
+                    str(exc.message)[:500],
+                    transient=exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500,
+                    status=exc.status_code,
+                    error_type=code or type(exc).__name__,
+                    retry_after=_retry_after(exc),
+                ) from None
+            except openai.APITimeoutError:
+                row.update(error_type="timeout")
+                raise ModelCallError(
+                    "the model call timed out", transient=True, error_type="timeout"
+                ) from None
+            except openai.APIConnectionError as exc:
+                row.update(error_type="connection_error")
+                raise ModelCallError(
+                    str(exc), transient=True, error_type="connection_error"
+                ) from None
+            except (openai.APIResponseValidationError, InvalidResponse) as exc:
+                row.update(error_type="invalid_response")
+                raise ModelCallError(
+                    str(exc)[:500], transient=True, error_type="invalid_response"
+                ) from None
+            else:
+                usage = completion.usage
+                input_tokens = usage.prompt_tokens if usage else 0
+                output_tokens = usage.completion_tokens if usage else 0
+                details = usage.prompt_tokens_details if usage else None
+                cached = (details.cached_tokens or 0) if details else 0
+                tokens, cost = (
+                    input_tokens + output_tokens,
+                    price.cost(input_tokens, cached, output_tokens),
+                )
+                choice = completion.choices[0]
+                message = choice.message
+                reply = {
+                    "content": message.content,
+                    "tool_calls": [
+                        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                        for c in (message.tool_calls or [])
+                        if getattr(c, "function", None) is not None
+                    ],
+                    "finish_reason": choice.finish_reason,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cache_read_input_tokens": cached,
+                    "cost_usd": cost,
+                    "response_id": completion.id,
+                    "response_model": completion.model,
+                }
+                row.update(
+                    http_status=raw.status_code,
+                    response_id=completion.id,
+                    response_model=completion.model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    cache_read_input_tokens=cached,
+                    cost_usd=cost,
+                    finish_reasons=json.dumps([choice.finish_reason]),
+                )
+                return reply
+            finally:
+                if reservation is not None and self.ledger is not None:
+                    self.ledger.settle(reservation, tokens, cost)
+                ended = now()
+                row.update(ended_at=ended, duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+                if log is not None:
+                    log.write("llm_call", **row)

@@ -611,7 +611,8 @@ def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> N
     for agent in ("young", "young", "old"):  # young asks first, old last
         waiters.append(threading.Thread(target=call, args=(agent,)))
         waiters[-1].start()
-        time.sleep(0.05)
+        while len(slots._waiting) < len(waiters):  # it is queued: the next may ask
+            time.sleep(0.005)
     release.set()
     for t in blockers + waiters:
         t.join(5)

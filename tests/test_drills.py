@@ -724,12 +724,7 @@ def test_deployment_worker_process_killed_mid_task_loses_nothing(
         assert facts["landed"] == 2
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(5)
+            _stop(worker)
         _stop(server)
 
 

@@ -250,12 +250,7 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
         )
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(5)
+            _stop(worker)
         _stop(prefect_server)
 
 
