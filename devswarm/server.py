@@ -464,13 +464,20 @@ def _stop_postgres(paths: ServerPaths, timeout: float) -> bool:
 # ---------------------------------------------------------------- Prefect
 
 
-_BATCHED_WRITES = {
+# Prefect server settings for a swarm's load (every model call is a task run; bench/scale.py):
+_SERVICE_SETTINGS = {
+    # Prefect's recorder and persister write each event with its own INSERT by default (batch
+    # size 1). Batched, 200 agents × 10 calls cost the server 73 s of CPU instead of 123 s; the UI
+    # sees them ≤ 1 s later.
     "TASK_RUN_RECORDER_BATCH_SIZE": "200",
-    "TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
     "TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
     "EVENT_PERSISTER_BATCH_SIZE": "200",
-    "EVENT_PERSISTER_READ_BATCH_SIZE": "50",
     "EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+    # Every 20 s by default, the cancellation cleanup reads each running subflow, its parent task
+    # run and its parent flow run (three reads and a queued job per worker subflow): ~10 % of the
+    # server's CPU with 200 workers. Each minute instead: a subflow orphaned by a cancelled swarm
+    # shows Cancelled ≤ 60 s later (the swarm drains its own workers on cancel right away).
+    "CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
 }
 
 
@@ -487,10 +494,7 @@ def _start_prefect(paths: ServerPaths, port: int, auth: str, timeout: float) -> 
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # Every model call is a task run, and Prefect's recorder writes each task-run event with
-        # its own INSERT by default (batch size 1). Batched, 200 agents × 10 calls cost the
-        # server 73 s of CPU instead of 123 s (bench/scale.py); the UI sees them ≤ 1 s later.
-        **{f"PREFECT_SERVER_SERVICES_{k}": v for k, v in _BATCHED_WRITES.items()},
+        **{f"PREFECT_SERVER_SERVICES_{k}": v for k, v in _SERVICE_SETTINGS.items()},
         "PREFECT_API_URL": f"{url}/api",
         "PREFECT_API_AUTH_STRING": auth,
     }

@@ -200,6 +200,7 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     # Task-run events are written in batches (devswarm/server.py), and still all of them, soon.
     environ = Path(f"/proc/{state.pid}/environ").read_bytes().split(b"\0")
     assert b"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=200" in environ
+    assert b"PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS=60" in environ
     recorded = subprocess.run(
         [sys.executable, "-c", _TASK_RUNS_RECORDED],
         capture_output=True,
