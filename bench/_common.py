@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
     from devswarm import server
 
     root = scratch("server") / "server"
+    # A bench stopped with SIGTERM (kill, timeout) runs this finally too: an orphaned server
+    # keeps burning CPU (its cancellation cleanup re-reads every subflow left Running).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         state, _ = server.start(root, port=free_port())
         pids = [state.pid]
