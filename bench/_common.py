@@ -8,6 +8,7 @@ model server runs in another process so its CPU is never counted as orchestratio
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import json
@@ -42,9 +43,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SCRATCH: list[Path] = []
+
+
 def scratch(prefix: str) -> Path:
-    """A temporary folder under /tmp (never under root's home: PostgreSQL must reach it)."""
-    return Path(tempfile.mkdtemp(prefix=f"devswarm-bench-{prefix}-", dir="/tmp"))
+    """A temporary folder under /tmp (never under root's home: PostgreSQL must reach it), deleted
+    when the bench exits (~50 MB for a 200-agent run) unless BENCH_KEEP=1 or BENCH_PYSPY is set
+    (the samples are in it)."""
+    path = Path(tempfile.mkdtemp(prefix=f"devswarm-bench-{prefix}-", dir="/tmp"))
+    if not _SCRATCH:
+        atexit.register(_drop_scratch)
+    _SCRATCH.append(path)
+    return path
+
+
+def _drop_scratch() -> None:
+    if os.environ.get("BENCH_KEEP") == "1" or os.environ.get("BENCH_PYSPY"):
+        print("kept: " + " ".join(map(str, _SCRATCH)))
+        return
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pg_available() -> bool:
