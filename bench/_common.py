@@ -53,6 +53,11 @@ def scratch(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"devswarm-bench-{prefix}-", dir="/tmp"))
     if not _SCRATCH:
         atexit.register(_drop_scratch)
+        # A bench stopped with SIGTERM (kill, timeout) unwinds too: its folders go, and its
+        # `devswarm server` stops (an orphaned one kept burning CPU in Prefect's cancellation
+        # cleanup, which re-reads every subflow left Running).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     _SCRATCH.append(path)
     return path
 
@@ -93,11 +98,7 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
         return
     from devswarm import server
 
-    root = scratch("server") / "server"
-    # A bench stopped with SIGTERM (kill, timeout) runs this finally too: an orphaned server
-    # keeps burning CPU (its cancellation cleanup re-reads every subflow left Running).
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    root = scratch("server") / "server"  # also makes a SIGTERM run the finally below
     try:
         state, _ = server.start(root, port=free_port())
         pids = [state.pid]

@@ -626,7 +626,7 @@ def test_deployment_worker_process_killed_mid_task_loses_nothing(
     from flows.runtime import run_swarm
     from flows.worker_deployment import deploy_worker
     from tests.conftest import git
-    from tests.test_scaleout import POOL, _start_prefect_server, _stop
+    from tests.test_scaleout import POOL, _start_prefect_server, _start_process_worker, _stop
 
     victim_a1 = {
         "match": "worker/*/victim/a1",
@@ -643,25 +643,7 @@ def test_deployment_worker_process_killed_mid_task_loses_nothing(
     api_url, server = _start_prefect_server(tmp_path / "server")
     worker = None
     try:
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": api_url,
-            "PREFECT_HOME": str(tmp_path / "prefect-home"),
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-            "DEVSWARM_HOME": str(tmp_path / "worker-home"),
-            "OPENAI_API_KEY": SECRET,
-        }
-        subprocess.run(
-            [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
-            env=env, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        worker_log = tmp_path / "prefect-worker.log"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
-            env=env, cwd=tmp_path, stdout=worker_log.open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        worker, worker_log = _start_process_worker(tmp_path, api_url, SECRET)
         repo = make_repo(tmp_path / "user", {"README.md": "deployment\n"})
         remote = tmp_path / "shared" / "remote.git"
         git(tmp_path, "init", "-q", "--bare", str(remote))

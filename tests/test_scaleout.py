@@ -100,32 +100,8 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
     server_seconds = time.monotonic() - t0
     worker = None
     try:
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": api_url,
-            "PREFECT_HOME": str(tmp_path / "prefect-home"),
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-            # The worker processes' own data folder (their clones).
-            "DEVSWARM_HOME": str(tmp_path / "worker-home"),
-            "OPENAI_API_KEY": KEY,  # the worker's key comes from its environment
-        }
-        subprocess.run(
-            [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        worker_log = tmp_path / "prefect-worker.log"
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
-            env=env,
-            cwd=tmp_path,
-            stdout=worker_log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The worker's key comes from its environment.
+        worker, worker_log = _start_process_worker(tmp_path, api_url, KEY)
         repo = make_repo(tmp_path / "user", {"README.md": "# demo\n"})
         before = snapshot(repo)
         remote = tmp_path / "shared" / "remote.git"
@@ -407,6 +383,37 @@ def _start_prefect_server(home: Path) -> tuple[str, subprocess.Popen]:
             time.sleep(0.3)
     _stop(proc)
     raise AssertionError("the Prefect server did not become healthy in 120 s")
+
+
+def _start_process_worker(tmp_path: Path, api_url: str, key: str) -> tuple[subprocess.Popen, Path]:
+    """A Prefect process work pool POOL on the server at `api_url` and a `prefect worker` for it
+    (its own process group; its flow runs' data folder is tmp_path/worker-home); (worker, log)."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "DEVSWARM_HOME": str(tmp_path / "worker-home"),  # the worker processes' clones
+        "OPENAI_API_KEY": key,
+    }
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log = tmp_path / "prefect-worker.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+        env=env,
+        cwd=tmp_path,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return worker, log
 
 
 def _stop(proc: subprocess.Popen) -> None:
