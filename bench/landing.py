@@ -7,7 +7,7 @@
 
 Three ways to land, in the same run, on the same kind of repository:
 - lane:    devswarm's landing path alone (devswarm.workspace.Workspace: worktree at the tip →
-           commit → land: rebase onto the tip + compare-and-swap inside the process's landing
+           commit → land: replay onto the tip + compare-and-swap inside the process's landing
            lane + publish to the user's repository → remove the worktree);
 - naive:   the plain-git optimistic loop (worktree at the tip → commit → {rebase onto the tip →
            `git update-ref` compare-and-swap, retry on a moved tip} → remove the worktree);

@@ -174,6 +174,7 @@ class Agent:
 
     def run(self) -> Outcome:
         """Run until a terminal status; may be called again after `tell()`."""
+        self.toolbox.forget()  # checks or a rebase may have changed files since the last run
         try:
             while True:
                 if (end := self._limit_reached()) is not None:

@@ -773,6 +773,7 @@ def work_task(
     _task_row(run, task, "running", worker=agent_id, attempts=attempt, started=True)
     outcome: Outcome | None = None
     wt: Path | None = None
+    landed: LandResult | None = None
     run.bump("working")
     try:
         if reason := run.should_stop():
@@ -810,7 +811,7 @@ def work_task(
         )
         outcome = agent.run()
         run.output_limit = agent.output_limit
-        _finish_work(run, agent, task, wt, report, land)
+        landed = _finish_work(run, agent, task, wt, report, land)
         outcome = agent.outcome
     except ModelCallError as exc:
         report.status, report.reason = "error", f"model call failed: {exc}"
@@ -818,7 +819,12 @@ def work_task(
         run.bump("working", -1)
         run.client.slots.done(agent_id)
         if wt is not None:
-            report.diff_stat = _diff_stat(run, wt, task.base_commit)
+            # What landed (the worktree may hold others' changes after a conflict turn), else
+            # what the worker changed.
+            if landed is not None and landed.old_tip and landed.new_tip:
+                report.diff_stat = _diff_stat(run, wt, landed.old_tip, landed.new_tip)
+            else:
+                report.diff_stat = _diff_stat(run, wt, task.base_commit)
             run.workspace.remove_worktree(wt)
         if outcome is not None:
             report.input_tokens, report.output_tokens = outcome.input_tokens, outcome.output_tokens
@@ -843,8 +849,9 @@ def work_task(
 
 def _finish_work(
     run: Run, agent: Agent, task: PlannedTask, wt: Path, report: WorkerReport, land: LandFn
-) -> None:
-    """After the agent finishes: checks (with turns back to the agent), commit, land, conflicts."""
+) -> LandResult | None:
+    """After the agent finishes: checks (with turns back to the agent), commit, land, conflicts.
+    The landing when it landed."""
     cfg = run.config
     ws = run.workspace
     check_turns = conflict_turns = 0
@@ -897,7 +904,7 @@ def _finish_work(
         if result.status == "landed":
             report.status, report.commit, report.reason = "landed", result.new_tip, None
             report.conflicts = conflict_turns
-            return
+            return result
         if result.status != "conflict":
             report.status, report.reason = "failed", f"landing {result.status}: {result.reason}"
             return
@@ -918,9 +925,9 @@ def _finish_work(
         agent.run()
 
 
-def _diff_stat(run: Run, wt: Path, base: str) -> str:
+def _diff_stat(run: Run, wt: Path, base: str, commit: str | None = None) -> str:
     try:
-        return run.workspace.diff_stat(wt, base)
+        return run.workspace.diff_stat(wt, base, commit)
     except Exception:  # a report without a diff stat beats a lost report
         return ""
 

@@ -33,6 +33,7 @@ from devswarm.errors import UserError
 from devswarm.sandbox import ResourceLimits, run_command, scrubbed_env
 
 MAX_LISTED = 500  # list_files entries
+MAX_REMEMBERED = 5_000  # paths of git's file list kept between tools (× agents at once)
 MAX_MATCHES = 200  # search lines
 MAX_MATCH_CHARS = 300  # one search line (minified files have 100 KB lines)
 READ_CAP = 50_000  # read_file characters
@@ -305,6 +306,13 @@ class Toolbox:
         self.limits = limits
         self.hidden = tuple(hidden)
         self._pcre = True  # git grep -P until git says it was built without PCRE
+        self._listing: list[str] | None = None  # git's view of the whole root, see _files_under
+        self._listing_too_long = False
+
+    def forget(self) -> None:
+        """Drop what the toolbox remembers of the files: call it when something other than
+        this toolbox's tools may have changed them (a check run, a rebase between turns)."""
+        self._listing = None
 
     def tool_names(self) -> list[str]:
         """Names of the tools this agent may call."""
@@ -329,6 +337,8 @@ class Toolbox:
                 f"the tools are: {', '.join(self.tool_names())}",
                 error_type="read_only",
             )
+        if tool.writes:  # files may change, even when the tool fails halfway
+            self._listing = None
         try:
             args = self._parse(tool, arguments)
             result = getattr(self, tool.handler)(args)
@@ -426,23 +436,18 @@ class Toolbox:
 
     def _files_under(self, target: Path) -> list[str]:
         """Files under `target` (relative to root, sorted): git's view (tracked + untracked,
-        ignored ones left out) in a git work tree, else a walk that skips .git."""
+        ignored ones left out) in a git work tree, else a walk that skips .git.
+
+        git's view of the whole root is kept until a writing tool runs or `forget()` (agents
+        list and search again and again between edits; each `git ls-files` costs a process),
+        unless it is longer than MAX_REMEMBERED paths."""
         rel = self._rel(target)
-        argv, env = self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
-        if rel != ".":
-            argv += ["--", rel]
-        proc = subprocess.run(
-            argv, cwd=self.real_root, env=env, stdin=subprocess.DEVNULL, capture_output=True
-        )
-        if proc.returncode == 0:
-            names = {n for n in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if n}
-            files = []
-            for name in names:
-                full = os.path.join(self.real_root, name)
-                # --cached lists files deleted from the work tree; --others lists nested repos
-                if os.path.islink(full) or os.path.isfile(full):
-                    files.append(name)
-            return sorted(files)
+        files = self._listing if self._listing is not None else self._git_files(rel)
+        if files is not None:
+            if rel == ".":
+                return files
+            prefix = rel + "/"
+            return [f for f in files if f == rel or f.startswith(prefix)]
         if target.is_file() or target.is_symlink():
             return [rel]
         found = []
@@ -452,6 +457,31 @@ class Toolbox:
             links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
             found += [self._rel(os.path.join(dirpath, f)) for f in (*filenames, *links)]
         return sorted(found)
+
+    def _git_files(self, rel: str) -> list[str] | None:
+        """git's view of the files under `rel`, sorted, or None outside a git work tree. The
+        whole root's is remembered (see _files_under)."""
+        argv, env = self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        if rel != "." and self._listing is None and self._listing_too_long:
+            argv += ["--", rel]  # the whole list was too long to keep: ask for the folder
+        proc = subprocess.run(
+            argv, cwd=self.real_root, env=env, stdin=subprocess.DEVNULL, capture_output=True
+        )
+        if proc.returncode != 0:
+            return None
+        names = {n for n in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if n}
+        files = []
+        for name in names:
+            full = os.path.join(self.real_root, name)
+            # --cached lists files deleted from the work tree; --others lists nested repos
+            if os.path.islink(full) or os.path.isfile(full):
+                files.append(name)
+        files.sort()
+        if "--" not in argv:
+            self._listing_too_long = len(files) > MAX_REMEMBERED
+            if not self._listing_too_long:
+                self._listing = files
+        return files
 
     # -- the tools (docstrings are the descriptions the model reads) ------------------------
 

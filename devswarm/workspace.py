@@ -6,8 +6,9 @@ checked-out branch). Everything else happens in a private `--shared` clone under
 data folder, whose local config turns off hooks, signing, gc and rerere, so neither devswarm
 nor an agent's own `git` command can be tripped up by the user's global config.
 
-Landing is mechanical: read the tip, rebase the worker's commits onto it, compare-and-swap the
-branch with `git update-ref <ref> <new> <old>`. Inside one process a lane (a lock per clone and
+Landing is mechanical: read the tip, put the worker's commits onto it (one commit is replayed
+with merge-tree + commit-tree, leaving the worktree alone; several, or a conflict, go through
+`git rebase`), compare-and-swap the branch with `git update-ref <ref> <new> <old>`. Inside one process a lane (a lock per clone and
 branch) does this serially so workers don't thrash; the compare-and-swap still guards against
 other processes.
 
@@ -175,13 +176,18 @@ def _git_env() -> dict[str, str]:
 
 
 def _git(
-    cwd: Path | str, *args: str, check: bool = True, input: str | None = None
+    cwd: Path | str,
+    *args: str,
+    check: bool = True,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one git command with devswarm's identity and safety config; raise GitError if asked."""
+    """Run one git command with devswarm's identity and safety config (`env` added to its
+    environment); raise GitError if asked."""
     if not os.path.isdir(cwd):
         raise GitError(f"git {' '.join(args[:2])}: no such folder: {cwd}")
     try:
-        proc = _run_git(cwd, args, input)
+        proc = _run_git(cwd, args, input, env)
     except FileNotFoundError as exc:
         raise UserError("git is not installed (not found on PATH)") from exc
     if check and proc.returncode != 0:
@@ -190,12 +196,12 @@ def _git(
 
 
 def _run_git(
-    cwd: Path | str, args: tuple[str, ...], input: str | None
+    cwd: Path | str, args: tuple[str, ...], input: str | None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", *_SAFE_ARGS, *args],
         cwd=cwd,
-        env=_git_env(),
+        env=_git_env() | (env or {}),
         input=input,
         capture_output=True,
         text=True,
@@ -223,6 +229,21 @@ def _first_line(text: str) -> str:
 
 def _zsplit(text: str) -> list[str]:
     return [p for p in text.split("\0") if p]
+
+
+_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def _read_sha(path: Path) -> str | None:
+    """The object id a loose ref or a detached HEAD file holds; None when it holds anything
+    else (a symbolic ref, a packed or reftable ref: ask git). git replaces these files by
+    rename, so a read sees the old or the new id, never half of one. No process: a landing
+    reads its tips several times, and each `git rev-parse` costs ~2 ms of CPU."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _SHA_RE.fullmatch(text) else None
 
 
 def _rev(cwd: Path | str, rev: str) -> str | None:
@@ -394,6 +415,7 @@ class Workspace:
     """A private clone of the user's repository, its worktrees, and the landing branch."""
 
     _publishes = True  # a landing fast-forwards the user's branch (not so in a worker process)
+    _replayed = ("", "")  # (the last commit _replay made, its tree): a fact, never stale
 
     def __init__(
         self, user_repo: Path, home: Path, branch: str, *, base: str | None = None
@@ -499,7 +521,9 @@ class Workspace:
 
     def tip(self) -> str:
         """The landing branch's current commit in the clone."""
-        return _out(self.clone, "rev-parse", "--verify", self.ref)
+        return _read_sha(self.clone / ".git" / self.ref) or _out(
+            self.clone, "rev-parse", "--verify", self.ref
+        )
 
     def publish(self) -> None:
         """Fast-forward the user's branch to the clone's; UserError if it cannot (never forced)."""
@@ -710,9 +734,7 @@ class Workspace:
         """
         resolved = self.continue_conflict(worktree) if self.in_conflict(worktree) else None
         _git(worktree, "add", "-A")
-        if _git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
-            return resolved
-        _git(
+        proc = _git(
             worktree,
             "commit",
             "--no-verify",
@@ -721,8 +743,13 @@ class Workspace:
             "-F",
             "-",
             input=_message_with_trailers(message, trailers),
+            check=False,
         )
-        return _out(worktree, "rev-parse", "HEAD")
+        if proc.returncode != 0:
+            if _git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
+                return resolved  # nothing staged: nothing to commit
+            raise GitError(f"git commit failed: {_first_line(proc.stderr)}", proc.stderr)
+        return self._head(worktree)
 
     def changed_files(self, worktree: Path, base: str) -> list[str]:
         """Paths that differ between `base` and the worktree's files, untracked ones included."""
@@ -730,8 +757,11 @@ class Workspace:
         untracked = _git(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
         return sorted(set(_zsplit(tracked)) | set(_zsplit(untracked)))
 
-    def diff_stat(self, worktree: Path, base: str) -> str:
-        """`git diff --stat` from `base` to the worktree's files, plus untracked files."""
+    def diff_stat(self, worktree: Path, base: str, commit: str | None = None) -> str:
+        """`git diff --stat` from `base` to `commit`, or else to the worktree's files plus its
+        untracked files."""
+        if commit is not None:
+            return _git(worktree, "diff", "--stat=120", base, commit, "--").stdout.rstrip()
         stat = _git(worktree, "diff", "--stat=120", base, "--").stdout.rstrip()
         untracked = _zsplit(
             _git(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
@@ -767,10 +797,11 @@ class Workspace:
     def land(
         self, worktree: Path, *, gate: Callable[[str], str | None] | None = None
     ) -> LandResult:
-        """Put the worktree's commits on the branch: rebase onto the tip, compare-and-swap, publish.
+        """Put the worktree's commits on the branch: onto the tip, compare-and-swap, publish.
 
         `gate(candidate_sha)` runs just before the swap; a string refuses the landing. A worktree
-        whose HEAD is already on the branch is reported as landed (so a retried landing is safe).
+        whose HEAD or changes are already on the branch is reported as landed (so a retried
+        landing is safe).
         """
         start = time.perf_counter()
         worktree = Path(worktree)
@@ -811,12 +842,22 @@ class Workspace:
                 )
             if mb == tip:
                 candidate = head
+            elif replayed := self._replay(tip, mb, head):
+                candidate = replayed
+                if candidate == tip:
+                    return LandResult(
+                        status="landed",
+                        old_tip=tip,
+                        new_tip=tip,
+                        cas_retries=retries,
+                        reason="the changes were already on the branch",
+                    )
             else:
                 failed = self._rebase_for_landing(wt, tip, mb, head)
                 if failed is not None:
                     failed.cas_retries = retries
                     return failed
-                candidate = _out(wt, "rev-parse", "HEAD")
+                candidate = self._head(wt)
                 if candidate == tip:  # every change was already on the branch
                     return LandResult(
                         status="landed",
@@ -855,9 +896,12 @@ class Workspace:
         )
 
     def _read_tips(self, wt: Path) -> tuple[str, str]:
-        """(the branch's tip, the worktree's HEAD), read in one git call."""
-        tip, head = _out(wt, "rev-parse", self.ref, "HEAD").split("\n")
-        return tip, head
+        """(the branch's tip, the worktree's HEAD). A stale tip only makes the swap fail."""
+        return self.tip(), self._head(wt)
+
+    def _head(self, wt: Path) -> str:
+        """The commit a worktree's (detached) HEAD is at."""
+        return _read_sha(self._git_dir(wt) / "HEAD") or _out(wt, "rev-parse", "HEAD")
 
     def _swap(self, candidate: str, tip: str) -> str | None:
         """Compare-and-swap the branch from `tip` to `candidate`; None, or why it lost the race."""
@@ -865,6 +909,46 @@ class Workspace:
             self.clone, "update-ref", "-m", "devswarm: land", self.ref, candidate, tip, check=False
         )
         return None if cas.returncode == 0 else cas.stderr
+
+    def _replay(self, tip: str, mb: str, head: str) -> str | None:
+        """A worker's one commit on `mb`, put on `tip` without touching its worktree: the
+        commit `git rebase` would make (same merge, author, message; committer devswarm), or
+        `tip` if it changes nothing there. None when `head` is not one plain commit on `mb` or
+        does not merge cleanly: the rebase then lands it or reports the conflict.
+
+        Three small git processes (cat-file, merge-tree, commit-tree) instead of a rebase's
+        checkout and state files: under load a rebase costs ~18 ms of CPU, these ~7. mb is the
+        only merge base of tip and head (head's parent is their best common ancestor), so the
+        merge is exactly the cherry-pick a rebase does."""
+        raw = _git(self.clone, "cat-file", "commit", head, check=False)
+        header, sep, message = raw.stdout.partition("\n\n")
+        fields = [line.split(" ", 1) for line in header.splitlines()]
+        keys = [f[0] for f in fields]
+        if raw.returncode != 0 or not sep or keys[1:] != ["parent", "author", "committer"]:
+            return None  # not one parent, or signed, or another encoding: let rebase decide
+        if fields[1][1] != mb or not (
+            author := re.fullmatch(r"(.*) <(.*)> (\d+ [+-]\d{4})", fields[2][1])
+        ):
+            return None
+        merged = _git(
+            self.clone, "merge-tree", "--write-tree", "--no-messages", tip, head, check=False
+        )
+        if merged.returncode != 0:  # 1: conflicts; older git: no --write-tree
+            return None
+        tree = merged.stdout.split("\n", 1)[0].strip()
+        known_tip, known_tree = self._replayed
+        tip_tree = (
+            known_tree if known_tip == tip else _out(self.clone, "rev-parse", f"{tip}^{{tree}}")
+        )
+        if tree == tip_tree:
+            return tip
+        name, email, date = author.groups()
+        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": f"@{date}"}
+        new = _git(
+            self.clone, "commit-tree", tree, "-p", tip, "-F", "-", input=message, env=env
+        ).stdout.strip()
+        self._replayed = (new, tree)  # most landings go onto the one before: its tree is known
+        return new
 
     def _rebase_for_landing(self, wt: Path, tip: str, mb: str, head: str) -> LandResult | None:
         proc = _git(wt, "rebase", "--quiet", tip, check=False)
@@ -1100,9 +1184,6 @@ class RemoteWorkspace(Workspace):
 
     def publish(self) -> None:
         """Nothing to do here: the orchestrator publishes from the remote."""
-
-    def _read_tips(self, wt: Path) -> tuple[str, str]:
-        return self.tip(), _out(wt, "rev-parse", "HEAD")
 
     def _swap(self, candidate: str, tip: str) -> str | None:
         # Not a fast-forward of the remote's tip (someone pushed first): rejected, i.e. the

@@ -144,6 +144,36 @@ def test_list_files_caps_at_500_with_a_note(tb, repo):
     assert out[-1] == "... 37 more; narrow the pattern or the path"
 
 
+def test_git_file_list_is_kept_until_a_tool_or_forget_may_have_changed_files(repo, tmp_path):
+    """Agents list and search again and again between edits: one `git ls-files` serves them
+    until a writing tool runs or the toolbox is told to forget (checks, a rebase between turns)."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    calls = tmp_path / "git-calls"
+    real = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()
+    (shim / "git").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
+    (shim / "git").chmod(0o755)
+    tb = Toolbox(repo, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
+
+    def listings() -> int:
+        return sum("ls-files" in line for line in calls.read_text().splitlines())
+
+    assert "notes.txt" in ok(tb.call("list_files", {}))
+    assert ok(tb.call("list_files", {"path": "src"})) == "src/calc.py"
+    assert "src/calc.py" in ok(tb.call("list_files", {"pattern": "*.py"}))
+    assert listings() == 1
+    ok(tb.call("write_file", {"path": "src/new.py", "content": "x = 1\n"}))
+    assert ok(tb.call("list_files", {"path": "src"})).splitlines() == ["src/calc.py", "src/new.py"]
+    ok(tb.call("run", {"command": "rm src/new.py && touch made.txt"}))
+    out = ok(tb.call("list_files", {})).splitlines()
+    assert "made.txt" in out and "src/new.py" not in out
+    assert listings() == 3
+    (repo / "by-a-check.txt").write_text("")  # not through a tool: seen after forget()
+    tb.forget()
+    assert "by-a-check.txt" in ok(tb.call("list_files", {}))
+    assert listings() == 4
+
+
 def test_list_files_missing_folder_is_not_found(tb):
     result = tb.call("list_files", {"path": "nope"})
     assert result.error_type == "not_found"

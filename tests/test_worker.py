@@ -284,6 +284,26 @@ def test_a_conflict_is_resolved_by_the_agent_and_lands(tmp_path: Path) -> None:
     ]
 
 
+def test_a_worker_reports_the_diff_it_landed_not_the_others(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "user", {"greet.py": GREET})
+    scenario = {
+        "agents": [
+            {
+                "match": f"worker/*/{name}/*",
+                "steps": [calls(tc("write_file", path=f"{name}.txt", content="x\n")), finish()],
+            }
+            for name in ("first", "second")
+        ]
+    }
+    with running(tmp_path, scenario, repo) as (run, _):
+        base = run.workspace.tip()
+        first = work(run, planned(run, "first", base=base))
+        second = work(run, planned(run, "second", base=base))  # lands on first's commit
+    assert first.status == second.status == "landed"
+    assert "first.txt" in first.diff_stat and "second.txt" in second.diff_stat
+    assert "first.txt" not in second.diff_stat
+
+
 def test_a_worker_at_its_step_limit_ends_with_that_status_and_a_handoff(tmp_path: Path) -> None:
     from devswarm.config import AgentLimits
 

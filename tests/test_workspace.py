@@ -220,6 +220,54 @@ def test_conflict_then_resolution_turn_lands_both_changes(repo: Path, tmp_path: 
     assert ws.land(wt_b).reason == "already on the branch"
 
 
+def test_landing_onto_a_moved_tip_replays_the_commit_and_leaves_the_worktree_alone(
+    repo: Path, tmp_path: Path
+) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    base = ws.tip()
+    wt_a = work(ws, "a", {"a.txt": "a\n"}, base)
+    wt_b = work(ws, "b", {"b.txt": "b\n"}, base)
+    b_commit = git(wt_b, "rev-parse", "HEAD")
+    a_tip = ws.land(wt_a).new_tip
+
+    result = ws.land(wt_b)
+    assert result.status == "landed" and result.old_tip == a_tip
+    new = result.new_tip
+    assert new == ws.tip() == user_tip(repo) and new != b_commit
+    assert git(ws.clone, "rev-parse", f"{new}^") == a_tip  # on the tip, one commit
+    assert set(git(ws.clone, "ls-tree", "--name-only", new).split()) >= {"a.txt", "b.txt"}
+    # What a rebase would have made: the worker's author, date and message, devswarm commits.
+    fmt = "--format=%an <%ae> %ad%n%B"
+    assert git(ws.clone, "show", "-s", fmt, new) == git(ws.clone, "show", "-s", fmt, b_commit)
+    assert git(ws.clone, "show", "-s", "--format=%cn", new) == "devswarm"
+    # The worktree was not rebased: its HEAD and files are the worker's own.
+    assert git(wt_b, "rev-parse", "HEAD") == b_commit and not (wt_b / "a.txt").exists()
+    stat = ws.diff_stat(wt_b, result.old_tip, new)
+    assert "b.txt" in stat and "a.txt" not in stat
+    # Landing it again adds nothing (a retried landing).
+    again = ws.land(wt_b)
+    assert again.status == "landed" and again.reason == "the changes were already on the branch"
+    assert ws.tip() == new
+
+
+def test_a_worker_with_two_commits_lands_both_in_order(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    base = ws.tip()
+    wt_b = work(ws, "b", {"b1.txt": "1\n"}, base)
+    (wt_b / "b2.txt").write_text("2\n")
+    assert ws.commit(wt_b, "task b, part 2", TRAILERS) is not None
+    a_tip = ws.land(work(ws, "a", {"a.txt": "a\n"}, base)).new_tip
+    result = ws.land(wt_b)
+    assert result.status == "landed" and result.old_tip == a_tip
+    log = git(ws.clone, "log", "--format=%s", f"{a_tip}..{result.new_tip}").splitlines()
+    assert log == ["task b, part 2", "task b"]
+    assert set(git(ws.clone, "ls-tree", "--name-only", ws.tip()).split()) >= {
+        "a.txt",
+        "b1.txt",
+        "b2.txt",
+    }
+
+
 def test_commit_during_a_conflict_turn_finishes_the_rebase(repo: Path, tmp_path: Path) -> None:
     ws = Workspace(repo, tmp_path / "home", BRANCH)
     base = ws.tip()
