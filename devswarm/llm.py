@@ -14,6 +14,7 @@ import json
 import math
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from devswarm.errors import UserError
 from devswarm.records import RecordLog, now, span_id
 
 TRANSIENT_STATUS = {408, 409, 425, 429}
+POOL_SIZE = 32  # calls in flight per HTTP connection pool (see ModelClient)
 
 
 class ModelCallError(Exception):
@@ -197,17 +199,28 @@ class ModelClient:
         max_in_flight: int = 32,
     ) -> None:
         self.base_url = base_url
-        self._client = openai.OpenAI(
-            base_url=base_url,
-            api_key=api_key.get_secret_value() or "not-needed",
-            max_retries=0,
-            timeout=timeout,
-        )
+        # One client (one connection pool) per POOL_SIZE calls in flight: httpcore scans every
+        # connection of its pool when a request starts and when a response closes, so one pool
+        # for 200 calls at once cost ~4 % of the swarm process's CPU (bench/scale.py, py-spy).
+        self._clients = [
+            openai.OpenAI(
+                base_url=base_url,
+                api_key=api_key.get_secret_value() or "not-needed",
+                max_retries=0,
+                timeout=timeout,
+            )
+            for _ in range(max(1, math.ceil(max_in_flight / POOL_SIZE)))
+        ]
+        self._client = self._clients[0]
         self._prices = prices or {}
         self._fallback = fallback_price or Price(input=5.0, output=15.0)
         self.ledger = ledger
         # A cap on calls in flight across the swarm, so parallel workers don't start 429 storms.
         self.slots = ModelSlots(max_in_flight)
+
+    def pool(self, agent_id: str) -> openai.OpenAI:
+        """The client (and connection pool) an agent's calls go through: always the same one."""
+        return self._clients[zlib.crc32(agent_id.encode()) % len(self._clients)]
 
     def price(self, model: str) -> Price:
         return self._prices.get(model) or self._fallback
@@ -271,7 +284,7 @@ class ModelClient:
                 # The client's own request path (auth, retries off, status errors, timeouts) with the
                 # request as JSON already: `chat.completions.create` first walks every message
                 # through its TypedDict transform, ~18 % of the swarm process's CPU (bench/scale.py).
-                raw = self._client.post(
+                raw = self.pool(agent_id).post(
                     "/chat/completions",
                     body=request,
                     cast_to=httpx.Response,

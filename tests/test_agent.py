@@ -647,6 +647,37 @@ def test_an_agent_keeps_its_model_slot_between_calls_until_done_or_its_grace_end
     assert got[-1][0] == "c" and got[-1][1] - got[-2][1] >= 0.45, got
 
 
+def test_calls_in_flight_spread_over_connection_pools_one_pool_per_agent(h: Harness) -> None:
+    """httpcore scans a whole pool per request: ⌈calls in flight / 32⌉ pools, an agent's calls
+    always through the same one (its keep-alive connection), every call answered."""
+    server = h.serve({"latency": 0.2, "agents": [{"match": "worker/*", "steps": [FINISH] * 2}]})
+    client = ModelClient(server.url, SecretStr("sk-test"), max_in_flight=96)
+    agents = [f"worker/r/c1/root/t{i:02}/a1" for i in range(48)]
+    assert len({id(client.pool(a)) for a in agents}) == 3
+    assert all(client.pool(a) is client.pool(a) for a in agents)
+    errors: list[BaseException] = []
+
+    def work(agent_id: str) -> None:
+        for step in (1, 2):
+            request = {"model": "offline-model", "messages": [{"role": "user", "content": "go"}]}
+            try:
+                reply = client.chat(
+                    request, run_id="r", agent_id=agent_id, step=step, attempt=1, log=None
+                )
+                assert reply["tool_calls"][0]["name"] == "finish", reply
+            except BaseException as exc:  # reported below, not lost in a thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(a,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    sent = h.requests()
+    assert sorted(r["agent"] for r in sent) == sorted(a for a in agents for _ in (1, 2))
+
+
 @pytest.mark.parametrize("body", [b"<html>gateway</html>", b'{"error": null}', b"[]"])
 def test_a_200_that_is_not_a_chat_completion_is_a_transient_invalid_response(
     tmp_path: Path, body: bytes
