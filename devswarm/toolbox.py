@@ -462,7 +462,8 @@ class Toolbox:
         """git's view of the files under `rel`, sorted, or None outside a git work tree. The
         whole root's is remembered (see _files_under)."""
         argv, env = self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
-        if rel != "." and self._listing is None and self._listing_too_long:
+        whole = rel == "." or not self._listing_too_long
+        if not whole:
             argv += ["--", rel]  # the whole list was too long to keep: ask for the folder
         proc = subprocess.run(
             argv, cwd=self.real_root, env=env, stdin=subprocess.DEVNULL, capture_output=True
@@ -477,7 +478,7 @@ class Toolbox:
             if os.path.islink(full) or os.path.isfile(full):
                 files.append(name)
         files.sort()
-        if "--" not in argv:
+        if whole:
             self._listing_too_long = len(files) > MAX_REMEMBERED
             if not self._listing_too_long:
                 self._listing = files

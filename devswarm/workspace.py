@@ -8,9 +8,9 @@ nor an agent's own `git` command can be tripped up by the user's global config.
 
 Landing is mechanical: read the tip, put the worker's commits onto it (one commit is replayed
 with merge-tree + commit-tree, leaving the worktree alone; several, or a conflict, go through
-`git rebase`), compare-and-swap the branch with `git update-ref <ref> <new> <old>`. Inside one process a lane (a lock per clone and
-branch) does this serially so workers don't thrash; the compare-and-swap still guards against
-other processes.
+`git rebase`), compare-and-swap the branch with `git update-ref <ref> <new> <old>`. Inside one
+process a lane (a lock per clone and branch) does this serially so workers don't thrash; the
+compare-and-swap still guards against other processes.
 
 Remote mode (--executor deployment, docs/scale-out.md): worker processes land on a shared bare
 remote with a RemoteWorkspace, where `git push` is the compare-and-swap (a push that is not a
@@ -844,28 +844,20 @@ class Workspace:
                 candidate = head
             elif replayed := self._replay(tip, mb, head):
                 candidate = replayed
-                if candidate == tip:
-                    return LandResult(
-                        status="landed",
-                        old_tip=tip,
-                        new_tip=tip,
-                        cas_retries=retries,
-                        reason="the changes were already on the branch",
-                    )
             else:
                 failed = self._rebase_for_landing(wt, tip, mb, head)
                 if failed is not None:
                     failed.cas_retries = retries
                     return failed
                 candidate = self._head(wt)
-                if candidate == tip:  # every change was already on the branch
-                    return LandResult(
-                        status="landed",
-                        old_tip=tip,
-                        new_tip=tip,
-                        cas_retries=retries,
-                        reason="the changes were already on the branch",
-                    )
+            if candidate == tip:  # every change was already on the branch
+                return LandResult(
+                    status="landed",
+                    old_tip=tip,
+                    new_tip=tip,
+                    cas_retries=retries,
+                    reason="the changes were already on the branch",
+                )
             if gate is not None:
                 refusal = gate(candidate)
                 if refusal is not None:
