@@ -96,7 +96,7 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
     if kind == "ephemeral":
         yield PrefectServer("ephemeral")
         return
-    from devswarm import server
+    from devswarm.server import server
 
     root = scratch("server") / "server"  # also makes a SIGTERM run the finally below
     try:
@@ -114,7 +114,7 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
 def worker_cap(kind: str, wanted: int) -> int:
     """Workers at once on this server: `devswarm run` caps them on Prefect's temporary SQLite
     server (it answers 503s under concurrent subflow starts); benches do the same."""
-    from devswarm.server import SQLITE_WORKER_CAP
+    from devswarm.server.server import SQLITE_WORKER_CAP
 
     return min(wanted, SQLITE_WORKER_CAP) if kind == "ephemeral" else wanted
 
@@ -146,7 +146,15 @@ def model_server(scenario: dict, folder: Path) -> Iterator[tuple[str, Path]]:
     spec, log = folder / "scenario.json", folder / "requests.jsonl"
     spec.write_text(json.dumps(scenario))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devswarm.modelserver", "--scenario", str(spec), "--log", str(log)],
+        [
+            sys.executable,
+            "-m",
+            "devswarm.offline.server",
+            "--scenario",
+            str(spec),
+            "--log",
+            str(log),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -310,7 +318,7 @@ def run_swarm_measured(cfg: Any) -> tuple[dict, Meter, Any]:
     (wall, CPU, peak memory) counts orchestration: this process, its git commands, Prefect's
     server (and PostgreSQL); not the model server, which runs elsewhere. Prefect's server is
     started and warm before the clock starts."""
-    from flows.runtime import run_swarm
+    from tasks.runtime import run_swarm
 
     warm_up_prefect()
     servers = server_pids()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devswarm.store import Store, open_readonly, run_store_path  # noqa: E402
+from devswarm.store.store import Store, open_readonly, run_store_path  # noqa: E402
 
 TARGET_S = 1.0
 

@@ -6,7 +6,7 @@
 N workers, each making k model calls of latency L seconds at the offline server, at most C
 model calls in flight (the swarm's max_model_calls_at_once) and W workers at once (--workers,
 the swarm's max_workers; default C). With W > C, workers beyond C start while others' calls are
-in flight and wait for a slot, oldest worker first (devswarm.llm.ModelSlots). Each
+in flight and wait for a slot, oldest worker first (devswarm.model.client.ModelSlots). Each
 worker's calls are k − 1 `list_files` steps and a last step that writes its file and finishes,
 so every worker also commits and lands. The planner and the judge answer at once (latency 0).
 The ideal is the model latency alone: ⌈N/C⌉ × k × L. Prints the wall time of the whole swarm

@@ -6,7 +6,7 @@
     python bench/landing.py --profile             # where the landing path's time goes, per git command
 
 Three ways to land, in the same run, on the same kind of repository:
-- lane:    devswarm's landing path alone (devswarm.workspace.Workspace: worktree at the tip →
+- lane:    devswarm's landing path alone (devswarm.git.workspace.Workspace: worktree at the tip →
            commit → land: replay onto the tip + compare-and-swap inside the process's landing
            lane + publish to the user's repository → remove the worktree);
 - naive:   the plain-git optimistic loop (worktree at the tip → commit → {rebase onto the tip →
@@ -135,7 +135,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 def lane(workdir: Path, workers: int, rounds: int, layout: str) -> Outcome:
-    from devswarm.workspace import Workspace
+    from devswarm.git.workspace import Workspace
 
     repo = c.make_repo(workdir / "user", base_files(workers))
     ws = Workspace(repo, workdir / "home", BRANCH)
@@ -365,7 +365,7 @@ def child(params: dict) -> None:
 
 def profile_lane(workdir: Path, workers: int, rounds: int, layout: str) -> None:
     """Time every git command devswarm runs during the landing-path bench, by subcommand."""
-    from devswarm import workspace
+    from devswarm.git import workspace
 
     spent: dict[str, list[float]] = defaultdict(list)
     original = workspace._run_git

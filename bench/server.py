@@ -37,7 +37,7 @@ def run_subflows(n: int) -> tuple[int, float]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    from flows._pool import map_concurrently
+    from tasks.subflows import map_concurrently
 
     @flow(name="work", flow_run_name="work · noop-{i}", persist_result=False)
     def noop(i: int) -> int:
@@ -83,7 +83,7 @@ def main() -> int:
 
     import subprocess
 
-    from devswarm import server
+    from devswarm.server import server
 
     # Under /tmp, never under root's home (see devswarm/server.py).
     root = Path(tempfile.mkdtemp(prefix="devswarm-bench-", dir="/tmp")) / "server"

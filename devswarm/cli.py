@@ -27,7 +27,7 @@ def _quiet_prefect() -> None:
     """
     api = os.environ.get("PREFECT_API_URL")
     if api and not os.environ.get("PREFECT_API_AUTH_STRING"):
-        from devswarm import server
+        from devswarm.server import server
 
         try:
             state = server.status()
@@ -159,7 +159,7 @@ def run(
                 raise UserError(f"--executor must be local or deployment, not {executor!r}")
             cfg.executor = executor  # type: ignore[assignment]
         if remote is not None:
-            from devswarm.workspace import remote_url
+            from devswarm.git.workspace import remote_url
 
             cfg.remote = remote_url(remote)
         summary = execute(cfg)
@@ -245,8 +245,8 @@ def execute(cfg, *, resume: bool = False) -> dict:
     everything recorded); a second one aborts.
     """
     from devswarm.live import watch
-    from devswarm.llm import ModelClient
-    from devswarm.swarm import Run, drain_on_signals, new_run_name
+    from devswarm.model.client import ModelClient
+    from devswarm.run.run import Run, drain_on_signals, new_run_name
 
     cfg.repo = cfg.repo.expanduser().resolve()
     cfg.run_name = cfg.run_name or new_run_name(cfg.repo)
@@ -259,7 +259,7 @@ def execute(cfg, *, resume: bool = False) -> dict:
     _quiet_prefect()
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
-    from devswarm.server import SQLITE_WORKER_CAP, worker_cap
+    from devswarm.server.server import SQLITE_WORKER_CAP, worker_cap
 
     if cfg.max_workers > SQLITE_WORKER_CAP:
         cap, why = worker_cap(
@@ -272,7 +272,7 @@ def execute(cfg, *, resume: bool = False) -> dict:
                 err=True,
             )
             cfg.max_workers = cap
-    from flows.runtime import mark_crashed, run_swarm
+    from tasks.runtime import mark_crashed, run_swarm
 
     if resume:
         mark_crashed(cfg.run_name)
@@ -281,7 +281,7 @@ def execute(cfg, *, resume: bool = False) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    from devswarm.report import summary_lines
+    from devswarm.report.report import summary_lines
 
     for line in summary_lines(summary):
         typer.echo(line)
@@ -312,7 +312,7 @@ def model_server(
     log: Annotated[Path | None, typer.Option(help="Request log (JSONL)")] = None,
 ) -> None:
     """Serve the offline OpenAI-compatible model server on 127.0.0.1."""
-    from devswarm.modelserver import serve_forever
+    from devswarm.offline.server import serve_forever
 
     try:
         serve_forever(scenario, port=port, log_path=log)

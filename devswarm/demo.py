@@ -50,7 +50,7 @@ def run_demo(directory: Path) -> dict[str, Any]:
     """Set up DIR/repo and DIR/data, serve the scripted model, run the swarm, return its summary."""
     from devswarm.cli import execute
     from devswarm.config import Models, SwarmConfig
-    from devswarm.modelserver import ModelServer, Scenario
+    from devswarm.offline.server import ModelServer, Scenario
 
     directory = directory.expanduser().resolve()
     if directory.exists() and any(directory.iterdir()):

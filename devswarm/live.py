@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from devswarm import swarm
+from devswarm.run import run as swarm
 
 _last_rows: dict[str, list[str]] = {}  # a run's last row stays on the panel after it ends
 

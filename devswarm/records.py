@@ -2,7 +2,7 @@
 
 Agents run in threads (later in other processes), and DuckDB allows one writing process, so an
 agent never touches the store: it appends records to its own JSONL file, flushing every line so a
-killed worker loses nothing, and the orchestrating process imports the files (devswarm.store).
+killed worker loses nothing, and the orchestrating process imports the files (devswarm.store.store).
 
 Every record names its kind (= the DuckDB table) and the columns below. Column names follow the
 OpenTelemetry GenAI conventions flattened to snake_case. Each line also carries ``recorded_at``
@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
-# Column types (mapped to DuckDB types in devswarm.store):
+# Column types (mapped to DuckDB types in devswarm.store.store):
 # text, json (JSON text; non-strings are serialised), int, bigint, double, bool, timestamp (UTC).
 
 
@@ -373,7 +373,7 @@ def task_run_record(
     """A ``prefect_task_runs`` record from a Prefect TaskRun (as a dict) of our run ``run_id``.
 
     A model call's task run is named "<agent id> · step N", which gives agent_id and step; other
-    task runs get their agent when imported (devswarm.store: a subflow's stand-in the subflow's,
+    task runs get their agent when imported (devswarm.store.store: a subflow's stand-in the subflow's,
     any other its flow run's).
     """
     name = task_run.get("name") or ""

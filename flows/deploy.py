@@ -94,7 +94,7 @@ def swarm_from_blocks(
     `goal` (text) wins over `goal_file` (relative to the repository). Runs the swarm's body in
     this flow run, so the configuration, which holds the key, is never a flow parameter.
     """
-    from devswarm.swarm import new_run_name
+    from devswarm.run.run import new_run_name
     from flows.swarm import swarm
 
     config = config_from_blocks(

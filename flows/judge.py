@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from devswarm.run.run import get_run, judge_cycle
 from devswarm.schemas import Verdict, WorkerReport
-from devswarm.swarm import get_run, judge_cycle
 from tasks.model import prefect_calls
 
 

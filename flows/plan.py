@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from devswarm.run.run import get_run, plan_followups, plan_scope
 from devswarm.schemas import PlannedTask, WorkerReport
-from devswarm.swarm import get_run, plan_followups, plan_scope
-from flows._pool import map_concurrently
 from tasks.model import prefect_calls
+from tasks.subflows import map_concurrently
 
 
 @flow(

@@ -21,14 +21,14 @@ from pydantic import SecretStr
 
 from devswarm.config import SwarmConfig
 from devswarm.records import now
+from devswarm.run.run import Run, drain_on_signals, record_skip, take_key
 from devswarm.scheduler import Scheduler
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
-from devswarm.swarm import Run, drain_on_signals, record_skip, take_key
-from flows._pool import STARTS
 from flows.judge import judge
 from flows.plan import followup, plan
 from flows.work import work
 from flows.worker_deployment import deployment_work
+from tasks.subflows import STARTS
 
 
 @flow(name="swarm", flow_run_name="swarm · {config.run_name}", persist_result=False)

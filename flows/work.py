@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
+from devswarm.run.run import get_run, work_task
 from devswarm.schemas import PlannedTask, WorkerReport
-from devswarm.swarm import get_run, work_task
-from flows._pool import STARTS
 from tasks.landing import land
 from tasks.model import prefect_calls
+from tasks.subflows import STARTS
 
 
 @flow(

@@ -27,13 +27,13 @@ from typing import Any
 from prefect import flow, runtime
 from pydantic import SecretStr
 
-from devswarm.budget import Reservation
 from devswarm.config import SwarmConfig, default_home
 from devswarm.errors import UserError
+from devswarm.git.workspace import init_bare_remote, remote_url
+from devswarm.model.ledger import Reservation
 from devswarm.records import now, read_records
+from devswarm.run.run import Run, safe_name, work_task, worker_id
 from devswarm.schemas import PlannedTask, WorkerReport
-from devswarm.swarm import Run, safe_name, work_task, worker_id
-from devswarm.workspace import init_bare_remote, remote_url
 from flows.work import _artifact
 from tasks.landing import land
 from tasks.model import prefect_calls

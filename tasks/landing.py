@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from devswarm.workspace import LandResult, Workspace
+from devswarm.git.workspace import LandResult, Workspace
 
 
 @task(name="land", task_run_name="land · {worktree.name}", cache_policy=NO_CACHE, retries=0)

@@ -15,10 +15,10 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import task_run
 from prefect.utilities.annotations import quote
 
-from devswarm.agent import ModelFn
-from devswarm.budget import BudgetExhausted
-from devswarm.llm import ModelCallError, request_hash
-from devswarm.swarm import Run, get_run
+from devswarm.agent.loop import ModelFn
+from devswarm.model.client import ModelCallError, request_hash
+from devswarm.model.ledger import BudgetExhausted
+from devswarm.run.run import Run, get_run
 
 MAX_ATTEMPTS = 5
 # A Prefect global concurrency limit on model calls, shared by worker processes (--executor

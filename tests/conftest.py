@@ -93,8 +93,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def swarm_run(prefect_server: None, tmp_path: Path):
     """Run a whole swarm through real Prefect against a scenario; returns (summary, request log)."""
     from devswarm.config import Models, SwarmConfig
-    from devswarm.modelserver import ModelServer, Scenario
-    from flows.runtime import run_swarm
+    from devswarm.offline.server import ModelServer, Scenario
+    from tasks.runtime import run_swarm
 
     def run(scenario: dict, repo: Path, **options: Any) -> tuple[dict, Path]:
         log = tmp_path / f"requests-{len(list(tmp_path.glob('requests-*')))}.jsonl"

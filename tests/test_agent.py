@@ -1,6 +1,6 @@
 """The agent loop, driven through real HTTP to the offline model server (no Prefect).
 
-Each agent gets a model function like devswarm.swarm.plain_calls: ModelClient.chat against the
+Each agent gets a model function like devswarm.run.run.plain_calls: ModelClient.chat against the
 offline server, retrying transient failures (here without sleeping).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from devswarm.agent import (
+from devswarm.agent.loop import (
     HARD_BUDGET,
     KEEP_RECENT,
     TOOL_OUTPUT_BUDGET,
@@ -25,13 +25,13 @@ from devswarm.agent import (
     prepare_messages,
     schema_prompt,
 )
+from devswarm.agent.stuck import StuckDetector, StuckThresholds
 from devswarm.config import KNOWN_PRICES, AgentLimits
-from devswarm.llm import ModelCallError, ModelClient
-from devswarm.modelserver import Faults, ModelServer, Scenario, _roll_fault
+from devswarm.model.client import ModelCallError, ModelClient
+from devswarm.offline.server import Faults, ModelServer, Scenario, _roll_fault
 from devswarm.records import RecordLog, read_records
 from devswarm.schemas import Plan
-from devswarm.stuck import StuckDetector, StuckThresholds
-from devswarm.toolbox import Toolbox
+from devswarm.tools.toolbox import Toolbox
 from tests.conftest import chat_requests, make_repo
 
 WORKER = "worker/run-1/c1/root/t/a1"
@@ -579,7 +579,7 @@ def test_a_refused_key_is_not_mistaken_for_missing_structured_output(h: Harness)
 
 
 def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> None:
-    from devswarm.llm import ModelSlots
+    from devswarm.model.client import ModelSlots
 
     slots = ModelSlots(1, grace=0)  # one slot: grants happen one after another
     for agent in ("old", "young"):  # ages: old first
@@ -622,7 +622,7 @@ def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> N
 
 
 def test_an_agent_keeps_its_model_slot_between_calls_until_done_or_its_grace_ends() -> None:
-    from devswarm.llm import ModelSlots
+    from devswarm.model.client import ModelSlots
 
     slots = ModelSlots(1, grace=0.5)
     got: list[tuple[str, float]] = []

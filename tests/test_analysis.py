@@ -21,7 +21,7 @@ import pytest
 
 from devswarm.config import KNOWN_PRICES
 from devswarm.records import TABLES, flow_run_record, task_run_record
-from devswarm.store import (
+from devswarm.store.store import (
     SCHEMA_VERSION,
     Store,
     fingerprint,
@@ -53,8 +53,8 @@ def demo(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> Simp
     read_file of a missing file."""
     from devswarm.config import Models, SwarmConfig
     from devswarm.demo import CHECK, DEMO, make_demo_repo
-    from devswarm.modelserver import ModelServer, Scenario
-    from flows.runtime import run_swarm
+    from devswarm.offline.server import ModelServer, Scenario
+    from tasks.runtime import run_swarm
 
     base = tmp_path_factory.mktemp("demo")
     repo = make_demo_repo(base / "textkit")
@@ -626,7 +626,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from devswarm.config import SwarmConfig
-from devswarm.swarm import Run
+from devswarm.run.run import Run
 
 repo, home, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 batches, calls = int(sys.argv[4]), int(sys.argv[5])
@@ -654,7 +654,7 @@ READER = """
 import json, sys, time
 from pathlib import Path
 from devswarm.errors import UserError
-from devswarm.store import open_readonly
+from devswarm.store.store import open_readonly
 
 db, stop = Path(sys.argv[1]), Path(sys.argv[2])
 while not stop.exists():

@@ -21,7 +21,7 @@ def test_each_kind_of_artifact_is_readable_with_a_stable_key(swarm_run, tmp_path
         FlowRunFilterName,
     )
 
-    from flows.runtime import flow_run_tree
+    from tasks.runtime import flow_run_tree
 
     repo = make_repo(tmp_path / "user", {"README.md": "x\n", "sub/keep.txt": ""})
     scenario = {

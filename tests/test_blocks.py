@@ -86,7 +86,7 @@ def test_swarm_from_blocks_completes_and_keeps_the_key_out_of_parameters(
     from pydantic import SecretStr
 
     from blocks import ModelProvider, Repository, Warehouse
-    from devswarm.modelserver import ModelServer, Scenario
+    from devswarm.offline.server import ModelServer, Scenario
     from flows.deploy import swarm_from_blocks
 
     repo = make_repo(tmp_path / "calc", {"calc.py": CALC, "GOAL.md": "Add mul.\n"})
@@ -173,7 +173,7 @@ def test_run_takes_block_names_and_the_key_from_the_provider_block(
     prefect_server, tmp_path: Path
 ) -> None:
     """`devswarm run --repository-block --provider-block`: nothing else needed, no key in env."""
-    from devswarm.modelserver import ModelServer, Scenario
+    from devswarm.offline.server import ModelServer, Scenario
     from tests.helpers import JUDGE_DONE, plan_reply, task, write_and_finish
 
     repo = make_repo(tmp_path / "proj", {"calc.py": CALC})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devswarm import server
+from devswarm.server import server
 from tests.conftest import git, make_repo
 from tests.test_blocks import CALC, KEY, MUL_SCENARIO
 from tests.test_server import fresh_server_folder
@@ -50,7 +50,7 @@ def _nightly(root: Path, tmp_path: Path, scenario: dict, repo: Path) -> Iterator
     with this process's Prefect settings pointed at the server."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from devswarm.modelserver import ModelServer, Scenario
+    from devswarm.offline.server import ModelServer, Scenario
     from tests.test_scaleout import _stop
 
     state, _ = server.start(root, port=_free_port())

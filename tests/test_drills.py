@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from devswarm.modelserver import ModelServer, Scenario
+from devswarm.offline.server import ModelServer, Scenario
 from tests import checker
 from tests.conftest import make_repo
 from tests.helpers import JUDGE_DONE, plan_reply, rows, task, tc
@@ -76,7 +76,7 @@ class Drill:
 def drill(prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd, caplog):
     """Run a swarm in this process with a distinctive key; `check(d)` runs the checker on it."""
     from devswarm.config import Models, SwarmConfig
-    from flows.runtime import run_swarm
+    from tasks.runtime import run_swarm
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
 
@@ -623,8 +623,8 @@ def test_deployment_worker_process_killed_mid_task_loses_nothing(
     )
 
     from devswarm.config import Models, SwarmConfig
-    from flows.runtime import run_swarm
     from flows.worker_deployment import deploy_worker
+    from tasks.runtime import run_swarm
     from tests.conftest import git
     from tests.test_scaleout import POOL, _start_prefect_server, _start_process_worker, _stop
 
@@ -715,7 +715,7 @@ def test_clone_reopens_after_a_kill_inside_worktree_add(tmp_path: Path) -> None:
     is all zeros, and the resume failed ("cannot refresh ...: bad object worktrees/.../HEAD")."""
     import shutil
 
-    from devswarm.workspace import Workspace
+    from devswarm.git.workspace import Workspace
 
     repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
     ws = Workspace(repo, tmp_path / "home", "devswarm/x")

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 import devswarm
 from devswarm.errors import UserError
-from devswarm.modelserver import ModelServer, Scenario
+from devswarm.offline.server import ModelServer, Scenario
 
 MODEL = "offline-model"
 TOOLS = [
@@ -410,7 +410,7 @@ def test_module_runs_as_a_server_process(tmp_path: Path) -> None:
     stderr = tmp_path / "stderr.txt"
     paths = [str(Path(devswarm.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    command = [sys.executable, "-m", "devswarm.modelserver", "--scenario", str(scenario)]
+    command = [sys.executable, "-m", "devswarm.offline.server", "--scenario", str(scenario)]
     with (
         stderr.open("w") as errors,
         subprocess.Popen(
@@ -440,7 +440,13 @@ def test_module_runs_as_a_server_process(tmp_path: Path) -> None:
 def test_module_reports_a_bad_scenario_in_one_line(tmp_path: Path) -> None:
     root = str(Path(devswarm.__file__).resolve().parents[1])
     result = subprocess.run(
-        [sys.executable, "-m", "devswarm.modelserver", "--scenario", str(tmp_path / "nope.json")],
+        [
+            sys.executable,
+            "-m",
+            "devswarm.offline.server",
+            "--scenario",
+            str(tmp_path / "nope.json"),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": root},

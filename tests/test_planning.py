@@ -332,7 +332,7 @@ def test_no_barrier_fast_workers_report_and_follow_up_before_the_slow_one_ends(
 
 @pytest.mark.parametrize("how", ["stop command", "SIGTERM", "SIGINT"])
 def test_a_running_swarm_drains_on_stop_sigterm_and_ctrl_c(tmp_path: Path, how: str) -> None:
-    from devswarm.modelserver import ModelServer, Scenario
+    from devswarm.offline.server import ModelServer, Scenario
 
     repo = make_repo(tmp_path / "user", FILES)
     scenario = _many_workers(6)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devswarm.modelserver import ModelServer, Scenario
+from devswarm.offline.server import ModelServer, Scenario
 from tests.conftest import chat_requests, git, make_repo
 from tests.helpers import JUDGE_DONE, plan_reply, rows, task, tc
 

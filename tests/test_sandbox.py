@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from devswarm.errors import UserError
-from devswarm.sandbox import (
+from devswarm.sandbox.command import (
     ResourceLimits,
     bwrap_available,
     cut_output,

@@ -90,10 +90,10 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
     )
 
     from devswarm.config import Models, SwarmConfig
-    from devswarm.modelserver import ModelServer, Scenario
-    from flows.runtime import run_swarm
+    from devswarm.offline.server import ModelServer, Scenario
     from flows.worker_deployment import deploy_worker
     from tasks.model import MODEL_CALL_LIMIT
+    from tasks.runtime import run_swarm
 
     t0 = time.monotonic()
     api_url, prefect_server = _start_prefect_server(tmp_path / "server")
@@ -239,8 +239,8 @@ def test_reports_and_records_travel_through_a_storage_block(
     from prefect.filesystems import LocalFileSystem
 
     from devswarm.config import SwarmConfig, default_home
+    from devswarm.run.run import Run
     from devswarm.schemas import WorkerReport
-    from devswarm.swarm import Run
     from flows.worker_deployment import collect, deliver, shared_remote, usage, worker_config
 
     LocalFileSystem(basepath=str(tmp_path / "bucket")).save("devswarm-exchange", overwrite=True)
@@ -317,7 +317,7 @@ def test_reports_and_records_travel_through_a_storage_block(
 def test_a_missing_worker_deployment_is_one_line(prefect_server: None, tmp_path: Path) -> None:
     from devswarm.config import SwarmConfig
     from devswarm.errors import UserError
-    from devswarm.swarm import Run
+    from devswarm.run.run import Run
     from flows.worker_deployment import deployment_work
 
     run = Run(

@@ -164,7 +164,7 @@ def test_tasks_landed_before_a_resume_are_not_redone() -> None:
 
 
 def test_start_gate_lets_a_few_subflows_start_at_once_and_opens_on_failure() -> None:
-    from flows._pool import StartGate
+    from tasks.subflows import StartGate
 
     gate = StartGate(2)
     lock = threading.Lock()

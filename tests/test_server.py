@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from devswarm import server
 from devswarm.errors import UserError
+from devswarm.server import server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSWARM = [sys.executable, "-m", "devswarm.cli"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from devswarm import store as store_module
 from devswarm.errors import UserError
 from devswarm.records import RecordLog, now, read_records, span_id
-from devswarm.store import SCHEMA_VERSION, Store, open_readonly
+from devswarm.store import store as store_module
+from devswarm.store.store import SCHEMA_VERSION, Store, open_readonly
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-1"
@@ -268,7 +268,7 @@ def test_timestamps_are_utc_timestamp_columns(tmp_path: Path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from devswarm.store import Store
+from devswarm.store.store import Store
 store = Store(Path(sys.argv[1]))
 store.add("runs", run_id="held", status="running")
 print("ready", flush=True)

@@ -239,7 +239,7 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
     from prefect.client.orchestration import get_client
 
     from devswarm.demo import DEMO, make_demo_repo
-    from flows.runtime import flow_run_tree
+    from tasks.runtime import flow_run_tree
 
     repo = make_demo_repo(tmp_path / "textkit")
     scenario = json.loads((DEMO / "scenario.json").read_text())
@@ -291,7 +291,7 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
 def test_run_with_bad_input_says_one_line_and_exits_nonzero(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    from devswarm.modelserver import ModelServer, Scenario
+    from devswarm.offline.server import ModelServer, Scenario
 
     repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
     (tmp_path / "bad.toml").write_text('max_workers = "many"\n')

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from devswarm.errors import UserError
-from devswarm.toolbox import (
+from devswarm.tools.toolbox import (
     MAX_LISTED,
     MAX_MATCHES,
     PathRefused,

@@ -1,4 +1,4 @@
-"""Whole workers (devswarm.swarm.work_task) on a real Run: real git, real HTTP, no Prefect
+"""Whole workers (devswarm.run.run.work_task) on a real Run: real git, real HTTP, no Prefect
 (one test goes through Prefect). Safety of the user's repository, checks, conflicts, setup,
 the sandbox notice, and what a killed worker leaves behind."""
 
@@ -21,13 +21,13 @@ import duckdb
 import pytest
 from pydantic import SecretStr
 
-from devswarm.agent import schema_prompt
+from devswarm.agent.loop import schema_prompt
 from devswarm.config import Models, SwarmConfig
-from devswarm.modelserver import ModelServer, Scenario
+from devswarm.offline.server import ModelServer, Scenario
 from devswarm.records import read_records
-from devswarm.sandbox import bwrap_available
+from devswarm.run.run import Run, plain_calls, work_task, worker_id
+from devswarm.sandbox.command import bwrap_available
 from devswarm.schemas import PlannedTask, TaskSpec, Verdict, WorkerReport
-from devswarm.swarm import Run, plain_calls, work_task, worker_id
 from tests.conftest import chat_requests, git, make_repo, snapshot
 
 KEY = "sk-test-secret-0123456789"
@@ -422,7 +422,7 @@ def test_a_machine_without_bwrap_gets_one_line_on_stderr(tmp_path: Path) -> None
     script = f"""
 from pathlib import Path
 from devswarm.config import SwarmConfig
-from devswarm.swarm import Run
+from devswarm.run.run import Run
 run = Run(SwarmConfig(goal="g", repo=Path({str(repo)!r}), home=Path({str(tmp_path / "data")!r}),
                       base_url="http://127.0.0.1:9/v1"))
 print(run.sandbox_notice is not None)
@@ -443,10 +443,10 @@ KILLED_WORKER = """
 import json, sys
 from pathlib import Path
 from pydantic import SecretStr
-from devswarm.agent import schema_prompt
+from devswarm.agent.loop import schema_prompt
 from devswarm.config import Models, SwarmConfig
 from devswarm.schemas import PlannedTask, TaskSpec
-from devswarm.swarm import Run, plain_calls, work_task
+from devswarm.run.run import Run, plain_calls, work_task
 
 args = json.loads(sys.argv[1])
 run = Run(SwarmConfig(goal="g", repo=Path(args["repo"]), home=Path(args["home"]),

@@ -23,9 +23,9 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
-from devswarm.budget import Ledger
 from devswarm.config import Price
 from devswarm.errors import UserError
+from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, now, span_id
 
 TRANSIENT_STATUS = {408, 409, 425, 429}

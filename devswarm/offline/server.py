@@ -858,7 +858,7 @@ def serve_forever(scenario_path: Path, port: int = 0, log_path: Path | None = No
 
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m devswarm.modelserver",
+        prog="python -m devswarm.offline.server",
         description="Offline OpenAI-compatible model server with scripted replies.",
     )
     parser.add_argument("--scenario", type=Path, required=True, help="scenario JSON file")

@@ -23,14 +23,21 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from devswarm import prompts
-from devswarm.agent import Agent, ModelFn, Outcome
-from devswarm.budget import Ledger
+from devswarm.agent.loop import Agent, ModelFn, Outcome
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
-from devswarm.llm import ModelCallError, ModelClient
+from devswarm.git.workspace import (
+    ConflictError,
+    LandResult,
+    RemoteWorkspace,
+    Workspace,
+    check_branch_name,
+)
+from devswarm.model.client import ModelCallError, ModelClient
+from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, current_flow_run_id, now, span_id
-from devswarm.sandbox import bwrap_available, run_command, scrubbed_env
+from devswarm.roles import prompts
+from devswarm.sandbox.command import bwrap_available, run_command, scrubbed_env
 from devswarm.schemas import (
     CheckResult,
     Plan,
@@ -40,15 +47,8 @@ from devswarm.schemas import (
     slug,
     validate_plan,
 )
-from devswarm.store import Store, is_busy, publish_run, run_store_path
-from devswarm.toolbox import Toolbox
-from devswarm.workspace import (
-    ConflictError,
-    LandResult,
-    RemoteWorkspace,
-    Workspace,
-    check_branch_name,
-)
+from devswarm.store.store import Store, is_busy, publish_run, run_store_path
+from devswarm.tools.toolbox import Toolbox
 
 CallFactory = Callable[["Run", str], ModelFn]  # (run, agent_id) -> model function
 LandFn = Callable[[Workspace, Path], LandResult]
@@ -257,7 +257,7 @@ class Run:
         if not self.config.db_path.exists():
             return hot
         try:
-            from devswarm.store import open_readonly
+            from devswarm.store.store import open_readonly
 
             store = open_readonly(self.config.db_path)
             try:
@@ -430,7 +430,7 @@ class Run:
         except Exception as exc:
             _log.warning("run %s not merged into %s: %s", self.run_id, self.config.db_path, exc)
         try:
-            from devswarm.report import write_html_report
+            from devswarm.report.report import write_html_report
 
             return write_html_report(self.config.db_path, self.run_id, self.dir / "report.html")
         except Exception as exc:

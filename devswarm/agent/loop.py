@@ -26,12 +26,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from devswarm.budget import BudgetExhausted
+from devswarm.agent.stuck import NO_TOOL_CALL, StuckDetector
 from devswarm.config import AgentLimits
-from devswarm.llm import ModelCallError
+from devswarm.model.client import ModelCallError
+from devswarm.model.ledger import BudgetExhausted
 from devswarm.records import RecordLog, now, span_id
-from devswarm.stuck import NO_TOOL_CALL, StuckDetector
-from devswarm.toolbox import Toolbox, ToolResult
+from devswarm.tools.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
 

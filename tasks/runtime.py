@@ -16,7 +16,7 @@ from devswarm.config import SwarmConfig
 
 def run_swarm(config: SwarmConfig) -> dict[str, Any]:
     """Run the swarm flow in this process and return its summary."""
-    from devswarm.swarm import hand_over_key, new_run_name
+    from devswarm.run.run import hand_over_key, new_run_name
     from flows.swarm import swarm
 
     if not config.run_name:
@@ -39,7 +39,7 @@ def import_history_quietly(config: SwarmConfig, flow_run_id: Any) -> None:
     Best effort: `devswarm history import --run ID` does the same later.
     """
     from devswarm.commands.analysis import import_history
-    from devswarm.report import write_html_report
+    from devswarm.report.report import write_html_report
 
     try:
         import_history(config.db_path, config.run_name, wait=5.0, flow_run_id=str(flow_run_id))
