@@ -318,7 +318,7 @@ def run_swarm_measured(cfg: Any) -> tuple[dict, Meter, Any]:
     (wall, CPU, peak memory) counts orchestration: this process, its git commands, Prefect's
     server (and PostgreSQL); not the model server, which runs elsewhere. Prefect's server is
     started and warm before the clock starts."""
-    from tasks.runtime import run_swarm
+    from devswarm.commands.runtime import run_swarm
 
     warm_up_prefect()
     servers = server_pids()

@@ -84,7 +84,7 @@ def baseline_child(params: dict) -> None:
     from prefect import flow, task
     from prefect.utilities.annotations import quote
 
-    from flows.swarm import subflows_without_heartbeats
+    from tasks.subflows import subflows_without_heartbeats
 
     n, k, latency = params["n"], params["k"], params["latency"]
     tag = uuid.uuid4().hex[:8]

@@ -6,7 +6,7 @@
     PREFECT_API_URL=... PREFECT_API_AUTH_STRING=... python bench/server.py --subflows-only
 
 Prints one line per measurement and exits non-zero if any subflow did not complete.
-The subflows start from threads like the swarm's workers (flows/_pool.py), each its own flow run
+The subflows start from threads like the swarm's workers (tasks/subflows.py), each its own flow run
 linked to the parent, so every start is a write to the server's database.
 """
 

@@ -6,11 +6,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
 
+from devswarm.config import Models, SwarmConfig
 from devswarm.errors import UserError
+from devswarm.offline.server import ModelServer, Scenario
 
 DEMO = Path(__file__).parent / "demo"
 MARKER = ".devswarm-demo"
@@ -46,15 +47,11 @@ def make_demo_repo(dest: Path) -> Path:
     return dest
 
 
-def run_demo(directory: Path) -> dict[str, Any]:
-    """Set up DIR/repo and DIR/data, serve the scripted model, run the swarm, return its summary."""
-    from devswarm.cli import execute
-    from devswarm.config import Models, SwarmConfig
-    from devswarm.offline.server import ModelServer, Scenario
-
+def prepare(directory: Path) -> Path:
+    """A fresh demo folder with the example repository in DIR/textkit (data goes to DIR/data).
+    Only a folder an earlier demo made (it holds our marker) is replaced."""
     directory = directory.expanduser().resolve()
     if directory.exists() and any(directory.iterdir()):
-        # Only a folder an earlier demo made (it holds our marker) is replaced.
         if not (directory / MARKER).exists():
             raise UserError(f"{directory} exists and is not a demo folder; pass --dir NEW_DIR")
         shutil.rmtree(directory)
@@ -62,23 +59,28 @@ def run_demo(directory: Path) -> dict[str, Any]:
     (directory / MARKER).write_text(
         "made by `devswarm demo`; a new demo run replaces this folder\n"
     )
-    repo = make_demo_repo(directory / "textkit")
-    data = directory / "data"
+    make_demo_repo(directory / "textkit")
+    return directory
+
+
+def demo_server(directory: Path) -> ModelServer:
+    """The offline model server with the demo's scenario, logging to DIR/data."""
     scenario = Scenario.load(DEMO / "scenario.json")
-    with ModelServer(scenario, log_path=data / "model-requests.jsonl") as server:
-        cfg = SwarmConfig(
-            goal=(repo / "GOAL.md").read_text(),
-            repo=repo,
-            branch="devswarm/demo",
-            check=CHECK,
-            base_url=server.url,
-            models=Models.single("offline-model"),
-            max_cycles=2,
-            max_workers=4,
-            home=data,
-            api_key=SecretStr(DEMO_KEY),  # any string: the offline server checks none
-        )
-        summary = execute(cfg)
-    summary["request_log"] = str(data / "model-requests.jsonl")
-    summary["repo"] = str(repo)
-    return summary
+    return ModelServer(scenario, log_path=directory / "data" / "model-requests.jsonl")
+
+
+def demo_config(directory: Path, base_url: str) -> SwarmConfig:
+    """The demo run's configuration: the example repository, its check, the offline model."""
+    repo = directory / "textkit"
+    return SwarmConfig(
+        goal=(repo / "GOAL.md").read_text(),
+        repo=repo,
+        branch="devswarm/demo",
+        check=CHECK,
+        base_url=base_url,
+        models=Models.single("offline-model"),
+        max_cycles=2,
+        max_workers=4,
+        home=directory / "data",
+        api_key=SecretStr(DEMO_KEY),  # any string: the offline server checks none
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,7 +12,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from devswarm.run import run as swarm
+from devswarm.run import registry
+from devswarm.run.progress import NOT_OUTCOMES
 
 _last_rows: dict[str, list[str]] = {}  # a run's last row stays on the panel after it ends
 
@@ -28,10 +30,9 @@ def _panel(started: float) -> Table:
         "elapsed",
     ):
         table.add_column(col)
-    for run in list(swarm._RUNS.values()):
-        s = run.stats
-        settled = {"landed", "skipped", "planned", "planning", "working", "conflicts"}
-        failed = sum(v for k, v in s.items() if k not in settled)
+    for run in registry.active_runs():
+        s = Counter(run.progress.counts())
+        failed = sum(v for k, v in s.items() if k not in NOT_OUTCOMES | {"skipped"})
         pending = max(0, s["planned"] - s["working"] - s["landed"] - s["skipped"] - failed)
         _last_rows[run.run_id] = [
             run.run_id,
@@ -65,19 +66,15 @@ def watch(console: Console | None = None) -> Iterator[None]:
                 )
                 live.update(_panel(started))
 
-            swarm._LISTENERS.append(listener)
             try:
-                yield
+                with registry.listening(listener):
+                    yield
             finally:
-                swarm._LISTENERS.remove(listener)
                 live.update(_panel(started))
     else:
 
         def printer(line: str) -> None:
             print(f"[{time.monotonic() - started:7.1f}s] {line}", file=sys.stderr, flush=True)
 
-        swarm._LISTENERS.append(printer)
-        try:
+        with registry.listening(printer):
             yield
-        finally:
-            swarm._LISTENERS.remove(printer)

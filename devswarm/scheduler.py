@@ -20,9 +20,10 @@ WorkFn = Callable[[PlannedTask, int], WorkerReport]  # (task, attempt) -> report
 FollowupFn = Callable[[PlannedTask, WorkerReport], list[PlannedTask]]
 
 
-def _submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
-    # A copy of the caller's context: Prefect subflows started in the thread keep their parent.
-    return pool.submit(contextvars.copy_context().run, fn, *args)
+def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """`pool.submit` in a copy of the caller's context: a Prefect subflow started in the
+    thread keeps its parent flow run (Prefect keeps it in context variables)."""
+    return pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 def wants_followup(report: WorkerReport) -> bool:
@@ -86,7 +87,7 @@ class Scheduler:
                         continue
                     report = self._work_result(fut, task, attempt)
                     if report is None:  # crashed once: resubmitted from a fresh worktree
-                        running[_submit(workers, self.work, task, attempt + 1)] = (
+                        running[submit(workers, self.work, task, attempt + 1)] = (
                             "work",
                             task,
                             attempt + 1,
@@ -103,7 +104,7 @@ class Scheduler:
                         and not self.should_stop()
                     ):
                         self.followups += 1
-                        running[_submit(planners, self.followup, task, report)] = (
+                        running[submit(planners, self.followup, task, report)] = (
                             "followup",
                             task,
                             0,
@@ -132,7 +133,7 @@ class Scheduler:
             elif all(d in self.landed for d in task.depends_on) and busy < self.max_workers:
                 if task.depends_on:  # start from the tip that holds its dependencies
                     task.base_commit = self.tip()
-                running[_submit(pool, self.work, task, 1)] = ("work", task, 1)
+                running[submit(pool, self.work, task, 1)] = ("work", task, 1)
                 busy += 1
             else:
                 left.append(task)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from prefect import flow
 
-from devswarm.run.run import get_run, plan_followups, plan_scope
+from devswarm.ids import FOLLOWUP_RUN_NAME, PLAN_RUN_NAME
+from devswarm.roles.planner import plan_followups, plan_scope
+from devswarm.run.registry import get_run
 from devswarm.schemas import PlannedTask, WorkerReport
+from tasks.artifacts import plan_artifact
 from tasks.model import prefect_calls
 from tasks.subflows import map_concurrently
 
 
 @flow(
     name="plan",
-    flow_run_name="plan · cycle {cycle} · {plan_path}",
+    flow_run_name=PLAN_RUN_NAME,
     persist_result=False,
     validate_parameters=False,  # called in-process with typed objects; see flows/work.py
 )
@@ -38,18 +41,10 @@ def plan(
         depth=depth,
         previous=previous,
     )
-    _artifact(plan_path, cycle, the_plan, tasks)
+    plan_artifact(plan_path, cycle, the_plan, tasks)
 
     def sub(scope):
-        return plan(
-            run_id,
-            cycle,
-            f"{plan_path}.{scope.name}",
-            scope.goal,
-            scope.paths,
-            depth + 1,
-            None,
-        )
+        return plan(run_id, cycle, f"{plan_path}.{scope.name}", scope.goal, scope.paths, depth + 1)
 
     # A fresh bounded pool per planner: recursion can never starve the workers' pool or itself.
     for _scope, fut in map_concurrently(sub, the_plan.scopes, run.config.max_planners):
@@ -59,32 +54,10 @@ def plan(
 
 @flow(
     name="followup",
-    flow_run_name="followup · {task.spec.id}",
+    flow_run_name=FOLLOWUP_RUN_NAME,
     persist_result=False,
     validate_parameters=False,  # called in-process with typed objects; see flows/work.py
 )
 def followup(run_id: str, task: PlannedTask, report: WorkerReport) -> list[PlannedTask]:
     """The owning planner reads a worker's handoff and may add follow-up tasks to the cycle."""
     return plan_followups(get_run(run_id), prefect_calls, task, report)
-
-
-def _artifact(plan_path: str, cycle: int, the_plan, tasks: list[PlannedTask]) -> None:
-    from prefect.artifacts import create_table_artifact
-
-    rows = [
-        {
-            "task": t.key,
-            "title": t.spec.title,
-            "files": ", ".join(t.spec.files),
-            "check": t.check or "",
-        }
-        for t in tasks
-    ] + [
-        {"task": f"scope:{s.name}", "title": s.goal, "files": ", ".join(s.paths), "check": ""}
-        for s in the_plan.scopes
-    ]
-    create_table_artifact(
-        key=f"plan-{plan_path}".replace(".", "-").replace("_", "-").lower()[:60],
-        table=rows or [{"task": "(none)", "title": the_plan.summary, "files": "", "check": ""}],
-        description=f"Plan of {plan_path}, cycle {cycle}: {the_plan.summary}",
-    )

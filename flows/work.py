@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from devswarm.run.run import get_run, work_task
+from devswarm.ids import WORK_RUN_NAME
+from devswarm.roles.worker import work_task
+from devswarm.run.registry import get_run
 from devswarm.schemas import PlannedTask, WorkerReport
+from tasks.artifacts import work_artifact
 from tasks.landing import land
 from tasks.model import prefect_calls
 from tasks.subflows import STARTS
@@ -13,7 +16,7 @@ from tasks.subflows import STARTS
 
 @flow(
     name="work",
-    flow_run_name="work · {task.spec.id}",
+    flow_run_name=WORK_RUN_NAME,
     persist_result=False,
     # Called in-process with typed objects: Prefect would build a pydantic model of the
     # signature for every call to check them (2 % of the swarm process's CPU at 100 agents).
@@ -21,32 +24,8 @@ from tasks.subflows import STARTS
 )
 def work(run_id: str, task: PlannedTask, attempt: int = 1) -> WorkerReport:
     """Run one worker to the end and return its report (never raises for the task's own failure)."""
-    STARTS.started()  # the next queued subflow may start (flows/_pool.py StartGate)
+    STARTS.started()  # the next queued subflow may start (tasks/subflows.py StartGate)
     run = get_run(run_id)
-    report = work_task(run, prefect_calls, task, attempt=attempt, land=lambda ws, wt: land(ws, wt))
-    _artifact(report, task)
+    report = work_task(run, prefect_calls, task, attempt=attempt, land=land)
+    work_artifact(report, task)
     return report
-
-
-def _artifact(report: WorkerReport, task: PlannedTask) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    lines = [
-        f"# {task.spec.title}",
-        f"- task: `{task.key}`",
-        f"- status: **{report.status}**" + (f" — {report.reason}" if report.reason else ""),
-        f"- landed commit: `{report.commit}`" if report.commit else "- landed commit: none",
-        f"- conflicts resolved: {report.conflicts}",
-        f"- tokens: {report.input_tokens:,} in, {report.output_tokens:,} out; cost ${report.cost_usd:.4f}",
-        "",
-        "## Diff",
-        f"```\n{report.diff_stat or '(no changes)'}\n```",
-        "",
-        "## Handoff",
-        report.handoff or "(none)",
-    ]
-    create_markdown_artifact(
-        key=f"work-{task.spec.id}"[:60],
-        markdown="\n".join(lines),
-        description=f"Worker report for {task.key}",
-    )

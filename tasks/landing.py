@@ -1,4 +1,5 @@
-"""Landing as a Prefect task: mechanical (rebase onto the tip + compare-and-swap), no model call."""
+"""Landing as a Prefect task: mechanical (the commit replayed onto the tip, or rebased when it
+cannot be replayed, then a compare-and-swap of the branch), no model call."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from devswarm.git.workspace import LandResult, Workspace
+from devswarm.ids import LAND_RUN_NAME
 
 
-@task(name="land", task_run_name="land · {worktree.name}", cache_policy=NO_CACHE, retries=0)
+@task(name="land", task_run_name=LAND_RUN_NAME, cache_policy=NO_CACHE, retries=0)
 def land(workspace: Workspace, worktree: Path) -> LandResult:
     """Land a worker's commit on the branch through the process's landing lane."""
     return workspace.land(worktree)

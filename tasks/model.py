@@ -16,9 +16,11 @@ from prefect.runtime import task_run
 from prefect.utilities.annotations import quote
 
 from devswarm.agent.loop import ModelFn
+from devswarm.ids import MODEL_CALL_RUN_NAME, model_call_cache_key
 from devswarm.model.client import ModelCallError, request_hash
 from devswarm.model.ledger import BudgetExhausted
-from devswarm.run.run import Run, get_run
+from devswarm.run.registry import get_run
+from devswarm.run.run import Run
 
 MAX_ATTEMPTS = 5
 # A Prefect global concurrency limit on model calls, shared by worker processes (--executor
@@ -56,9 +58,9 @@ def _call_slot(run: Run) -> contextlib.AbstractContextManager[Any]:
 
 
 def _cache_key(_context: Any, parameters: dict[str, Any]) -> str:
-    return "devswarm-{}-{}-{}-{}".format(
+    return model_call_cache_key(
         parameters["run_id"],
-        parameters["agent_id"].replace("/", "_"),
+        parameters["agent_id"],
         parameters["step"],
         request_hash(parameters["request"]),
     )
@@ -76,7 +78,7 @@ def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
 
 @task(
     name="model-call",
-    task_run_name="{agent_id} · step {step}",
+    task_run_name=MODEL_CALL_RUN_NAME,
     retries=MAX_ATTEMPTS - 1,
     retry_delay_seconds=0,  # the wait happens inside the task: it alone can read Retry-After
     retry_condition_fn=_transient,

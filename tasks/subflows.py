@@ -1,4 +1,4 @@
-"""Run subflows concurrently from threads, keeping their parent (Prefect 3 flows have no .map).
+"""Subflows from threads: Prefect 3 flows have no .map, so devswarm runs them on thread pools.
 
 Each call runs in a copy of the caller's context, so the child flow run is linked to the parent
 flow run in the Prefect UI. Results are yielded as they complete: no barrier.
@@ -7,18 +7,15 @@ flow run in the Prefect UI. Results are yielded as they complete: no barrier.
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 
+from devswarm.scheduler import submit
+
 T = TypeVar("T")
-
-
-def submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-    ctx = contextvars.copy_context()
-    return pool.submit(ctx.run, fn, *args, **kwargs)
 
 
 def map_concurrently(
@@ -32,6 +29,25 @@ def map_concurrently(
         futures = {submit(pool, fn, item): item for item in items}
         for fut in as_completed(futures):
             yield futures[fut], fut
+
+
+def off_main_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Call fn in a worker thread with this context (its subflow keeps its parent). A subflow on
+    the main thread would put Prefect's SIGTERM handler back in place of the swarm's drain."""
+    with ThreadPoolExecutor(1) as pool:
+        return submit(pool, fn, *args).result()
+
+
+@contextlib.contextmanager
+def subflows_without_heartbeats() -> Iterator[None]:
+    """Subflows started inside send no heartbeats. They run in this process and die with it,
+    and the parent flow run's own heartbeat already says the process is alive; a heartbeat
+    thread costs each subflow up to 1 s at its end (Prefect joins a thread that sleeps in 1 s
+    steps)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 class StartGate:
@@ -66,4 +82,5 @@ class StartGate:
             self._slots.release()
 
 
-STARTS = StartGate(4)  # subflow starts of this process at once (4 ≈ 2 × 2 cores; see bench/)
+# Subflow starts of this process at once: two per core (4 on the 2-core machine bench/ measured).
+STARTS = StartGate(2 * (os.cpu_count() or 2))

@@ -92,9 +92,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def swarm_run(prefect_server: None, tmp_path: Path):
     """Run a whole swarm through real Prefect against a scenario; returns (summary, request log)."""
+    from devswarm.commands.runtime import run_swarm
     from devswarm.config import Models, SwarmConfig
     from devswarm.offline.server import ModelServer, Scenario
-    from tasks.runtime import run_swarm
 
     def run(scenario: dict, repo: Path, **options: Any) -> tuple[dict, Path]:
         log = tmp_path / f"requests-{len(list(tmp_path.glob('requests-*')))}.jsonl"

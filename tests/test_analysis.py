@@ -51,10 +51,10 @@ def demo(prefect_server: None, tmp_path_factory: pytest.TempPathFactory) -> Simp
     """The demo scenario run through real Prefect, git and HTTP, as `devswarm demo` runs it,
     with two faults injected so errors show: a 429 on the root planner's first call and a
     read_file of a missing file."""
+    from devswarm.commands.runtime import run_swarm
     from devswarm.config import Models, SwarmConfig
     from devswarm.demo import CHECK, DEMO, make_demo_repo
     from devswarm.offline.server import ModelServer, Scenario
-    from tasks.runtime import run_swarm
 
     base = tmp_path_factory.mktemp("demo")
     repo = make_demo_repo(base / "textkit")
@@ -641,10 +641,10 @@ for b in range(batches):
         log.write("llm_call", call_id=f"{agent}-{s}", run_id=name, agent_id=agent, step=s,
                   attempt=1, request_model="m", input_tokens=100, output_tokens=10,
                   cost_usd=0.001, duration_ms=5.0)
-    run.import_records([run.dir / "records" / "swarm.jsonl", log.path])  # as on a report
+    run.records.import_now([run.dir / "records" / "swarm.jsonl", log.path])  # as on a report
     time.sleep(0.03)
 run.record_run("done", 1)
-run.import_records()
+run.records.import_now()
 report = run.publish()
 run.close()
 print("report", report, flush=True)

@@ -21,7 +21,7 @@ def test_each_kind_of_artifact_is_readable_with_a_stable_key(swarm_run, tmp_path
         FlowRunFilterName,
     )
 
-    from tasks.runtime import flow_run_tree
+    from tasks.history import flow_run_tree
 
     repo = make_repo(tmp_path / "user", {"README.md": "x\n", "sub/keep.txt": ""})
     scenario = {
@@ -54,7 +54,7 @@ def test_each_kind_of_artifact_is_readable_with_a_stable_key(swarm_run, tmp_path
                 name=FlowRunFilterName(any_=[f"swarm · {summary['run_id']}"])
             )
         )
-        ids = flow_run_tree(client, root.id)
+        ids = flow_run_tree(client, [root.id])
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
         )

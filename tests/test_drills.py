@@ -75,8 +75,8 @@ class Drill:
 @pytest.fixture
 def drill(prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd, caplog):
     """Run a swarm in this process with a distinctive key; `check(d)` runs the checker on it."""
+    from devswarm.commands.runtime import run_swarm
     from devswarm.config import Models, SwarmConfig
-    from tasks.runtime import run_swarm
 
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
 
@@ -622,9 +622,9 @@ def test_deployment_worker_process_killed_mid_task_loses_nothing(
         temporary_settings,
     )
 
+    from devswarm.commands.runtime import run_swarm
     from devswarm.config import Models, SwarmConfig
     from flows.worker_deployment import deploy_worker
-    from tasks.runtime import run_swarm
     from tests.conftest import git
     from tests.test_scaleout import POOL, _start_prefect_server, _start_process_worker, _stop
 

@@ -89,11 +89,11 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
         temporary_settings,
     )
 
+    from devswarm.commands.runtime import run_swarm
     from devswarm.config import Models, SwarmConfig
     from devswarm.offline.server import ModelServer, Scenario
     from flows.worker_deployment import deploy_worker
     from tasks.model import MODEL_CALL_LIMIT
-    from tasks.runtime import run_swarm
 
     t0 = time.monotonic()
     api_url, prefect_server = _start_prefect_server(tmp_path / "server")
@@ -241,7 +241,7 @@ def test_reports_and_records_travel_through_a_storage_block(
     from devswarm.config import SwarmConfig, default_home
     from devswarm.run.run import Run
     from devswarm.schemas import WorkerReport
-    from flows.worker_deployment import collect, deliver, shared_remote, usage, worker_config
+    from tasks.scaleout import collect, deliver, shared_remote, usage, worker_config
 
     LocalFileSystem(basepath=str(tmp_path / "bucket")).save("devswarm-exchange", overwrite=True)
     repo = make_repo(tmp_path / "user", {"README.md": "# demo\n"})
@@ -302,7 +302,7 @@ def test_reports_and_records_travel_through_a_storage_block(
     assert got.records is not None and Path(got.records).parent == run.dir / "records"
     assert usage(Path(got.records)) == (120, 0.5)
     assert usage(Path(got.records), since="9999") == (0, 0.0)
-    assert run.import_records([Path(got.records)]) == 1
+    assert run.records.import_now([Path(got.records)]) == 1
     assert rows(run.store_path, "SELECT agent_id, input_tokens FROM llm_calls") == [(agent, 100)]
     assert collect(run, f"worker/{run.run_id}/c1/root/b/a1", "fr-2") is None  # never reported
 
@@ -318,7 +318,7 @@ def test_a_missing_worker_deployment_is_one_line(prefect_server: None, tmp_path:
     from devswarm.config import SwarmConfig
     from devswarm.errors import UserError
     from devswarm.run.run import Run
-    from flows.worker_deployment import deployment_work
+    from tasks.scaleout import deployment_work
 
     run = Run(
         SwarmConfig(

@@ -239,7 +239,7 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
     from prefect.client.orchestration import get_client
 
     from devswarm.demo import DEMO, make_demo_repo
-    from tasks.runtime import flow_run_tree
+    from tasks.history import flow_run_tree
 
     repo = make_demo_repo(tmp_path / "textkit")
     scenario = json.loads((DEMO / "scenario.json").read_text())
@@ -259,7 +259,7 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
             )
         )
         assert len(root) == 1
-        ids = flow_run_tree(client, root[0].id)
+        ids = flow_run_tree(client, [root[0].id])
         names = sorted(
             r.name for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}))
         )

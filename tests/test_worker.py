@@ -25,7 +25,9 @@ from devswarm.agent.loop import schema_prompt
 from devswarm.config import Models, SwarmConfig
 from devswarm.offline.server import ModelServer, Scenario
 from devswarm.records import read_records
-from devswarm.run.run import Run, plain_calls, work_task, worker_id
+from devswarm.roles.worker import task_worker_id as worker_id
+from devswarm.roles.worker import work_task
+from devswarm.run.run import Run, plain_calls
 from devswarm.sandbox.command import bwrap_available
 from devswarm.schemas import PlannedTask, TaskSpec, Verdict, WorkerReport
 from tests.conftest import chat_requests, git, make_repo, snapshot
@@ -265,7 +267,7 @@ def test_a_conflict_is_resolved_by_the_agent_and_lands(tmp_path: Path) -> None:
         base = run.workspace.tip()
         first = work(run, planned(run, "first", base=base))
         second = work(run, planned(run, "second", base=base))  # same lines, same base
-        run.import_records()
+        run.records.import_now()
         db = run.store_path
     assert first.status == "landed" and first.conflicts == 0
     assert second.status == "landed" and second.conflicts == 1, second.reason
@@ -312,7 +314,7 @@ def test_a_worker_at_its_step_limit_ends_with_that_status_and_a_handoff(tmp_path
     scenario = {"agents": [{"match": "worker/*", "steps": steps}]}
     with running(tmp_path, scenario, repo, limits=AgentLimits(max_steps=2)) as (run, _log):
         report = work(run, planned(run, "loop"))
-        run.import_records()
+        run.records.import_now()
         db = run.store_path
     assert report.status == "limit:steps"
     assert "2 steps" in report.handoff
@@ -368,7 +370,7 @@ def test_a_failing_setup_is_a_task_status_and_runs_once_per_base_commit(tmp_path
             work(run, planned(run, "y", base=old_base)),
             work(run, planned(run, "z", base=new_base)),
         ]
-        run.import_records()
+        run.records.import_now()
         db = run.store_path
         left = worktrees_left(run)
     assert [r.status for r in reports] == ["setup_failed"] * 3
@@ -446,7 +448,8 @@ from pydantic import SecretStr
 from devswarm.agent.loop import schema_prompt
 from devswarm.config import Models, SwarmConfig
 from devswarm.schemas import PlannedTask, TaskSpec
-from devswarm.run.run import Run, plain_calls, work_task
+from devswarm.roles.worker import work_task
+from devswarm.run.run import Run, plain_calls
 
 args = json.loads(sys.argv[1])
 run = Run(SwarmConfig(goal="g", repo=Path(args["repo"]), home=Path(args["home"]),
@@ -496,7 +499,7 @@ def test_a_killed_worker_leaves_no_worktree_and_its_records_import(tmp_path: Pat
         assert not worktree.exists()
         transcript = run.transcript("worker/killed/c1/root/slow/a1")
         messages = [json.loads(line)["message"] for line in transcript.read_text().splitlines()]
-        run.import_records()
+        run.records.import_now()
         db = run.store_path
     # The transcript ends with the write's result; the reply asking for the command is in it.
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]

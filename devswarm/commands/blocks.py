@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from devswarm.commands.common import fail, quiet_prefect
 from devswarm.errors import UserError
 
 # Prefect's rule for block document names.
@@ -48,7 +49,6 @@ def init(
     The API key comes from $OPENAI_API_KEY only (a flag would show in `ps` and shell history);
     it is stored as a secret and shown masked.
     """
-    from devswarm.cli import _fail, _quiet_prefect
 
     try:
         key = os.environ.get("OPENAI_API_KEY", "")
@@ -62,7 +62,7 @@ def init(
         for name in (provider, warehouse, repository):
             if not _NAME.match(name):
                 raise UserError(f"block name {name!r}: use lowercase letters, numbers and dashes")
-        _quiet_prefect()
+        quiet_prefect()
         from prefect.settings import get_current_settings
 
         if not get_current_settings().api.url:
@@ -84,7 +84,7 @@ def init(
             db=db,
         )
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for line in saved:
         typer.echo(line)
 

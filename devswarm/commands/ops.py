@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from devswarm.commands.common import fail
 from devswarm.config import SwarmConfig, default_home
 from devswarm.errors import UserError
 
@@ -24,7 +25,6 @@ def _run_dir(home: Path | None, run: str) -> Path:
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the devswarm CLI."""
-    from devswarm.cli import _fail
 
     @app.command()
     def runs(home: HomeOpt = None) -> None:
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         try:
             folder = _run_dir(home, run) / "transcripts"
         except UserError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         offsets: dict[Path, int] = {}
         while True:
             for path in sorted(folder.glob("*.jsonl")):
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         try:
             folder = _run_dir(home, run)
         except UserError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         (folder / "STOP").write_text("stop requested\n")
         typer.echo(f"stop requested for {run}: it drains at the agents' next step")
 
@@ -89,16 +89,15 @@ def register(app: typer.Typer) -> None:
 
         from pydantic import SecretStr
 
-        from devswarm.cli import EXIT_CODES, execute, print_summary
+        from devswarm.commands.common import execute, finish
 
         try:
             cfg = SwarmConfig.model_validate_json((_run_dir(home, run) / "config.json").read_text())
             cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
             summary = execute(cfg, resume=True)
         except UserError as exc:
-            _fail(str(exc))
-        print_summary(summary)
-        raise typer.Exit(EXIT_CODES.get(summary["status"], 1))
+            fail(str(exc))
+        finish(summary)
 
 
 def _run_row(cfg: SwarmConfig, name: str) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from devswarm.commands.common import fail
 from devswarm.errors import UserError
 
 server_app = typer.Typer(
@@ -41,7 +42,6 @@ def start(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy server")] = 120.0,
 ) -> None:
     """Start PostgreSQL and the Prefect server in the background; return once it is healthy."""
-    from devswarm.cli import _fail
     from devswarm.server.server import ServerPaths
     from devswarm.server.server import start as start_server
 
@@ -49,7 +49,7 @@ def start(
     try:
         state, opened = start_server(root, port=port, timeout=timeout)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for folder in opened:
         typer.echo(f"note: made {folder} traversable (o+x) for PostgreSQL's system user", err=True)
     auth = ServerPaths(root).auth
@@ -63,14 +63,13 @@ def start(
 @server_app.command()
 def stop(dir: DirOption = None) -> None:
     """Stop the Prefect server and its PostgreSQL (from any process)."""
-    from devswarm.cli import _fail
     from devswarm.server.server import stop as stop_server
 
     root = _root(dir)
     try:
         stopped = stop_server(root)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"stopped ({root})" if stopped else f"not running ({root})")
 
 

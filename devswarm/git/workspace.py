@@ -662,6 +662,15 @@ class Workspace:
         _git(path, "reset", "--hard", "--quiet")
         return path
 
+    @contextlib.contextmanager
+    def worktree(self, name: str, base: str) -> Iterator[Path]:
+        """A worktree at `base` for the block, removed on every way out."""
+        path = self.add_worktree(name, base)
+        try:
+            yield path
+        finally:
+            self.remove_worktree(path)
+
     def remove_worktree(self, path: Path) -> None:
         """Remove a worktree whatever state it is in (dirty, locked, mid-rebase, already gone)."""
         path = Path(path)

@@ -1,0 +1,86 @@
+"""The repository check and the setup command, run in worktrees with a cache per commit.
+
+A check runs where an agent's code runs, so it is sandboxed like the agent's own commands. The
+check of a commit runs once (a scratch worktree, its result cached); a setup that fails is
+cached per base commit, so later workers on the same commit report it at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from devswarm.config import SwarmConfig
+from devswarm.git.workspace import Workspace
+from devswarm.sandbox.command import run_command
+from devswarm.schemas import CheckResult
+
+
+class Checks:
+    """The run's checks: `run()` in a worktree, `at(commit)` cached, `setup()` per worktree."""
+
+    def __init__(
+        self, config: SwarmConfig, workspace: Workspace, env: Callable[[], dict[str, str]]
+    ) -> None:
+        self.config, self.workspace, self._env = config, workspace, env
+        self._lock = threading.Lock()
+        self._results: dict[str, CheckResult] = {}  # commit -> the repository check there
+        self._check_locks: dict[str, threading.Lock] = {}
+        self.setup_results: dict[str, CheckResult] = {}  # commit -> first setup result there
+        self._setup_locks: dict[str, threading.Lock] = {}
+
+    def run(self, command: str, cwd: Path, *, sandboxed: bool = True) -> CheckResult:
+        """Run a shell check in a worktree (sandboxed: agents' code runs in it)."""
+        result = run_command(
+            command,
+            cwd,
+            timeout=self.config.command_timeout,
+            env=self._env(),
+            use_bwrap=self.config.use_bwrap if sandboxed else False,
+            hidden=[self.config.home],
+        )
+        return CheckResult(
+            command=command,
+            passed=result.exit_code == 0 and not result.timed_out,
+            exit_code=result.exit_code,
+            output=result.output,
+        )
+
+    def at(self, commit: str) -> CheckResult | None:
+        """The repository check at a commit, run once per commit in a scratch worktree."""
+        command = self.config.check
+        if not command:
+            return None
+        with self._lock:
+            lock = self._check_locks.setdefault(commit, threading.Lock())
+        with lock:
+            if commit not in self._results:
+                name = f"check-{commit[:12]}-{threading.get_ident()}"
+                with self.workspace.worktree(name, commit) as wt:
+                    self.setup(wt, commit)
+                    self._results[commit] = self.run(command, wt)
+            return self._results[commit]
+
+    def setup(self, worktree: Path, base: str) -> CheckResult | None:
+        """The setup command in a fresh worktree at commit `base`.
+
+        What a setup makes (a venv, node_modules, a build) lives in the worktree, so a passing
+        setup runs again in every worktree. A failing one is cached per base commit: the same
+        commit fails the same way, so later workers report it at once; and the first setup of
+        a commit runs alone, so a broken setup runs once, not once per worker.
+        """
+        if not self.config.setup:
+            return None
+        with self._lock:
+            lock = self._setup_locks.setdefault(base, threading.Lock())
+        with lock:
+            first = self.setup_results.get(base)
+            if first is None:
+                self.setup_results[base] = first = self._run_setup(worktree)
+                return first
+        return first if not first.passed else self._run_setup(worktree)
+
+    def _run_setup(self, worktree: Path) -> CheckResult:
+        # The user's own setup (e.g. pip install) may need the network: not sandboxed.
+        return self.run(self.config.setup or "", worktree, sandboxed=False)

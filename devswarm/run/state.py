@@ -1,0 +1,55 @@
+"""What a run remembers across a crash (its `state.json`), and what earlier runs tell it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class RunState(BaseModel):
+    """The tips each cycle planned from, the finished cycles, the last green tip, hot files."""
+
+    cycle_tips: dict[int, str] = {}
+    cycles: list[dict[str, Any]] = []
+    last_green: str | None = None
+    hot_files: dict[str, int] = {}
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        return cls.model_validate_json(path.read_text()) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a crash leaves the old state or the new one, never half."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=1))
+        os.replace(tmp, path)
+
+
+def earlier_hot_files(db: Path, repo: Path) -> Counter[str]:
+    """Conflicts per file in earlier runs on this repository (planners keep them apart)."""
+    hot: Counter[str] = Counter()
+    if not db.exists():
+        return hot
+    try:
+        from devswarm.store.store import open_readonly
+
+        store = open_readonly(db)
+        try:
+            _, found = store.query(
+                "SELECT l.conflict_files FROM landings l JOIN runs r USING (run_id)"
+                " WHERE r.repo_path = ? AND l.status = 'conflict'",
+                [str(repo)],
+            )
+        finally:
+            store.close()
+    except Exception:  # the history is a hint; a busy or old store must not stop a run
+        return hot
+    for (files,) in found:
+        hot.update(json.loads(files or "[]"))
+    return hot
