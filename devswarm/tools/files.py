@@ -1,0 +1,191 @@
+"""The file tools: list_files, read_file, write_file, edit_file.
+
+Each handler takes the Toolbox and its validated arguments; its docstring is the description
+the model reads (see specs.py).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from devswarm.tools.globs import glob_under
+from devswarm.tools.paths import relative, resolve_existing, resolve_inside
+from devswarm.tools.specs import (
+    EditFileArgs,
+    ListFilesArgs,
+    ReadFileArgs,
+    ToolError,
+    WriteFileArgs,
+)
+
+if TYPE_CHECKING:
+    from devswarm.tools.toolbox import Toolbox
+
+MAX_LISTED = 500  # list_files entries
+READ_CAP = 50_000  # read_file characters
+BINARY_SNIFF = 8192  # a NUL byte in this many leading bytes means binary, as git decides
+
+
+def text_file(root: Path, path: str) -> Path:
+    """A regular text file inside root, or the right ToolError."""
+    target = resolve_existing(root, path)
+    mode = os.stat(target).st_mode
+    if stat.S_ISDIR(mode):
+        raise ToolError(f"{path} is a folder; use list_files to see its files", "not_a_file")
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+        raise ToolError(f"{path} is not a regular file", "not_a_file")
+    with open(target, "rb") as f:
+        if b"\0" in f.read(BINARY_SNIFF):
+            size = os.fstat(f.fileno()).st_size
+            raise ToolError(
+                f"{path} is a binary file ({size} bytes) and can't be shown as text",
+                "binary_file",
+            )
+    return target
+
+
+def _write(target: Path, data: bytes) -> None:
+    # O_NOFOLLOW: resolve_inside already resolved symlinks; never follow one planted since.
+    fd = os.open(
+        target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
+    )
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+# -- the tools (docstrings are the descriptions the model reads) ---------------------------
+
+
+def list_files(box: Toolbox, a: ListFilesArgs) -> str:
+    """List the files under a folder, as paths relative to the repository root, sorted.
+    Files ignored by git (.gitignore) are left out. Use `pattern` to narrow the list:
+    '*.py' matches a file name at any depth, 'src/**/*.ts' a path under the folder.
+    At most 500 paths are shown."""
+    target = resolve_existing(box.root, a.path)
+    base = relative(box.real_root, target)
+    wanted = glob_under(base, a.pattern)
+    files = [rel for rel in box.listing.files_under(target) if wanted(rel)]
+    if not files:
+        return f"no files match {a.pattern!r} under {base}"
+    shown = "\n".join(files[:MAX_LISTED])
+    if len(files) > MAX_LISTED:
+        shown += f"\n... {len(files) - MAX_LISTED} more; narrow the pattern or the path"
+    return shown
+
+
+def read_file(box: Toolbox, a: ReadFileArgs) -> str:
+    """Read a text file, or a range of its lines. The first line of the answer says which
+    lines are shown and how many the file has; the file's text follows unchanged (no line
+    numbers added). About 50,000 characters at most per call: read long files in parts
+    with start_line and end_line."""
+    if a.end_line is not None and a.end_line < a.start_line:
+        raise ToolError(
+            f"end_line ({a.end_line}) is before start_line ({a.start_line})",
+            "invalid_arguments",
+        )
+    target = text_file(box.root, a.path)
+    rel = relative(box.real_root, target)
+    shown: list[str] = []
+    size = 0
+    last = a.start_line - 1  # last line shown
+    cut_note = ""
+    total = 0
+    with open(target, "rb") as f:
+        for total, raw in enumerate(f, start=1):
+            if total < a.start_line or (a.end_line is not None and total > a.end_line):
+                continue
+            if cut_note:
+                continue  # keep counting lines for the header
+            line = raw.decode("utf-8", errors="replace")
+            if size + len(line) > READ_CAP:
+                if not shown:  # one enormous line: show its start
+                    shown.append(line[:READ_CAP] + "\n")
+                    last = total
+                    cut_note = (
+                        f"[line {total} is {len(line)} characters long; only its start is shown]"
+                    )
+                else:
+                    cut_note = f"[cut at {READ_CAP} characters; read on with start_line={total}]"
+                continue
+            shown.append(line)
+            size += len(line)
+            last = total
+    if total == 0:
+        return f"{rel} (empty file)"
+    if a.start_line > total:
+        raise ToolError(
+            f"start_line {a.start_line} is past the end of {rel} ({total} lines)",
+            "invalid_arguments",
+        )
+    text = "".join(shown)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    header = f"{rel} (lines {a.start_line}-{last} of {total})"
+    return f"{header}\n{text}{cut_note}".rstrip("\n") + "\n"
+
+
+def write_file(box: Toolbox, a: WriteFileArgs) -> str:
+    """Create a file, or replace a file's whole content. Missing parent folders are
+    created. For a small change to an existing file, edit_file is cheaper and safer."""
+    target = resolve_inside(box.root, a.path)
+    if target.is_dir():
+        raise ToolError(f"{a.path} is a folder", "not_a_file")
+    existed = os.path.lexists(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ToolError(f"{a.path}: a parent of this path is a file", "not_a_file") from None
+    data = a.content.encode("utf-8", errors="replace")
+    _write(target, data)
+    return f"wrote {len(data)} bytes to {relative(box.real_root, target)}" + (
+        "" if existed else " (new file)"
+    )
+
+
+def edit_file(box: Toolbox, a: EditFileArgs) -> str:
+    """Replace one exact piece of text in a file: `old` must occur exactly once, with the
+    same whitespace and indentation as in the file (read the file first). To change
+    several places, call edit_file once per place; to delete, pass new=''."""
+    if not a.old:
+        raise ToolError(
+            "old is empty; give the exact text to replace (write_file creates a file)",
+            "invalid_arguments",
+        )
+    target = text_file(box.root, a.path)
+    rel = relative(box.real_root, target)
+    # surrogateescape: bytes that aren't UTF-8 elsewhere in the file are written back as-is
+    text = target.read_bytes().decode("utf-8", errors="surrogateescape")
+    count = text.count(a.old)
+    if count == 0:
+        raise ToolError(_not_found_hint(rel, text, a.old), "not_found")
+    if count > 1:
+        raise ToolError(
+            f"old occurs {count} times in {rel}; include more surrounding lines so that it "
+            "matches exactly once",
+            "ambiguous",
+        )
+    at = text.index(a.old)
+    line = text.count("\n", 0, at) + 1
+    # a lone surrogate from the model's JSON can't be encoded: replace it, don't crash
+    new = a.new.encode("utf-8", errors="replace").decode("utf-8")
+    _write(target, text.replace(a.old, new, 1).encode("utf-8", "surrogateescape"))
+    return (
+        f"edited {rel} at line {line}: replaced {a.old.count(chr(10)) + 1} line(s) "
+        f"with {a.new.count(chr(10)) + 1} line(s)"
+    )
+
+
+def _not_found_hint(rel: str, text: str, old: str) -> str:
+    message = f"old was not found in {rel}; read_file it and copy the text exactly"
+    if "\r\n" in text and "\r\n" not in old:
+        message += " (this file uses CRLF line endings)"
+    first = next((ln.strip() for ln in old.splitlines() if ln.strip()), "")
+    if first:
+        near = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip() == first][:5]
+        if near:
+            where = ", ".join(map(str, near))
+            message += f"; its first line (ignoring indentation) is at line {where}"
+    return message
