@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from devswarm.tools.globs import glob_under
+from devswarm.tools.lines import decode, lines, skip_lines
 from devswarm.tools.paths import relative, resolve_existing, resolve_inside
 from devswarm.tools.specs import (
     EditFileArgs,
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 MAX_LISTED = 500  # list_files entries
 READ_CAP = 50_000  # read_file characters
 BINARY_SNIFF = 8192  # a NUL byte in this many leading bytes means binary, as git decides
+# read_file reads a line in pieces of this many bytes: a line longer than one piece has more
+# than READ_CAP characters (a character, or a replaced bad byte sequence, is at most 4 bytes)
+LINE_PIECE = 4 * READ_CAP + 4
 
 
 def text_file(root: Path, path: str) -> Path:
@@ -92,27 +97,28 @@ def read_file(box: Toolbox, a: ReadFileArgs) -> str:
     size = 0
     last = a.start_line - 1  # last line shown
     cut_note = ""
-    total = 0
     with open(target, "rb") as f:
-        for total, raw in enumerate(f, start=1):
-            if total < a.start_line or (a.end_line is not None and total > a.end_line):
-                continue
-            if cut_note:
-                continue  # keep counting lines for the header
-            line = raw.decode("utf-8", errors="replace")
-            if size + len(line) > READ_CAP:
+        total = skip_lines(f, a.start_line - 1)
+        pieces = lines(f, LINE_PIECE)
+        while a.end_line is None or total < a.end_line:
+            if (next_line := next(pieces, None)) is None:
+                break
+            total += 1
+            line, length = decode(*next_line)  # reads the whole line: f is at the next one
+            if size + length > READ_CAP:
                 if not shown:  # one enormous line: show its start
                     shown.append(line[:READ_CAP] + "\n")
                     last = total
                     cut_note = (
-                        f"[line {total} is {len(line)} characters long; only its start is shown]"
+                        f"[line {total} is {length} characters long; only its start is shown]"
                     )
                 else:
                     cut_note = f"[cut at {READ_CAP} characters; read on with start_line={total}]"
-                continue
-            shown.append(line)
-            size += len(line)
+                break
+            shown.append(line)  # whole: a line kept only in part is longer than READ_CAP
+            size += length
             last = total
+        total += skip_lines(f, sys.maxsize)  # the header says how many lines the file has
     if total == 0:
         return f"{rel} (empty file)"
     if a.start_line > total:
