@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import pytest
 
-from devswarm.tools.files import READ_CAP
+from devswarm.tools.files import EDIT_CAP, READ_CAP
 from devswarm.tools.specs import ToolResult
 from devswarm.tools.toolbox import Toolbox
 
@@ -113,3 +113,15 @@ def test_read_file_ranges_and_counts_agree_with_splitlines(tb, root, monkeypatch
             assert out == f"f.txt (lines {start}-{last} of {n})\n{text}".rstrip("\n") + "\n"
     past = tb.call("read_file", {"path": "f.txt", "start_line": n + 1})
     assert past.error_type == "invalid_arguments" and f"({n} lines)" in past.output
+
+
+def test_edit_file_refuses_a_file_over_the_cap_with_a_recoverable_error(tb, root):
+    (root / "at_cap.txt").write_bytes(b"old\n" + b"x" * (EDIT_CAP - 4))
+    (root / "over_cap.txt").write_bytes(b"old\n" + b"x" * (EDIT_CAP - 3))
+    ok(tb.call("edit_file", {"path": "at_cap.txt", "old": "old", "new": "new"}))
+    assert (root / "at_cap.txt").read_bytes()[:4] == b"new\n"
+
+    result = tb.call("edit_file", {"path": "over_cap.txt", "old": "old", "new": "new"})
+    assert result.error_type == "file_too_large"
+    assert f"{EDIT_CAP + 1:,} bytes" in result.output and "run" in result.output
+    assert (root / "over_cap.txt").read_bytes()[:4] == b"old\n"

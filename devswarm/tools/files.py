@@ -32,6 +32,7 @@ BINARY_SNIFF = 8192  # a NUL byte in this many leading bytes means binary, as gi
 # read_file reads a line in pieces of this many bytes: a line longer than one piece has more
 # than READ_CAP characters (a character, or a replaced bad byte sequence, is at most 4 bytes)
 LINE_PIECE = 4 * READ_CAP + 4
+EDIT_CAP = 2 << 20  # edit_file bytes: the file, its text and the new text are all in memory
 
 
 def text_file(root: Path, path: str) -> Path:
@@ -163,7 +164,7 @@ def edit_file(box: Toolbox, a: EditFileArgs) -> str:
     target = text_file(box.root, a.path)
     rel = relative(box.real_root, target)
     # surrogateescape: bytes that aren't UTF-8 elsewhere in the file are written back as-is
-    text = target.read_bytes().decode("utf-8", errors="surrogateescape")
+    text = _read_for_edit(target, rel).decode("utf-8", errors="surrogateescape")
     count = text.count(a.old)
     if count == 0:
         raise ToolError(_not_found_hint(rel, text, a.old), "not_found")
@@ -182,6 +183,22 @@ def edit_file(box: Toolbox, a: EditFileArgs) -> str:
         f"edited {rel} at line {line}: replaced {a.old.count(chr(10)) + 1} line(s) "
         f"with {a.new.count(chr(10)) + 1} line(s)"
     )
+
+
+def _read_for_edit(target: Path, rel: str) -> bytes:
+    """The file's bytes, or a ToolError if it is larger than EDIT_CAP (at most EDIT_CAP + 1
+    bytes are read, so a file that grows meanwhile can't make it read more)."""
+    with open(target, "rb") as f:
+        data = f.read(EDIT_CAP + 1)
+        if len(data) > EDIT_CAP:
+            size = max(os.fstat(f.fileno()).st_size, len(data))
+            raise ToolError(
+                f"{rel} is {size:,} bytes; edit_file changes files of at most "
+                f"{EDIT_CAP:,} bytes (2 MB). Change it with run (e.g. a sed or python command), "
+                "or edit the source it is generated from",
+                "file_too_large",
+            )
+    return data
 
 
 def _not_found_hint(rel: str, text: str, old: str) -> str:
