@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from devswarm.tools.files import EDIT_CAP, READ_CAP
+from devswarm.tools.files import EDIT_CAP, READ_CAP, replace_file
 from devswarm.tools.specs import ToolResult
 from devswarm.tools.toolbox import Toolbox
 
@@ -125,3 +128,44 @@ def test_edit_file_refuses_a_file_over_the_cap_with_a_recoverable_error(tb, root
     assert result.error_type == "file_too_large"
     assert f"{EDIT_CAP + 1:,} bytes" in result.output and "run" in result.output
     assert (root / "over_cap.txt").read_bytes()[:4] == b"old\n"
+
+
+@pytest.mark.parametrize("tool", ["write_file", "edit_file"])
+def test_a_hard_link_to_a_file_outside_is_replaced_not_written_through(tb, root, tmp_path, tool):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret = 1\n")
+    os.link(outside, root / "linked.txt")
+    args = {"path": "linked.txt"}
+    args |= {"content": "mine\n"} if tool == "write_file" else {"old": "1", "new": "2"}
+    ok(tb.call(tool, args))
+    assert outside.read_text() == "secret = 1\n"
+    assert (root / "linked.txt").read_text() == (
+        "mine\n" if tool == "write_file" else "secret = 2\n"
+    )
+    assert os.stat(root / "linked.txt").st_nlink == 1
+    assert sorted(p.name for p in root.iterdir()) == ["linked.txt"]  # no temporary file left
+
+
+def test_writes_keep_the_mode_of_an_existing_file_and_new_files_follow_the_umask(tb, root):
+    script = root / "run.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o750)
+    ok(tb.call("edit_file", {"path": "run.sh", "old": "hi", "new": "there"}))
+    ok(tb.call("write_file", {"path": "run.sh", "content": "echo again\n"}))
+    assert stat.S_IMODE(script.stat().st_mode) == 0o750
+    ok(tb.call("write_file", {"path": "new.txt", "content": "x"}))
+    (root / "by-python.txt").write_text("x")  # 0o666 less the umask
+    assert (root / "new.txt").stat().st_mode == (root / "by-python.txt").stat().st_mode
+
+
+def test_replace_file_refuses_a_symlink_planted_at_the_target(root, tmp_path):
+    """The tools resolve symlinks first; one appearing at the resolved path since is refused,
+    not replaced and not followed."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (root / "planted").symlink_to(outside)
+    with pytest.raises(OSError) as refused:
+        replace_file(root / "planted", b"pwned")
+    assert refused.value.errno == errno.ELOOP
+    assert outside.read_text() == "keep" and (root / "planted").is_symlink()
+    assert sorted(p.name for p in root.iterdir()) == ["planted"]

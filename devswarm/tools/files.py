@@ -6,7 +6,10 @@ the model reads (see specs.py).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
 import stat
 import sys
 from pathlib import Path
@@ -53,13 +56,32 @@ def text_file(root: Path, path: str) -> Path:
     return target
 
 
-def _write(target: Path, data: bytes) -> None:
-    # O_NOFOLLOW: resolve_inside already resolved symlinks; never follow one planted since.
-    fd = os.open(
-        target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
-    )
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+def replace_file(target: Path, data: bytes) -> None:
+    """Write `data` to `target` as a new file in the same folder, renamed over it: a hard link
+    at `target` (perhaps to a file outside the root) is replaced, never written through, and
+    no reader sees half a file. An existing file keeps its mode; a new one gets 0o666 less the
+    umask. A symlink at `target` is refused (OSError ELOOP): resolve_inside already resolved
+    symlinks, so one is there only if planted since."""
+    try:
+        st: os.stat_result | None = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fspath(target))
+    # O_EXCL | O_NOFOLLOW: the temporary name is new, whatever an agent's command put there
+    temp = target.with_name(f".devswarm-{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if st is not None:
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+            f.write(data)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
 
 
 # -- the tools (docstrings are the descriptions the model reads) ---------------------------
@@ -146,7 +168,7 @@ def write_file(box: Toolbox, a: WriteFileArgs) -> str:
     except (FileExistsError, NotADirectoryError):
         raise ToolError(f"{a.path}: a parent of this path is a file", "not_a_file") from None
     data = a.content.encode("utf-8", errors="replace")
-    _write(target, data)
+    replace_file(target, data)
     return f"wrote {len(data)} bytes to {relative(box.real_root, target)}" + (
         "" if existed else " (new file)"
     )
@@ -178,7 +200,7 @@ def edit_file(box: Toolbox, a: EditFileArgs) -> str:
     line = text.count("\n", 0, at) + 1
     # a lone surrogate from the model's JSON can't be encoded: replace it, don't crash
     new = a.new.encode("utf-8", errors="replace").decode("utf-8")
-    _write(target, text.replace(a.old, new, 1).encode("utf-8", "surrogateescape"))
+    replace_file(target, text.replace(a.old, new, 1).encode("utf-8", "surrogateescape"))
     return (
         f"edited {rel} at line {line}: replaced {a.old.count(chr(10)) + 1} line(s) "
         f"with {a.new.count(chr(10)) + 1} line(s)"
