@@ -10,14 +10,11 @@ from pathlib import Path
 import pytest
 
 from devswarm.errors import UserError
-from devswarm.tools.toolbox import (
-    MAX_LISTED,
-    MAX_MATCHES,
-    PathRefused,
-    Toolbox,
-    glob_matcher,
-    resolve_inside,
-)
+from devswarm.tools.files import MAX_LISTED
+from devswarm.tools.globs import glob_matcher
+from devswarm.tools.paths import PathRefused, resolve_inside
+from devswarm.tools.search import MAX_MATCHES
+from devswarm.tools.toolbox import Toolbox
 
 WORKER_TOOLS = ["list_files", "read_file", "write_file", "edit_file", "search", "run", "finish"]
 READ_TOOLS = ["list_files", "read_file", "search"]
