@@ -281,7 +281,7 @@ def execute(cfg, *, resume: bool = False) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    from devswarm.report.report import summary_lines
+    from devswarm.report.text import summary_lines
 
     for line in summary_lines(summary):
         typer.echo(line)

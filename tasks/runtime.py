@@ -39,7 +39,7 @@ def import_history_quietly(config: SwarmConfig, flow_run_id: Any) -> None:
     Best effort: `devswarm history import --run ID` does the same later.
     """
     from devswarm.commands.analysis import import_history
-    from devswarm.report.report import write_html_report
+    from devswarm.report.html import write_html_report
 
     try:
         import_history(config.db_path, config.run_name, wait=5.0, flow_run_id=str(flow_run_id))

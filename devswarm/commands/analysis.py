@@ -90,7 +90,9 @@ def report(
 ) -> None:
     """Summarise a run: cost, who did what, outcomes, hot files, latency (and an HTML file)."""
     from devswarm.cli import _fail
-    from devswarm.report.report import load_report, render_html, report_lines
+    from devswarm.report.data import load_report
+    from devswarm.report.html import render_html
+    from devswarm.report.text import report_lines
     from devswarm.store.store import open_readonly
 
     try:
@@ -176,7 +178,7 @@ def import_history(
     importing again updates the rows) and joins them to our agents. Returns counts.
     """
     from devswarm.records import flow_run_record, task_run_record
-    from devswarm.report.report import latest_run
+    from devswarm.report.data import latest_run
     from devswarm.store.store import open_readonly
 
     try:
