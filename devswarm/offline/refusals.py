@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from devswarm.offline.imitations import (
+    STRUCTURED_OUTPUT_FAULT,
+    json_object_refusal,
+    json_schema_refusal,
+)
 from devswarm.offline.outcome import Outcome, error
 from devswarm.offline.scenario import Scenario
 
@@ -76,7 +81,14 @@ def _structured_output_error(scenario: Scenario, response_format: object) -> Out
     if not isinstance(response_format, dict):
         return None
     kind = response_format.get("type")
-    if kind in (None, "text") or scenario.structured_output == "json_schema":
+    if kind in (None, "text"):
+        return None
+    profile = scenario.server
+    if kind == "json_schema" and profile.json_schema != "accepted":
+        return json_schema_refusal(profile.json_schema, kind)
+    if kind == "json_object" and profile.json_object != "accepted":
+        return json_object_refusal(profile.json_object)
+    if scenario.structured_output == "json_schema":
         return None
     if scenario.structured_output == "json_object":
         if kind == "json_object":
@@ -86,12 +98,12 @@ def _structured_output_error(scenario: Scenario, response_format: object) -> Out
             f"response_format {kind} is not supported",
             "invalid_request_error",
             param="response_format",
-            fault="structured_output_unsupported",
+            fault=STRUCTURED_OUTPUT_FAULT,
         )
     # llama.cpp's server answers an unsupported response_format with a 500.
     return error(
         500,
         f'Unsupported response_format type: "{kind}"',
         "server_error",
-        fault="structured_output_unsupported",
+        fault=STRUCTURED_OUTPUT_FAULT,
     )

@@ -131,6 +131,19 @@ class AgentScript(_Strict):
     steps: list[Reply] = Field(default_factory=list)
 
 
+class ServerProfile(_Strict):
+    """Where the server behaves like a weak one (vLLM, Ollama, llama.cpp, LM Studio, a gateway).
+
+    Every default is OpenAI's behaviour. A refusal is named for the server whose answer (status
+    and body) it imitates; docs/model-server.md shows each.
+    """
+
+    json_schema: Literal["accepted", "vllm", "fastapi", "llama.cpp", "llama-cpp-python"] = (
+        "accepted"
+    )
+    json_object: Literal["accepted", "lm-studio"] = "accepted"
+
+
 class Scenario(_Strict):
     """What the offline server answers; see docs/model-server.md."""
 
@@ -143,6 +156,17 @@ class Scenario(_Strict):
     rules: list[Rule] = Field(default_factory=list)
     agents: list[AgentScript] = Field(default_factory=list)
     default: Reply | None = None
+    server: ServerProfile = Field(default_factory=ServerProfile)
+
+    @model_validator(mode="after")
+    def _one_structured_output_setting(self) -> Scenario:
+        # `structured_output` is the older, shorter form: two settings for one thing would clash.
+        profile = self.server
+        if self.structured_output != "json_schema" and (
+            profile.json_schema != "accepted" or profile.json_object != "accepted"
+        ):
+            raise ValueError("give structured_output or server.json_schema/json_object, not both")
+        return self
 
     @classmethod
     def from_data(cls, data: object, source: str = "scenario") -> Scenario:
