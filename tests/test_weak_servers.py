@@ -10,7 +10,7 @@ import pytest
 
 from devswarm.errors import UserError
 from devswarm.offline.server import Scenario
-from tests.test_modelserver import Verdict, ask, client, conversation, serve
+from tests.test_modelserver import TOOLS, Verdict, ask, client, conversation, serve
 
 VERDICT = {"json": {"verdict": "done", "reasons": ["tests pass"]}}
 
@@ -93,3 +93,99 @@ def test_structured_output_and_the_server_section_do_not_mix() -> None:
         )
     with pytest.raises(UserError, match=r"server\.json_schema"):
         Scenario.from_data({"server": {"json_schema": "ollama"}})
+
+
+READ = {"name": "read_file", "arguments": {"path": "x.py"}}
+RUN = {"name": "run", "arguments": {"command": "pytest -q"}}
+
+
+def test_ollama_refuses_tools_and_then_writes_calls_as_hermes_text(tmp_path) -> None:
+    log = tmp_path / "requests.jsonl"
+    scenario = {"server": {"tools": "ollama"}, "default": {"tool_calls": [READ]}}
+    with serve(scenario, log) as server:
+        api = client(server, "worker")
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(api, conversation(0), tools=TOOLS)
+        fallback = ask(api, conversation(0))  # tools described in the prompt instead
+    assert refused.value.message.endswith("offline-model does not support tools")
+    assert refused.value.type == "api_error" and refused.value.code is None
+    choice = fallback.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert choice.message.content == (
+        '<tool_call>\n{"name": "read_file", "arguments": {"path": "x.py"}}\n</tool_call>'
+    )
+    faults = [json.loads(line)["fault"] for line in log.read_text().splitlines()]
+    assert faults == ["tools_unsupported", None]
+
+
+def test_vllm_without_a_tool_parser_refuses_auto_tool_choice_only() -> None:
+    scenario = {"server": {"tools": "vllm"}, "default": {"content": "no tools used"}}
+    with serve(scenario) as server:
+        api = client(server, "worker")
+        for tool_choice in ({}, {"tool_choice": "auto"}):
+            with pytest.raises(openai.BadRequestError) as refused:
+                ask(api, conversation(0), tools=TOOLS, **tool_choice)
+            assert "--enable-auto-tool-choice" in refused.value.message
+            assert refused.value.code == "400" and refused.value.type == "BadRequestError"
+        answered = ask(api, conversation(0), tools=TOOLS, tool_choice="none")
+    assert answered.choices[0].message.content == "no tools used"
+
+
+ARGS_READ = '{"path": "x.py"}'
+ARGS_RUN = '{"command": "pytest -q"}'
+
+
+@pytest.mark.parametrize(
+    ("style", "written"),
+    [
+        (
+            "hermes",
+            f'<tool_call>\n{{"name": "read_file", "arguments": {ARGS_READ}}}\n</tool_call>\n'
+            f'<tool_call>\n{{"name": "run", "arguments": {ARGS_RUN}}}\n</tool_call>',
+        ),
+        (
+            "llama3",
+            f'<|python_tag|>{{"name": "read_file", "parameters": {ARGS_READ}}}; '
+            f'{{"name": "run", "parameters": {ARGS_RUN}}}',
+        ),
+        (
+            "mistral",
+            f'[TOOL_CALLS] [{{"name": "read_file", "arguments": {ARGS_READ}}}, '
+            f'{{"name": "run", "arguments": {ARGS_RUN}}}]',
+        ),
+        (
+            "fenced",
+            f'```json\n[{{"name": "read_file", "arguments": {ARGS_READ}}}, '
+            f'{{"name": "run", "arguments": {ARGS_RUN}}}]\n```',
+        ),
+        (
+            "json",
+            f'[{{"name": "read_file", "arguments": {ARGS_READ}}}, '
+            f'{{"name": "run", "arguments": {ARGS_RUN}}}]',
+        ),
+    ],
+)
+def test_ignored_tools_come_back_as_text_in_the_models_style(style: str, written: str) -> None:
+    scenario = {
+        "server": {"tools": "ignored", "tool_call_text": style},
+        "default": {"content": "Let me look.", "tool_calls": [READ, RUN]},
+    }
+    with serve(scenario) as server:
+        reply = ask(client(server, "worker"), conversation(0), tools=TOOLS)
+    choice = reply.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert choice.message.content == "Let me look.\n" + written
+    assert reply.usage.completion_tokens == -(-len(choice.message.content) // 4)
+
+
+def test_one_call_as_bare_json_and_malformed_arguments_stay_malformed() -> None:
+    scenario = {
+        "server": {"tools": "ignored", "tool_call_text": "json"},
+        "faults": {"rate": 1.0, "kinds": [{"type": "malformed_arguments"}]},
+        "agents": [{"match": "one", "steps": [{"tool_calls": [READ]}]}],
+    }
+    with serve(scenario) as server:
+        text = ask(client(server, "one"), conversation(0)).choices[0].message.content
+    assert text.startswith('{"name": "read_file", "arguments": {"path"')
+    with pytest.raises(ValueError):
+        json.loads(text)

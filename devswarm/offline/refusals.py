@@ -6,6 +6,7 @@ from devswarm.offline.imitations import (
     STRUCTURED_OUTPUT_FAULT,
     json_object_refusal,
     json_schema_refusal,
+    tools_refusal,
 )
 from devswarm.offline.outcome import Outcome, error
 from devswarm.offline.scenario import Scenario
@@ -73,7 +74,20 @@ def refused_chat_request(scenario: Scenario, body: dict) -> Outcome | None:
                 code="unsupported_parameter",
                 fault="output_limit_unsupported",
             )
-    return _structured_output_error(scenario, body.get("response_format"))
+    return _structured_output_error(scenario, body.get("response_format")) or _tools_error(
+        scenario, body
+    )
+
+
+def _tools_error(scenario: Scenario, body: dict) -> Outcome | None:
+    """Ollama refuses `tools` for a model without tool support; vLLM started without a tool
+    parser refuses tool_choice "auto", its default when tools are given."""
+    style = scenario.server.tools
+    if not body.get("tools") or style not in ("ollama", "vllm"):
+        return None
+    if style == "vllm" and body.get("tool_choice", "auto") != "auto":
+        return None
+    return tools_refusal(style, body["model"])
 
 
 def _structured_output_error(scenario: Scenario, response_format: object) -> Outcome | None:

@@ -20,6 +20,7 @@ from devswarm.offline.scenario import (
     StatusFault,
     TimeoutFault,
 )
+from devswarm.offline.tool_text import tool_calls_as_text
 
 
 def _tokens(text_length: int) -> int:
@@ -142,6 +143,11 @@ def answer_chat(scenario: Scenario, agent: str, attempt: int, body: object) -> O
         function = tool_calls[0]["function"]
         function["arguments"] = break_json(function["arguments"])
         fault = "malformed_arguments"
+
+    if tool_calls and scenario.server.tools != "native":
+        # No tool parser on this server: the model's calls arrive as the text it wrote.
+        written = tool_calls_as_text(tool_calls, scenario.server.tool_call_text)
+        content, tool_calls = (f"{content}\n{written}" if content else written), []
 
     completion_text = (content or "") + "".join(
         call["function"]["name"] + call["function"]["arguments"] for call in tool_calls

@@ -142,6 +142,10 @@ class ServerProfile(_Strict):
         "accepted"
     )
     json_object: Literal["accepted", "lm-studio"] = "accepted"
+    # Native tool calls, or none: `tools` ignored, or refused by Ollama's or vLLM's rule.
+    tools: Literal["native", "ignored", "ollama", "vllm"] = "native"
+    # Without native tool calls, scripted calls come back as text in this model's style.
+    tool_call_text: Literal["hermes", "llama3", "mistral", "fenced", "json"] = "hermes"
 
 
 class Scenario(_Strict):
