@@ -189,3 +189,16 @@ def test_one_call_as_bare_json_and_malformed_arguments_stay_malformed() -> None:
     assert text.startswith('{"name": "read_file", "arguments": {"path"')
     with pytest.raises(ValueError):
         json.loads(text)
+
+
+def test_a_server_without_usage_sends_no_usage_object(tmp_path) -> None:
+    log = tmp_path / "requests.jsonl"
+    with serve({"server": {"usage": False}, "default": {"content": "ok"}}, log) as server:
+        raw = client(server).chat.completions.with_raw_response.create(
+            model="offline-model", messages=conversation(0)
+        )
+    reply = raw.parse()
+    assert reply.usage is None and reply.choices[0].message.content == "ok"
+    assert "usage" not in raw.http_response.json()
+    (line,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert line["usage"] is None and line["status"] == 200

@@ -149,14 +149,25 @@ def answer_chat(scenario: Scenario, agent: str, attempt: int, body: object) -> O
         written = tool_calls_as_text(tool_calls, scenario.server.tool_call_text)
         content, tool_calls = (f"{content}\n{written}" if content else written), []
 
+    response, usage = _completion(scenario, body, request_hash, content, tool_calls)
+    return Outcome(200, response, {}, delay, fault, step, usage, reply_from)
+
+
+def _completion(
+    scenario: Scenario,
+    body: dict,
+    request_hash: str,
+    content: str | None,
+    tool_calls: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The chat.completion body, and its usage (None when the server sends none)."""
     completion_text = (content or "") + "".join(
         call["function"]["name"] + call["function"]["arguments"] for call in tool_calls
     )
-    usage = _usage(messages, body.get("tools"), completion_text)
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    response = {
+    response: dict[str, Any] = {
         "id": "chatcmpl-" + request_hash[:24],
         "object": "chat.completion",
         "created": int(time.time()),
@@ -169,6 +180,9 @@ def answer_chat(scenario: Scenario, agent: str, attempt: int, body: object) -> O
                 "logprobs": None,
             }
         ],
-        "usage": usage,
     }
-    return Outcome(200, response, {}, delay, fault, step, usage, reply_from)
+    if not scenario.server.usage:
+        return response, None  # some servers send no usage at all
+    usage = _usage(body["messages"], body.get("tools"), completion_text)
+    response["usage"] = usage
+    return response, usage

@@ -146,6 +146,7 @@ class ServerProfile(_Strict):
     tools: Literal["native", "ignored", "ollama", "vllm"] = "native"
     # Without native tool calls, scripted calls come back as text in this model's style.
     tool_call_text: Literal["hermes", "llama3", "mistral", "fenced", "json"] = "hermes"
+    usage: bool = True  # false: completions carry no `usage` object
 
 
 class Scenario(_Strict):
