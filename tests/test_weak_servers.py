@@ -202,3 +202,23 @@ def test_a_server_without_usage_sends_no_usage_object(tmp_path) -> None:
     assert "usage" not in raw.http_response.json()
     (line,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert line["usage"] is None and line["status"] == 200
+
+
+def test_a_gateway_lists_some_models_and_serves_only_known_ones() -> None:
+    scenario = {
+        "models": ["offline-model", "offline-small"],
+        "server": {"listed_models": ["offline-small"]},
+        "default": {"content": "served"},
+    }
+    with serve(scenario) as server:
+        api = client(server)
+        listed = [m.id for m in api.models.list()]
+        unlisted = ask(api, conversation(0))  # offline-model: served, though not listed
+        retrieved = api.models.retrieve("offline-model")
+        with pytest.raises(openai.NotFoundError) as unknown:
+            api.chat.completions.create(model="offline-large", messages=conversation(0))
+    assert listed == ["offline-small"]
+    assert unlisted.choices[0].message.content == "served" and retrieved.id == "offline-model"
+    assert unknown.value.code == "model_not_found" and "offline-large" in unknown.value.message
+    with pytest.raises(UserError, match="offline-large"):
+        Scenario.from_data({"server": {"listed_models": ["offline-large"]}})

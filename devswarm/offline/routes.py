@@ -23,9 +23,9 @@ def answer(scenario: Scenario, method: str, path: str, headers: Any, raw: bytes)
     route = urlsplit(path).path.rstrip("/")
     agent = headers.get(AGENT_HEADER) or ""
     if method == "GET" and route == "/v1/models":
-        return Outcome(
-            200, {"object": "list", "data": [_model_object(m) for m in scenario.models]}, {}
-        )
+        listed = scenario.server.listed_models
+        models = scenario.models if listed is None else listed
+        return Outcome(200, {"object": "list", "data": [_model_object(m) for m in models]}, {})
     if method == "GET" and route.startswith("/v1/models/"):
         model_id = route.removeprefix("/v1/models/")
         if model_id in scenario.models:

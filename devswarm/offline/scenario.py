@@ -147,6 +147,8 @@ class ServerProfile(_Strict):
     # Without native tool calls, scripted calls come back as text in this model's style.
     tool_call_text: Literal["hermes", "llama3", "mistral", "fenced", "json"] = "hermes"
     usage: bool = True  # false: completions carry no `usage` object
+    # What GET /v1/models lists, when not every served model (gateways list partially).
+    listed_models: list[str] | None = None
 
 
 class Scenario(_Strict):
@@ -164,13 +166,16 @@ class Scenario(_Strict):
     server: ServerProfile = Field(default_factory=ServerProfile)
 
     @model_validator(mode="after")
-    def _one_structured_output_setting(self) -> Scenario:
-        # `structured_output` is the older, shorter form: two settings for one thing would clash.
+    def _consistent_server(self) -> Scenario:
         profile = self.server
+        # `structured_output` is the older, shorter form: two settings for one thing would clash.
         if self.structured_output != "json_schema" and (
             profile.json_schema != "accepted" or profile.json_object != "accepted"
         ):
             raise ValueError("give structured_output or server.json_schema/json_object, not both")
+        unserved = sorted(set(profile.listed_models or []) - set(self.models))
+        if unserved:
+            raise ValueError(f"server.listed_models names models not in models: {unserved}")
         return self
 
     @classmethod
