@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from devswarm.errors import UserError
 from devswarm.offline.outcome import Outcome, error
-from devswarm.offline.routes import AGENT_HEADER, ATTEMPT_HEADER, answer
+from devswarm.offline.request_log import RequestLog
+from devswarm.offline.routes import answer
 from devswarm.offline.scenario import Scenario
 
 # Scenario is re-exported: `from devswarm.offline.server import ModelServer, Scenario` is the API.
@@ -78,14 +79,16 @@ class _Handler(BaseHTTPRequestHandler):
             if outcome.delay > 0:
                 owner._stopping.wait(outcome.delay)  # overlaps across threads; stop() wakes it
             self._send(outcome)
-            owner._log_request(
-                when=when,
-                headers=self.headers,
-                path=urlsplit(self.path).path,
-                raw=raw,
-                outcome=outcome,
-                latency_ms=(time.monotonic() - started) * 1000,
-            )
+            log = owner._log  # read once: stop() may drop it meanwhile (a closed log ignores)
+            if log is not None:
+                log.write(
+                    when=when,
+                    headers=self.headers,
+                    path=urlsplit(self.path).path,
+                    raw=raw,
+                    outcome=outcome,
+                    latency_ms=(time.monotonic() - started) * 1000,
+                )
         finally:
             owner._busy(-1)
 
@@ -134,8 +137,7 @@ class ModelServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._log_lock = threading.Lock()
-        self._log_file: Any = None
+        self._log: RequestLog | None = None
         self._state = threading.Condition()
         self._in_flight = 0
         self._connections: set[socket.socket] = set()
@@ -158,8 +160,7 @@ class ModelServer:
         httpd.owner = self
         self.port = httpd.server_address[1]
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = self.log_path.open("a", encoding="utf-8")
+            self._log = RequestLog(self.log_path)
         self._stopping.clear()
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -189,10 +190,9 @@ class ModelServer:
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=grace)
-        with self._log_lock:
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         self._httpd = None
         self._thread = None
 
@@ -213,48 +213,6 @@ class ModelServer:
         with self._state:
             self._in_flight += delta
             self._state.notify_all()
-
-    def _log_request(
-        self,
-        *,
-        when: str,
-        headers: Any,
-        path: str,
-        raw: bytes,
-        outcome: Outcome,
-        latency_ms: float,
-    ) -> None:
-        if self._log_file is None:
-            return
-        try:
-            attempt = int(headers.get(ATTEMPT_HEADER) or 1)
-        except ValueError:
-            attempt = None
-        request: Any = None
-        if raw:
-            try:
-                request = json.loads(raw)
-            except ValueError:
-                request = raw.decode("utf-8", errors="replace")
-        line = {
-            "time": when,
-            "agent": headers.get(AGENT_HEADER) or "",
-            "attempt": attempt,
-            "step": outcome.step,
-            "path": path,
-            "request": request,
-            "status": outcome.status,
-            "response": outcome.body,
-            "usage": outcome.usage,
-            "latency_ms": round(latency_ms, 3),
-            "fault": outcome.fault,
-            "reply_from": outcome.reply_from,
-        }
-        text = json.dumps(line, ensure_ascii=False) + "\n"
-        with self._log_lock:
-            if self._log_file is not None:
-                self._log_file.write(text)
-                self._log_file.flush()
 
 
 def serve_forever(scenario_path: Path, port: int = 0, log_path: Path | None = None) -> None:
