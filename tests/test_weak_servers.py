@@ -4,6 +4,8 @@ real openai client with strict response validation."""
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -222,3 +224,55 @@ def test_a_gateway_lists_some_models_and_serves_only_known_ones() -> None:
     assert unknown.value.code == "model_not_found" and "offline-large" in unknown.value.message
     with pytest.raises(UserError, match="offline-large"):
         Scenario.from_data({"server": {"listed_models": ["offline-large"]}})
+
+
+def wait_until(condition, what: str) -> None:
+    """Poll `condition` (bounded): the test waits for server state, never asserts on time."""
+    for _ in range(2000):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_over_max_concurrent_a_request_gets_ollamas_503(tmp_path) -> None:
+    log = tmp_path / "requests.jsonl"
+    # The long latency holds the first two requests in their slots until the server stops.
+    scenario = {"latency": 120, "server": {"max_concurrent": 2}, "default": {"content": "ok"}}
+    with serve(scenario, log) as server, ThreadPoolExecutor(2) as pool:
+        api = client(server, "worker")
+        held = [pool.submit(ask, api, conversation(0, first=f"q{i}")) for i in range(2)]
+        wait_until(lambda: server.chats_in_flight == 2, "two requests in flight")
+        with pytest.raises(openai.InternalServerError) as busy:
+            ask(api, conversation(0, first="one too many"))
+        models = [m.id for m in api.models.list()]  # only chat requests take a slot
+        server.stop()  # wakes the held requests: they are answered
+        answers = [future.result().choices[0].message.content for future in held]
+    assert busy.value.status_code == 503 and busy.value.type == "api_error"
+    assert "maximum pending requests exceeded" in busy.value.message
+    assert models == ["offline-model"] and answers == ["ok", "ok"]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((line["status"], line["fault"]) for line in lines if line["request"]) == [
+        (200, None),
+        (200, None),
+        (503, "server_busy"),
+    ]
+
+
+def test_with_when_busy_queue_requests_wait_for_a_free_slot() -> None:
+    scenario = {
+        "latency": 120,
+        "server": {"max_concurrent": 1, "when_busy": "queue"},
+        "default": {"content": "ok"},
+    }
+    with serve(scenario) as server, ThreadPoolExecutor(2) as pool:
+        api = client(server, "worker")
+        first = pool.submit(ask, api, conversation(0, first="first"))
+        wait_until(lambda: server.chats_in_flight == 1, "the first request in flight")
+        second = pool.submit(ask, api, conversation(0, first="second"))
+        wait_until(lambda: server.chats_queued == 1, "the second request queued")
+        assert server.chats_in_flight == 1 and not second.done()
+        server.stop()
+        answers = [f.result().choices[0].message.content for f in (first, second)]
+    assert answers == ["ok", "ok"]
+    assert (server.chats_in_flight, server.chats_queued) == (0, 0)

@@ -14,6 +14,11 @@ AGENT_HEADER = "X-Devswarm-Agent"
 ATTEMPT_HEADER = "X-Devswarm-Attempt"
 
 
+def is_chat(method: str, path: str) -> bool:
+    """Whether a request is a chat completion (what a server's concurrency limit counts)."""
+    return method == "POST" and urlsplit(path).path.rstrip("/") == "/v1/chat/completions"
+
+
 def _model_object(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "devswarm"}
 
@@ -37,7 +42,7 @@ def answer(scenario: Scenario, method: str, path: str, headers: Any, raw: bytes)
             param="model",
             code="model_not_found",
         )
-    if method == "POST" and route == "/v1/chat/completions":
+    if is_chat(method, path):
         try:
             attempt = int(headers.get(ATTEMPT_HEADER) or 1)
         except ValueError:

@@ -149,6 +149,9 @@ class ServerProfile(_Strict):
     usage: bool = True  # false: completions carry no `usage` object
     # What GET /v1/models lists, when not every served model (gateways list partially).
     listed_models: list[str] | None = None
+    # Chat requests answered at once; past it, `reject` (Ollama's 503) or `queue` (llama.cpp).
+    max_concurrent: int | None = Field(default=None, ge=1)
+    when_busy: Literal["reject", "queue"] = "reject"
 
 
 class Scenario(_Strict):

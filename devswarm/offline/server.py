@@ -19,9 +19,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devswarm.errors import UserError
+from devswarm.offline.imitations import busy_refusal
 from devswarm.offline.outcome import Outcome, error
 from devswarm.offline.request_log import RequestLog
-from devswarm.offline.routes import answer
+from devswarm.offline.routes import answer, is_chat
 from devswarm.offline.scenario import Scenario
 
 # Scenario is re-exported: `from devswarm.offline.server import ModelServer, Scenario` is the API.
@@ -61,6 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.monotonic()
         when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         owner._busy(+1)
+        slot: bool | None = None
         try:
             raw = b""
             try:
@@ -72,10 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
                 outcome = error(400, "invalid Content-Length header", "invalid_request_error")
             else:
                 raw = self.rfile.read(length) if length else b""
-                try:
-                    outcome = answer(owner.scenario, method, self.path, self.headers, raw)
-                except Exception as exc:  # a server bug must still get an answer and a log line
-                    outcome = error(500, f"offline model server error: {exc!r}", "server_error")
+                slot = owner._take_slot() if is_chat(method, self.path) else None
+                outcome = busy_refusal() if slot is False else self._answer(method, raw)
             if outcome.delay > 0:
                 owner._stopping.wait(outcome.delay)  # overlaps across threads; stop() wakes it
             self._send(outcome)
@@ -90,7 +90,15 @@ class _Handler(BaseHTTPRequestHandler):
                     latency_ms=(time.monotonic() - started) * 1000,
                 )
         finally:
+            if slot:
+                owner._free_slot()
             owner._busy(-1)
+
+    def _answer(self, method: str, raw: bytes) -> Outcome:
+        try:
+            return answer(self.server.owner.scenario, method, self.path, self.headers, raw)
+        except Exception as exc:  # a server bug must still get an answer and a log line
+            return error(500, f"offline model server error: {exc!r}", "server_error")
 
     def _send(self, outcome: Outcome) -> None:
         data = json.dumps(outcome.body, ensure_ascii=False).encode("utf-8")
@@ -140,6 +148,8 @@ class ModelServer:
         self._log: RequestLog | None = None
         self._state = threading.Condition()
         self._in_flight = 0
+        self._chats = 0  # chat requests holding a slot (answering, or waiting out a delay)
+        self._queued = 0  # chat requests waiting for a slot (when_busy: queue)
         self._connections: set[socket.socket] = set()
 
     @property
@@ -178,6 +188,8 @@ class ModelServer:
         if httpd is None:
             return
         self._stopping.set()
+        with self._state:
+            self._state.notify_all()  # queued requests go ahead and answer
         httpd.shutdown()
         with self._state:
             self._state.wait_for(lambda: self._in_flight == 0, timeout=grace)
@@ -208,6 +220,37 @@ class ModelServer:
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
+
+    @property
+    def chats_in_flight(self) -> int:
+        """Chat requests being answered now (each holds one of `max_concurrent` slots)."""
+        with self._state:
+            return self._chats
+
+    @property
+    def chats_queued(self) -> int:
+        """Chat requests waiting for a slot (`when_busy: queue`)."""
+        with self._state:
+            return self._queued
+
+    def _take_slot(self) -> bool:
+        """Whether a chat request may be answered; under `queue` it waits for a free slot."""
+        profile = self.scenario.server
+        limit = profile.max_concurrent
+        with self._state:
+            if limit is not None and self._chats >= limit:
+                if profile.when_busy == "reject":
+                    return False
+                self._queued += 1
+                self._state.wait_for(lambda: self._chats < limit or self._stopping.is_set())
+                self._queued -= 1
+            self._chats += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._state:
+            self._chats -= 1
+            self._state.notify_all()
 
     def _busy(self, delta: int) -> None:
         with self._state:
