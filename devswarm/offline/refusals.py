@@ -74,9 +74,8 @@ def refused_chat_request(scenario: Scenario, body: dict) -> Outcome | None:
                 code="unsupported_parameter",
                 fault="output_limit_unsupported",
             )
-    return _structured_output_error(scenario, body.get("response_format")) or _tools_error(
-        scenario, body
-    )
+    refused = _structured_output_error(scenario, body.get("response_format"))
+    return refused if refused is not None else _tools_error(scenario, body)
 
 
 def _tools_error(scenario: Scenario, body: dict) -> Outcome | None:
