@@ -149,7 +149,7 @@ def model_server(scenario: dict, folder: Path) -> Iterator[tuple[str, Path]]:
         [
             sys.executable,
             "-m",
-            "devswarm.offline.server",
+            "devswarm.offline",
             "--scenario",
             str(spec),
             "--log",

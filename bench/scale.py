@@ -218,7 +218,7 @@ class _ModelServerMemory:
         self._pids = [
             p.pid
             for p in psutil.Process().children()
-            if "devswarm.offline.server" in " ".join(p.cmdline())
+            if "devswarm.offline" in " ".join(p.cmdline())
         ]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

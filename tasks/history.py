@@ -28,7 +28,7 @@ from prefect.states import Crashed
 from devswarm.errors import UserError
 from devswarm.ids import swarm_run_name
 from devswarm.records import flow_run_record, task_run_record
-from devswarm.report.report import latest_run
+from devswarm.report.data import latest_run
 from devswarm.store.store import Store, is_busy, open_readonly
 
 

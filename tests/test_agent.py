@@ -28,7 +28,9 @@ from devswarm.agent.loop import (
 from devswarm.agent.stuck import StuckDetector, StuckThresholds
 from devswarm.config import KNOWN_PRICES, AgentLimits
 from devswarm.model.client import ModelCallError, ModelClient
-from devswarm.offline.server import Faults, ModelServer, Scenario, _roll_fault
+from devswarm.offline.faults import roll_fault
+from devswarm.offline.scenario import Faults
+from devswarm.offline.server import ModelServer, Scenario
 from devswarm.records import RecordLog, read_records
 from devswarm.schemas import Plan
 from devswarm.tools.toolbox import Toolbox
@@ -462,7 +464,7 @@ def test_context_length_exceeded_shortens_and_retries_once(h: Harness) -> None:
 
     def roll(seed: int, step: int, messages: list) -> bool:
         faults = Faults(seed=seed, rate=0.5, kinds=kinds)
-        return _roll_fault(faults, WORKER, step, 1, messages) is not None
+        return roll_fault(faults, WORKER, step, 1, messages) is not None
 
     seed = next(
         s for s in range(1000) if not roll(s, 0, m0) and roll(s, 1, m1) and not roll(s, 1, m1_short)

@@ -410,7 +410,7 @@ def test_module_runs_as_a_server_process(tmp_path: Path) -> None:
     stderr = tmp_path / "stderr.txt"
     paths = [str(Path(devswarm.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    command = [sys.executable, "-m", "devswarm.offline.server", "--scenario", str(scenario)]
+    command = [sys.executable, "-m", "devswarm.offline", "--scenario", str(scenario)]
     with (
         stderr.open("w") as errors,
         subprocess.Popen(
@@ -443,7 +443,7 @@ def test_module_reports_a_bad_scenario_in_one_line(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "devswarm.offline.server",
+            "devswarm.offline",
             "--scenario",
             str(tmp_path / "nope.json"),
         ],

@@ -87,7 +87,9 @@ def report(
     db: DbOption = None,
 ) -> None:
     """Summarise a run: cost, who did what, outcomes, hot files, latency (and an HTML file)."""
-    from devswarm.report.report import load_report, render_html, report_lines
+    from devswarm.report.data import load_report
+    from devswarm.report.html import render_html
+    from devswarm.report.text import report_lines
     from devswarm.store.store import open_readonly
 
     try:

@@ -92,7 +92,7 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from devswarm.report.report import summary_lines
+    from devswarm.report.text import summary_lines
 
     for line in summary_lines(summary):
         typer.echo(line)

@@ -12,7 +12,7 @@ from typing import Any
 
 from devswarm.config import SwarmConfig
 from devswarm.ids import new_run_name
-from devswarm.report.report import write_html_report
+from devswarm.report.html import write_html_report
 from devswarm.run.registry import hand_over_key
 from flows.swarm import swarm
 from tasks.history import import_history, wait_for_history

@@ -213,7 +213,7 @@ class Run:
         except Exception as exc:
             _log.warning("run %s not merged into %s: %s", self.run_id, self.config.db_path, exc)
         try:
-            from devswarm.report.report import write_html_report
+            from devswarm.report.html import write_html_report
 
             return write_html_report(self.config.db_path, self.run_id, self.dir / "report.html")
         except Exception as exc:
