@@ -27,7 +27,7 @@ def _quiet_prefect() -> None:
     """
     api = os.environ.get("PREFECT_API_URL")
     if api and not os.environ.get("PREFECT_API_AUTH_STRING"):
-        from devswarm.server import server
+        from devswarm import server
 
         try:
             state = server.status()
@@ -259,7 +259,7 @@ def execute(cfg, *, resume: bool = False) -> dict:
     _quiet_prefect()
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
-    from devswarm.server.server import SQLITE_WORKER_CAP, worker_cap
+    from devswarm.server import SQLITE_WORKER_CAP, worker_cap
 
     if cfg.max_workers > SQLITE_WORKER_CAP:
         cap, why = worker_cap(

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from devswarm import server
 from devswarm.errors import UserError
-from devswarm.server import server
+from devswarm.procs import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSWARM = [sys.executable, "-m", "devswarm.cli"]
@@ -197,7 +198,8 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert bench.returncode == 0, bench.stdout + bench.stderr[-2000:]
     assert bench.stdout.startswith("50/50 concurrent no-op subflows completed")
 
-    # Task-run events are written in batches (devswarm/server.py), and still all of them, soon.
+    # Task-run events are written in batches (devswarm/server/prefect.py), and still all of
+    # them, soon.
     environ = Path(f"/proc/{state.pid}/environ").read_bytes().split(b"\0")
     assert b"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=200" in environ
     assert b"PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS=60" in environ
@@ -214,7 +216,7 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
     stopped = cli("server", "stop", env=env)
     assert stopped.stdout.startswith("stopped"), stopped.stdout + stopped.stderr
-    assert not server._alive(state.pid) and not server._alive(postmaster)
+    assert not pid_alive(state.pid) and not pid_alive(postmaster)
     assert _get(f"{api_url}/health", None) is None
     down = cli("server", "status", env=env)
     assert down.returncode == 1 and down.stdout.startswith("down"), down.stdout + down.stderr

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _root(dir: Path | None) -> Path:
-    from devswarm.server.server import server_dir
+    from devswarm.server import server_dir
 
     return (dir or server_dir()).expanduser().resolve()
 
@@ -42,8 +42,8 @@ def start(
 ) -> None:
     """Start PostgreSQL and the Prefect server in the background; return once it is healthy."""
     from devswarm.cli import _fail
-    from devswarm.server.server import ServerPaths
-    from devswarm.server.server import start as start_server
+    from devswarm.server import ServerPaths
+    from devswarm.server import start as start_server
 
     root = _root(dir)
     try:
@@ -64,7 +64,7 @@ def start(
 def stop(dir: DirOption = None) -> None:
     """Stop the Prefect server and its PostgreSQL (from any process)."""
     from devswarm.cli import _fail
-    from devswarm.server.server import stop as stop_server
+    from devswarm.server import stop as stop_server
 
     root = _root(dir)
     try:
@@ -77,7 +77,7 @@ def stop(dir: DirOption = None) -> None:
 @server_app.command()
 def status(dir: DirOption = None) -> None:
     """Say whether the server is up, and where. Exit 1 when it is down."""
-    from devswarm.server.server import status as server_status
+    from devswarm.server import status as server_status
 
     root = _root(dir)
     state = server_status(root)
