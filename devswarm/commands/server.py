@@ -1,4 +1,5 @@
-"""devswarm CLI commands: `devswarm server start|stop|status` (a Prefect server on PostgreSQL)."""
+"""devswarm CLI commands: `devswarm server start|stop|status` (a Prefect server on PostgreSQL,
+and run reports served on loopback)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def start(
     dir: DirOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 4200,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy server")] = 120.0,
+    report_port: Annotated[
+        int | None,
+        typer.Option(help="Port on 127.0.0.1 for run reports (default --port + 1 if free)"),
+    ] = None,
 ) -> None:
     """Start PostgreSQL and the Prefect server in the background; return once it is healthy."""
     from devswarm.cli import _fail
@@ -47,7 +52,7 @@ def start(
 
     root = _root(dir)
     try:
-        state, opened = start_server(root, port=port, timeout=timeout)
+        state, opened = start_server(root, port=port, timeout=timeout, report_port=report_port)
     except UserError as exc:
         _fail(str(exc))
     for folder in opened:
@@ -55,6 +60,7 @@ def start(
     auth = ServerPaths(root).auth
     typer.echo(f"Prefect server up at {state.url} (PostgreSQL; ready in {state.start_seconds} s)")
     typer.echo(f"UI login: the contents of {auth} (readable by you only)")
+    typer.echo(f"Run reports at {state.reports_url}<token> (the run summary links each one)")
     typer.echo("Point clients (devswarm run, prefect deploy, prefect worker) at it with:")
     typer.echo(f"  export PREFECT_API_URL={state.api_url}")
     typer.echo(f'  export PREFECT_API_AUTH_STRING="$(cat {auth})"')
@@ -77,6 +83,7 @@ def stop(dir: DirOption = None) -> None:
 @server_app.command()
 def status(dir: DirOption = None) -> None:
     """Say whether the server is up, and where. Exit 1 when it is down."""
+    from devswarm.server import report_server_up
     from devswarm.server import status as server_status
 
     root = _root(dir)
@@ -88,3 +95,7 @@ def status(dir: DirOption = None) -> None:
         f"up: {state.url} (PREFECT_API_URL={state.api_url}; {state.database}; pid {state.pid}; "
         f"since {state.started_at})"
     )
+    if report_server_up(state):
+        typer.echo(f"reports: {state.reports_url}<token> (pid {state.report_server_pid})")
+    else:
+        typer.echo("reports: not served (devswarm server start serves them again)")

@@ -3,6 +3,7 @@
 The room's door: callers use these names; the modules behind it are
 `folder` (the server folder and its files), `postgres` (the embedded database),
 `prefect` (Prefect's server process, health, what a backend holds) and
+`report_http` (run reports served on loopback), `reports` (their registrations) and
 `lifecycle` (start, stop, status).
 """
 
@@ -18,6 +19,7 @@ from devswarm.server.folder import (
 from devswarm.server.lifecycle import DEFAULT_PORT, start, status, stop
 from devswarm.server.postgres import PG_SYSTEM_USER
 from devswarm.server.prefect import SQLITE_WORKER_CAP, database_backend, healthy, worker_cap
+from devswarm.server.report_http import report_server_up, report_url
 
 __all__ = [
     "DEFAULT_PORT",
@@ -31,6 +33,8 @@ __all__ = [
     "healthy",
     "read_auth",
     "read_state",
+    "report_server_up",
+    "report_url",
     "server_dir",
     "start",
     "status",

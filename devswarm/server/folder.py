@@ -5,6 +5,9 @@ Layout of the server folder (`server_dir()`):
     auth            basic-auth string "admin:<random>", 0600 (clients: PREFECT_API_AUTH_STRING)
     server.json     state of the running server (pids, URLs, socket folder), 0600
     prefect.log     the Prefect server's output
+    reports/        run reports registered for the report server: <token>.json → report path,
+                    0700 (a token is the only key to a report's URL)
+    reports.log     the report server's output (never a URL: URLs hold tokens)
     prefect/        PREFECT_HOME of the server process
     pgdata/         the PostgreSQL cluster (0700, owned by the database's system user)
     pgrun/          the database's unix socket, 0700: only its owner (and root) can connect,
@@ -46,6 +49,15 @@ class ServerState(BaseModel):
     socket_dir: str
     started_at: str
     start_seconds: float = 0.0
+    report_server_pid: int | None = None  # serves run reports on loopback (report_http.py)
+    report_server_port: int | None = None
+
+    @property
+    def reports_url(self) -> str | None:
+        """Where the report server serves registered reports: this URL + a token."""
+        if self.report_server_port is None:
+            return None
+        return f"http://127.0.0.1:{self.report_server_port}/reports/"
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,14 @@ class ServerPaths:
     @property
     def pglog(self) -> Path:
         return self.pgdata / "postgres.log"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def report_log(self) -> Path:
+        return self.root / "reports.log"
 
     @property
     def lock(self) -> Path:

