@@ -24,6 +24,7 @@ from devswarm.records import now
 from devswarm.run.run import Run, drain_on_signals, record_skip, take_key
 from devswarm.scheduler import Scheduler
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
+from devswarm.server import report_url
 from flows.judge import judge
 from flows.plan import followup, plan
 from flows.work import work
@@ -171,8 +172,10 @@ def _summary_artifact(summary: dict[str, Any]) -> None:
     md = "\n".join(f"- **{k}**: `{v}`" for k, v in summary.items() if k != "verdict")
     if summary.get("verdict"):
         md += f"\n\n## Verdict\n{summary['verdict']['decision']}: {summary['verdict']['reasons']}"
-    if summary.get("report"):
-        md += f"\n\n[HTML report]({Path(summary['report']).as_uri()}) (a self-contained file)"
+    # A browser opens no file:// link from the UI: link the report only where this machine's
+    # `devswarm server` serves it; elsewhere its path stays text (the report line above).
+    if summary.get("report") and (url := report_url(Path(summary["report"]), summary["run_id"])):
+        md += f"\n\n[HTML report]({url}) (served on this machine by `devswarm server`)"
     create_markdown_artifact(
         key="swarm-summary",
         markdown=f"# Swarm run {summary['run_id']}\n\n{md}\n\n_written {now()}_",

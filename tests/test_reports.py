@@ -181,3 +181,46 @@ def test_no_url_without_a_running_report_server(report_server: ServerState, tmp_
     assert not (tmp_path / "server" / "reports").exists() or not any(
         (tmp_path / "server" / "reports").iterdir()
     )
+
+
+def test_the_run_summary_links_the_served_report(
+    prefect_server: None, report_server: ServerState, tmp_path: Path, monkeypatch
+) -> None:
+    """The swarm's summary artifact in the Prefect UI links the report where the report
+    server serves it; without a report server the path stays text, never a file:// link."""
+    from prefect import flow
+
+    from flows.swarm import _summary_artifact
+
+    report = _report(tmp_path)
+
+    @flow
+    def summarise() -> str:
+        _summary_artifact({"run_id": "r1", "status": "done", "report": str(report)})
+        return _summary_markdown()
+
+    monkeypatch.setenv("DEVSWARM_HOME", str(tmp_path))  # the server folder: <home>/server
+    served = summarise()
+    link = served.split("[HTML report](", 1)[1].split(")", 1)[0]
+    assert link.startswith(report_server.reports_url), served
+    path = link.removeprefix(f"http://127.0.0.1:{report_server.report_server_port}")
+    assert _get(report_server.report_server_port, path) == (200, REPORT.encode())
+
+    monkeypatch.setenv("DEVSWARM_HOME", str(tmp_path / "no-server-here"))
+    unserved = summarise()
+    assert f"`{report}`" in unserved and "[HTML report]" not in unserved
+    assert "file://" not in unserved
+
+
+def _summary_markdown() -> str:
+    """The summary artifact of the running flow run, as the UI shows it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+    (summary,) = [a for a in artifacts if a.key == "swarm-summary"]
+    return summary.data
