@@ -96,7 +96,7 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
     if kind == "ephemeral":
         yield PrefectServer("ephemeral")
         return
-    from devswarm.server import server
+    from devswarm import server
 
     root = scratch("server") / "server"  # also makes a SIGTERM run the finally below
     try:
@@ -114,7 +114,7 @@ def prefect_server(kind: str) -> Iterator[PrefectServer]:
 def worker_cap(kind: str, wanted: int) -> int:
     """Workers at once on this server: `devswarm run` caps them on Prefect's temporary SQLite
     server (it answers 503s under concurrent subflow starts); benches do the same."""
-    from devswarm.server.server import SQLITE_WORKER_CAP
+    from devswarm.server import SQLITE_WORKER_CAP
 
     return min(wanted, SQLITE_WORKER_CAP) if kind == "ephemeral" else wanted
 

@@ -83,9 +83,9 @@ def main() -> int:
 
     import subprocess
 
-    from devswarm.server import server
+    from devswarm import server
 
-    # Under /tmp, never under root's home (see devswarm/server.py).
+    # Under /tmp, never under root's home (see devswarm/server/folder.py).
     root = Path(tempfile.mkdtemp(prefix="devswarm-bench-", dir="/tmp")) / "server"
     port = free_port()
     try:

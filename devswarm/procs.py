@@ -32,6 +32,15 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def command_line(pid: int) -> list[bytes] | None:
+    """The arguments `pid` was started with, or None when they cannot be read (no /proc, or
+    the process is gone): callers that check what a recorded pid runs then trust the pid."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return None
+
+
 def wait_dead(pid: int, timeout: float) -> bool:
     """Wait up to `timeout` seconds for `pid` to end; whether it did."""
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from devswarm.records import now
 from devswarm.schemas import CheckResult, Plan, PlannedTask, Verdict, WorkerReport
+from devswarm.server import report_url
 
 
 def plan_artifact(plan_path: str, cycle: int, plan: Plan, tasks: list[PlannedTask]) -> None:
@@ -73,8 +74,10 @@ def summary_artifact(summary: dict[str, Any]) -> None:
     md = "\n".join(f"- **{k}**: `{v}`" for k, v in summary.items() if k != "verdict")
     if summary.get("verdict"):
         md += f"\n\n## Verdict\n{summary['verdict']['decision']}: {summary['verdict']['reasons']}"
-    if summary.get("report"):
-        md += f"\n\n[HTML report]({Path(summary['report']).as_uri()}) (a self-contained file)"
+    # A browser opens no file:// link from the UI: link the report only where this machine's
+    # `devswarm server` serves it; elsewhere its path stays text (the report line above).
+    if summary.get("report") and (url := report_url(Path(summary["report"]), summary["run_id"])):
+        md += f"\n\n[HTML report]({url}) (served on this machine by `devswarm server`)"
     create_markdown_artifact(
         key="swarm-summary",
         markdown=f"# Swarm run {summary['run_id']}\n\n{md}\n\n_written {now()}_",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devswarm.server import server
+from devswarm import server
 from tests.conftest import git, make_repo
 from tests.test_blocks import CALC, KEY, MUL_SCENARIO
 from tests.test_server import fresh_server_folder

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from devswarm import server
 from devswarm.errors import UserError
-from devswarm.server import server
+from devswarm.procs import pid_alive, wait_dead
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSWARM = [sys.executable, "-m", "devswarm.cli"]
@@ -176,6 +178,7 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert _get(f"{api_url}/flows/filter", None, method="POST") == 401
     assert _get(f"{api_url}/admin/version", auth) == 200
     assert _get(f"http://127.0.0.1:{port}/", None) == 200  # the UI
+    _reports_are_served(root, started.stdout, env)
 
     # Another process sees it up, and devswarm run would not cap the workers.
     status = cli("server", "status", env=env)
@@ -197,7 +200,8 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert bench.returncode == 0, bench.stdout + bench.stderr[-2000:]
     assert bench.stdout.startswith("50/50 concurrent no-op subflows completed")
 
-    # Task-run events are written in batches (devswarm/server.py), and still all of them, soon.
+    # Task-run events are written in batches (devswarm/server/prefect.py), and still all of
+    # them, soon.
     environ = Path(f"/proc/{state.pid}/environ").read_bytes().split(b"\0")
     assert b"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE=200" in environ
     assert b"PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS=60" in environ
@@ -212,9 +216,11 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert recorded.stdout.startswith("recorded 7 of 7"), recorded.stdout + recorded.stderr[-2000:]
 
     postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
+    reports_pid = server.read_state(root).report_server_pid
     stopped = cli("server", "stop", env=env)
     assert stopped.stdout.startswith("stopped"), stopped.stdout + stopped.stderr
-    assert not server._alive(state.pid) and not server._alive(postmaster)
+    assert not pid_alive(state.pid) and not pid_alive(postmaster)
+    assert not pid_alive(reports_pid)
     assert _get(f"{api_url}/health", None) is None
     down = cli("server", "status", env=env)
     assert down.returncode == 1 and down.stdout.startswith("down"), down.stdout + down.stderr
@@ -226,6 +232,31 @@ def _start_status_subflows_stop(root: Path, monkeypatch) -> None:
     assert (root / "auth").read_text().strip() == auth
     assert _get(f"{api_url}/admin/version", auth) == 200
     assert cli("server", "stop", env=env).returncode == 0
+
+
+def _reports_are_served(root: Path, start_output: str, env: dict) -> None:
+    """The report server runs beside the Prefect server: a run's report is served at the URL
+    the run gets; status shows where; a start restarts a report server that died."""
+    state = server.read_state(root)
+    assert state is not None and state.reports_url is not None
+    assert state.report_server_port != state.port
+    assert f"Run reports at {state.reports_url}<token>" in start_output, start_output
+    report = root.parent / "runs" / "r1" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<p>the report</p>")
+    url = server.report_url(report, "r1", root=root)
+    assert url is not None and _get(url, None) == 200
+    assert _get(url[:-1] + ("x" if url[-1] != "x" else "y"), None) == 404
+    status = cli("server", "status", env=env)
+    assert f"reports: {state.reports_url}<token>" in status.stdout, status.stdout + status.stderr
+    os.kill(state.report_server_pid, signal.SIGKILL)
+    assert wait_dead(state.report_server_pid, 10)
+    assert server.report_url(report, "r1", root=root) is None  # the caller shows the path
+    again = cli("server", "start", "--port", str(state.port), env=env)
+    assert again.returncode == 0, again.stderr
+    restarted = server.read_state(root)
+    assert restarted.pid == state.pid and restarted.report_server_pid != state.report_server_pid
+    assert _get(url, None) == 200  # registrations outlive the report server
 
 
 _TASK_RUNS_RECORDED = """

@@ -29,7 +29,7 @@ def quiet_prefect() -> None:
     """
     api = os.environ.get("PREFECT_API_URL")
     if api and not os.environ.get("PREFECT_API_AUTH_STRING"):
-        from devswarm.server import server
+        from devswarm import server
 
         try:
             state = server.status()
@@ -69,7 +69,7 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     quiet_prefect()
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
-    from devswarm.server.server import SQLITE_WORKER_CAP, worker_cap
+    from devswarm.server import SQLITE_WORKER_CAP, worker_cap
 
     if cfg.max_workers > SQLITE_WORKER_CAP:
         cap, why = worker_cap(

@@ -1,4 +1,5 @@
-"""devswarm CLI commands: `devswarm server start|stop|status` (a Prefect server on PostgreSQL)."""
+"""devswarm CLI commands: `devswarm server start|stop|status` (a Prefect server on PostgreSQL,
+and run reports served on loopback)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _root(dir: Path | None) -> Path:
-    from devswarm.server.server import server_dir
+    from devswarm.server import server_dir
 
     return (dir or server_dir()).expanduser().resolve()
 
@@ -40,14 +41,18 @@ def start(
     dir: DirOption = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 4200,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy server")] = 120.0,
+    report_port: Annotated[
+        int | None,
+        typer.Option(help="Port on 127.0.0.1 for run reports (default --port + 1 if free)"),
+    ] = None,
 ) -> None:
     """Start PostgreSQL and the Prefect server in the background; return once it is healthy."""
-    from devswarm.server.server import ServerPaths
-    from devswarm.server.server import start as start_server
+    from devswarm.server import ServerPaths
+    from devswarm.server import start as start_server
 
     root = _root(dir)
     try:
-        state, opened = start_server(root, port=port, timeout=timeout)
+        state, opened = start_server(root, port=port, timeout=timeout, report_port=report_port)
     except UserError as exc:
         fail(str(exc))
     for folder in opened:
@@ -55,6 +60,7 @@ def start(
     auth = ServerPaths(root).auth
     typer.echo(f"Prefect server up at {state.url} (PostgreSQL; ready in {state.start_seconds} s)")
     typer.echo(f"UI login: the contents of {auth} (readable by you only)")
+    typer.echo(f"Run reports at {state.reports_url}<token> (the run summary links each one)")
     typer.echo("Point clients (devswarm run, prefect deploy, prefect worker) at it with:")
     typer.echo(f"  export PREFECT_API_URL={state.api_url}")
     typer.echo(f'  export PREFECT_API_AUTH_STRING="$(cat {auth})"')
@@ -63,7 +69,7 @@ def start(
 @server_app.command()
 def stop(dir: DirOption = None) -> None:
     """Stop the Prefect server and its PostgreSQL (from any process)."""
-    from devswarm.server.server import stop as stop_server
+    from devswarm.server import stop as stop_server
 
     root = _root(dir)
     try:
@@ -76,7 +82,8 @@ def stop(dir: DirOption = None) -> None:
 @server_app.command()
 def status(dir: DirOption = None) -> None:
     """Say whether the server is up, and where. Exit 1 when it is down."""
-    from devswarm.server.server import status as server_status
+    from devswarm.server import report_server_up
+    from devswarm.server import status as server_status
 
     root = _root(dir)
     state = server_status(root)
@@ -87,3 +94,7 @@ def status(dir: DirOption = None) -> None:
         f"up: {state.url} (PREFECT_API_URL={state.api_url}; {state.database}; pid {state.pid}; "
         f"since {state.started_at})"
     )
+    if report_server_up(state):
+        typer.echo(f"reports: {state.reports_url}<token> (pid {state.report_server_pid})")
+    else:
+        typer.echo("reports: not served (devswarm server start serves them again)")
