@@ -159,7 +159,7 @@ def run(
                 raise UserError(f"--executor must be local or deployment, not {executor!r}")
             cfg.executor = executor  # type: ignore[assignment]
         if remote is not None:
-            from devswarm.git.workspace import remote_url
+            from devswarm.git.remote import remote_url
 
             cfg.remote = remote_url(remote)
         summary = execute(cfg)

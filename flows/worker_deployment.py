@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from devswarm.config import SwarmConfig, default_home
 from devswarm.errors import UserError
-from devswarm.git.workspace import init_bare_remote, remote_url
+from devswarm.git.remote import init_bare_remote, remote_url
 from devswarm.model.ledger import Reservation
 from devswarm.records import now, read_records
 from devswarm.run.run import Run, safe_name, work_task, worker_id

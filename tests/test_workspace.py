@@ -543,7 +543,7 @@ def test_changed_files_and_diff_stat_include_untracked(repo: Path, tmp_path: Pat
 def test_git_runs_in_its_own_process_group(repo: Path) -> None:
     """A signal to devswarm's process group (Ctrl-C, Prefect's runner cancelling a deployment's
     run) must not reach a git command halfway through a rebase or a ref update."""
-    from devswarm.git.workspace import _run_git
+    from devswarm.git.plumbing import run_git as _run_git
 
     alias = "alias.pgrp=!awk '{print $5}' /proc/self/stat"
     proc = _run_git(repo, ("-c", alias, "pgrp"), None)
