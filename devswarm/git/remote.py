@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 from devswarm.errors import UserError
 from devswarm.git.locks import ADD_LOCKS, LANES, MachineLane, file_lock, registered
 from devswarm.git.plumbing import (
-    CLONE_CONFIG,
     GitError,
     check_branch_name,
     first_line,
@@ -94,40 +92,14 @@ class RemoteWorkspace(Workspace):
         self._add_lock = registered(ADD_LOCKS, key, threading.RLock)
         self.home.mkdir(parents=True, exist_ok=True)
         with file_lock(self.home / ".clone.lock"):
-            self._open_remote_clone()
+            self._open_or_clone(
+                self.url,
+                what=f"the shared remote {self.url}",
+                folder="folder",
+                same_origin=lambda origin: origin == self.url,
+            )
         self.worktrees_dir.mkdir(parents=True, exist_ok=True)
         self.base_commit = self.tip()
-
-    def _open_remote_clone(self) -> None:
-        if (self.clone / ".git").is_dir():
-            url = git(self.clone, "config", "--get", "remote.origin.url", check=False).stdout
-            if url.strip() != self.url:
-                raise UserError(
-                    f"{self.home} holds a clone of {url.strip() or 'another repository'}, "
-                    f"not {self.url}; use another folder"
-                )
-            return
-        if self.clone.exists():
-            raise UserError(f"{self.clone} exists and is not a devswarm clone; use another folder")
-        tmp = self.home / f"clone.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        config = [a for k, v in CLONE_CONFIG.items() for a in ("-c", f"{k}={v}")]
-        proc = git(
-            self.home,
-            "clone",
-            "--no-checkout",
-            "--quiet",
-            "--origin",
-            "origin",
-            *config,
-            self.url,
-            str(tmp),
-            check=False,
-        )
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise UserError(f"cannot clone the shared remote {self.url}: {first_line(proc.stderr)}")
-        os.rename(tmp, self.clone)
 
     def tip(self) -> str:
         """The branch's commit on the shared remote now (fetched into the clone)."""

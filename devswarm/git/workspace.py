@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,24 +117,48 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
     # -- clone and branch -------------------------------------------------------------------
 
     def _open_clone(self) -> None:
+        cloned = self._open_or_clone(
+            str(self.user_repo),
+            "--shared",
+            what=str(self.user_repo),
+            folder="data folder",
+            same_origin=lambda url: bool(url) and Path(url).resolve() == self.user_repo,
+        )
+        if cloned:
+            # Detached, so no branch counts as checked out in the clone itself.
+            git(self.clone, "update-ref", "--no-deref", "HEAD", self.base_commit)
+            return
+        # A process killed inside `git worktree add` leaves a worktree whose HEAD is all
+        # zeros, and fetch refuses to run while it exists: drop dead processes' worktrees.
+        self.prune()
+        fetch = ("fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin")
+        proc = git(self.clone, *fetch, check=False)
+        if proc.returncode != 0:
+            raise UserError(f"cannot refresh {self.clone}: {first_line(proc.stderr)}")
+
+    def _open_or_clone(
+        self,
+        source: str,
+        *options: str,
+        what: str,
+        folder: str,
+        same_origin: Callable[[str], bool],
+    ) -> bool:
+        """Clone `source` into `<home>/clone` unless that clone exists; True if it cloned.
+
+        UserError if `<home>/clone` is something else (not a clone, or a clone of another
+        origin: `same_origin(url)` is false), or the clone fails ("cannot clone <what>")."""
         if (self.clone / ".git").is_dir():
             url = git(self.clone, "config", "--get", "remote.origin.url", check=False).stdout
-            if not url.strip() or Path(url.strip()).resolve() != self.user_repo:
+            if not same_origin(url.strip()):
                 raise UserError(
                     f"{self.home} holds a clone of {url.strip() or 'another repository'}, "
-                    f"not {self.user_repo}; use another data folder"
+                    f"not {source}; use another {folder}"
                 )
-            # A process killed inside `git worktree add` leaves a worktree whose HEAD is all
-            # zeros, and fetch refuses to run while it exists: drop dead processes' worktrees.
-            self.prune()
-            fetch = ("fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin")
-            proc = git(self.clone, *fetch, check=False)
-            if proc.returncode != 0:
-                raise UserError(f"cannot refresh {self.clone}: {first_line(proc.stderr)}")
-            return
+            return False
         if self.clone.exists():  # clones are renamed into place whole, so this is not ours
             raise UserError(
-                f"{self.clone} exists and is not a devswarm clone; use another data folder"
+                f"{self.clone} exists and is not a devswarm clone; use another {folder}"
             )
         tmp = self.home / f"clone.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,22 +166,21 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         proc = git(
             self.home,
             "clone",
-            "--shared",
+            *options,
             "--no-checkout",
             "--quiet",
             "--origin",  # not the user's clone.defaultRemoteName
             "origin",
             *config,
-            str(self.user_repo),
+            source,
             str(tmp),
             check=False,
         )
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise UserError(f"cannot clone {self.user_repo}: {first_line(proc.stderr)}")
+            raise UserError(f"cannot clone {what}: {first_line(proc.stderr)}")
         os.rename(tmp, self.clone)  # complete or absent, never half-made
-        # Detached, so no branch counts as checked out in the clone itself.
-        git(self.clone, "update-ref", "--no-deref", "HEAD", self.base_commit)
+        return True
 
     def _set_branch(self, user_tip: str | None) -> None:
         current = rev(self.clone, self.ref)
