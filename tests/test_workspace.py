@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -549,3 +550,22 @@ def test_git_runs_in_its_own_process_group(repo: Path) -> None:
     proc = _run_git(repo, ("-c", alias, "pgrp"), None)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) != os.getpgrp()
+
+
+def test_prune_drops_the_worktree_of_an_exited_child_not_yet_reaped(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A zombie (exited, not reaped by its parent) owns nothing: its worktree is a leftover."""
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    wt = ws.add_worktree("zombie", ws.tip())
+    child = subprocess.Popen(["true"])
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    git(ws.clone, "worktree", "unlock", str(wt))
+    reason = f"devswarm pid {child.pid} on {socket.gethostname()}"
+    git(ws.clone, "worktree", "lock", "--reason", reason, str(wt))
+
+    ws.prune()
+
+    assert not wt.exists() and str(wt) not in git(ws.clone, "worktree", "list", "--porcelain")
+    child.wait()

@@ -27,7 +27,7 @@ from devswarm.git.plumbing import (
     lost_race,
 )
 from devswarm.git.workspace import Workspace
-from devswarm.git.worktrees import _pid_alive
+from devswarm.procs import pid_alive
 
 
 def init_bare_remote(path: Path) -> str:
@@ -146,7 +146,7 @@ class RemoteWorkspace(Workspace):
         super().prune()
         for folder in (self.home / "worktrees").iterdir():
             host, _, pid = folder.name.rpartition("-")
-            if host == self._host and pid.isdigit() and not _pid_alive(int(pid)):
+            if host == self._host and pid.isdigit() and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty: live worktrees are pruned above or kept
 

@@ -17,19 +17,10 @@ import time
 from pathlib import Path
 
 from devswarm.git.plumbing import GitError, first_line, git, rev
+from devswarm.procs import pid_alive
 
 WORKTREE_ADD_ATTEMPTS = 5
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Worktrees:
@@ -128,7 +119,7 @@ class Worktrees:
                 m = re.fullmatch(r"devswarm pid (\d+) on (.+)", reason or "")
                 if not path.exists():
                     self.remove_worktree(path)  # deleted by hand: unusable, whoever owns it
-                elif m and m[2] == host and int(m[1]) != me and not _pid_alive(int(m[1])):
+                elif m and m[2] == host and int(m[1]) != me and not pid_alive(int(m[1])):
                     self.remove_worktree(path)
                 elif reason is None and path.parent == self.worktrees_dir:
                     self.remove_worktree(path)  # ours are always locked: this one is a leftover
