@@ -569,3 +569,50 @@ def test_prune_drops_the_worktree_of_an_exited_child_not_yet_reaped(
 
     assert not wt.exists() and str(wt) not in git(ws.clone, "worktree", "list", "--porcelain")
     child.wait()
+
+
+def registered_worktrees(ws: Workspace) -> list[str]:
+    out = git(ws.clone, "worktree", "list", "--porcelain")
+    return [
+        line.removeprefix("worktree ") for line in out.splitlines() if line.startswith("worktree ")
+    ][1:]
+
+
+def test_worktree_block_removes_the_worktree_when_it_ends(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    with ws.worktree("t", ws.tip()) as wt:
+        assert (wt / "src" / "a.py").read_text() == "x = 1\n"
+        assert registered_worktrees(ws) == [str(wt)]
+        (wt / "dirty.txt").write_text("uncommitted\n")
+    assert not wt.exists() and registered_worktrees(ws) == []
+
+
+def test_worktree_block_removes_the_worktree_after_an_exception(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    with pytest.raises(RuntimeError, match="the agent crashed"), ws.worktree("t", ws.tip()) as wt:
+        (wt / "half.txt").write_text("half done\n")
+        raise RuntimeError("the agent crashed")
+    assert not wt.exists() and registered_worktrees(ws) == []
+
+
+def test_worktree_block_removes_a_worktree_left_mid_conflict(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    base = ws.tip()
+    ws.land(work(ws, "first", {"src/a.py": "x = 2\n"}))
+    with ws.worktree("second", base) as wt:
+        (wt / "src" / "a.py").write_text("x = 3\n")
+        ws.commit(wt, "task second", TRAILERS)
+        assert ws.begin_conflict(wt, ws.tip()) == ["src/a.py"]
+    assert not wt.exists() and str(wt) not in registered_worktrees(ws)
+
+
+def test_a_worktree_name_is_free_again_after_its_block(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    with ws.worktree("same", ws.tip()) as first:
+        (first / "first.txt").write_text("1\n")
+    ws.land(work(ws, "other", {"n.txt": "n\n"}))
+    with ws.worktree("same", ws.tip()) as second:
+        assert second == first
+        assert (second / "n.txt").exists() and not (second / "first.txt").exists()
+        assert git(second, "rev-parse", "HEAD") == ws.tip()
+    assert registered_worktrees(ws) == [str(ws.worktrees_dir / "other")]

@@ -1,5 +1,8 @@
 """Worktrees of the private clone: one per worker, added at a commit, removed whatever its state.
 
+`with workspace.worktree(name, base) as path:` is a worktree's whole lifetime; add_worktree and
+remove_worktree are its two halves, for callers that cannot hold a `with` block open.
+
 Each worktree is locked with its owner's pid and host, so prune() in any process drops only the
 worktrees of dead processes. `git worktree add` and `remove` on one repository fail now and then
 when run concurrently: a lock per clone serializes them in this process, a retry covers others.
@@ -7,6 +10,7 @@ when run concurrently: a lock per clone serializes them in this process, a retry
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -14,6 +18,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from devswarm.git.plumbing import GitError, first_line, git, rev
@@ -29,6 +34,16 @@ class Worktrees:
     clone: Path
     worktrees_dir: Path
     _add_lock: threading.RLock  # reentrant: prune() holds it while it calls remove_worktree()
+
+    @contextlib.contextmanager
+    def worktree(self, name: str, base: str) -> Iterator[Path]:
+        """A worktree for the length of a `with` block (as add_worktree), removed on every way
+        out of it: the end of the block, an exception, a cancellation."""
+        path = self.add_worktree(name, base)
+        try:
+            yield path
+        finally:
+            self.remove_worktree(path)
 
     def add_worktree(self, name: str, base: str) -> Path:
         """A new worktree `<home>/worktrees/<name>` with a detached HEAD at commit `base`."""
