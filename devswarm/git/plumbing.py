@@ -61,7 +61,7 @@ GIT_REDIRECT_VARS = frozenset(
 )
 GIT_REDIRECT_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
 # What a parent git process leaves for its hooks; devswarm's own git drops these too.
-_PARENT_GIT_VARS = frozenset(
+PARENT_GIT_VARS = frozenset(
     {
         "GIT_PREFIX",
         "GIT_QUARANTINE_PATH",
@@ -111,9 +111,7 @@ def redirects_git(name: str) -> bool:
 
 def git_env() -> dict[str, str]:
     """The environment of devswarm's git commands: ours, minus what points git elsewhere."""
-    env = {
-        k: v for k, v in os.environ.items() if not redirects_git(k) and k not in _PARENT_GIT_VARS
-    }
+    env = {k: v for k, v in os.environ.items() if not redirects_git(k) and k not in PARENT_GIT_VARS}
     env.update(
         GIT_AUTHOR_NAME=IDENTITY_NAME,
         GIT_AUTHOR_EMAIL=IDENTITY_EMAIL,

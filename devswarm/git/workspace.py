@@ -47,6 +47,7 @@ from devswarm.git.plumbing import (
     zsplit,
 )
 from devswarm.git.publish import Publishing
+from devswarm.git.repo import read_user_repository
 from devswarm.git.worktrees import Worktrees
 
 __all__ = [
@@ -75,29 +76,13 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         """
         self.branch = check_branch_name(branch)
         self.ref = f"refs/heads/{self.branch}"
-        self.user_repo, self._user_git_dir = _resolve_user_repo(Path(user_repo))
-        _refuse_checked_out(self.user_repo, self.branch)
+        user = read_user_repository(Path(user_repo), self.branch, base)
+        self.user_repo, self._user_git_dir = user.path, user.git_dir
+        self.base_commit = user.base_commit
+        user_tip = user.branch_tip
         self.home = Path(home).expanduser().resolve()
         self.clone = self.home / "clone"
         self.worktrees_dir = self.home / "worktrees"
-
-        user_tip = rev(self.user_repo, self.ref)
-        if user_tip is not None:
-            if base is not None and rev(self.user_repo, base) != user_tip:
-                raise UserError(
-                    f"branch {self.branch} already exists; drop the base or pick another --branch"
-                )
-            self.base_commit = user_tip
-        elif base is not None:
-            found = rev(self.user_repo, base)
-            if found is None:
-                raise UserError(f"base {base!r} is not a commit in {self.user_repo}")
-            self.base_commit = found
-        else:
-            head = rev(self.user_repo, "HEAD")
-            if head is None:
-                raise UserError(f"repository has no commits: {self.user_repo}")
-            self.base_commit = head
 
         self.home.mkdir(parents=True, exist_ok=True)
         self.worktrees_dir.mkdir(exist_ok=True)
@@ -262,39 +247,6 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
                 row[key] = value.strip().split("\n")[0] or None
             rows.append(row)
         return rows
-
-
-# -- the user's repository ---------------------------------------------------------------------
-
-
-def _resolve_user_repo(path: Path) -> tuple[Path, Path]:
-    """(top folder or bare git dir, absolute git dir) of the user's repository."""
-    path = path.expanduser()
-    if not path.exists():
-        raise UserError(f"repository path does not exist: {path}")
-    if not path.is_dir():
-        raise UserError(f"not a directory: {path}")
-    proc = git(path, "rev-parse", "--is-bare-repository", "--absolute-git-dir", check=False)
-    if proc.returncode != 0:
-        msg = first_line(proc.stderr)
-        if "not a git repository" in msg:
-            raise UserError(f"not a git repository: {path}")
-        raise UserError(f"cannot use {path} as a git repository: {msg}")
-    bare, git_dir = proc.stdout.split("\n")[:2]
-    if bare == "true":
-        return Path(git_dir).resolve(), Path(git_dir).resolve()
-    return Path(git_out(path, "rev-parse", "--show-toplevel")).resolve(), Path(git_dir).resolve()
-
-
-def _refuse_checked_out(user_repo: Path, branch: str) -> None:
-    ref = f"refs/heads/{branch}"
-    out = git(user_repo, "worktree", "list", "--porcelain", "-z").stdout
-    where = None
-    for field in out.split("\0"):
-        if field.startswith("worktree "):
-            where = field.removeprefix("worktree ")
-        elif field == f"branch {ref}":
-            raise UserError(f"branch {branch} is checked out in {where}; pick another --branch")
 
 
 def _message_with_trailers(message: str, trailers: dict[str, str]) -> str:
