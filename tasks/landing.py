@@ -1,4 +1,8 @@
-"""Landing as a Prefect task: mechanical (rebase onto the tip + compare-and-swap), no model call."""
+"""Landing as a Prefect task: mechanical, no model call.
+
+The worker's commit is replayed onto the tip (merge-tree + commit-tree; a rebase when it is
+several commits or conflicts), then the branch is compare-and-swapped (devswarm/git/landing.py).
+"""
 
 from __future__ import annotations
 

@@ -58,8 +58,8 @@ class RemoteWorkspace(Workspace):
     The shared remote is a bare repository that every worker process, on this machine or
     another, lands on with `git push <commit>:refs/heads/<branch>`. A push that is not a
     fast-forward is rejected: that is the compare-and-swap failing, so the lane fetches the new
-    tip, rebases and pushes again; a rebase conflict goes back to the worker's agent as in the
-    local mode. There is no user repository here: the orchestrator fetches the branch from the
+    tip, puts the commits onto it again (replayed, or rebased) and pushes again; a conflict goes
+    back to the worker's agent as in the local mode. There is no user repository here: the orchestrator fetches the branch from the
     remote and publishes it (Workspace.pull_remote).
 
     Worker processes of one machine share the clone (cheap incremental fetches) and land one at
