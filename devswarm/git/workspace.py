@@ -6,11 +6,12 @@ by a `git fetch` run in the user's repository (publish.py). Everything else happ
 and rerere, so neither devswarm nor an agent's own `git` command can be tripped up by the
 user's global config.
 
-Workspace is the facade; its rooms are the modules beside it: plumbing (running git), locks,
-worktrees, landing (the lane: replay one commit with merge-tree, else rebase, then
-compare-and-swap), conflict (turns for the worker's agent), publish (to the user's repository
-and the shared remote) and remote (RemoteWorkspace, a worker process's workspace in remote
-mode, where `git push` is the compare-and-swap).
+Workspace is the facade; its rooms are the modules beside it: plumbing (running git), repo
+(GitPython, opened safely, for the user's repository), locks, worktrees (`with
+workspace.worktree(name, base) as path:`), landing (the lane: replay one commit with
+merge-tree, else rebase, then compare-and-swap), conflict (turns for the worker's agent),
+publish (to the user's repository and the shared remote) and remote (RemoteWorkspace, a worker
+process's workspace in remote mode, where `git push` is the compare-and-swap).
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         self.worktrees_dir.mkdir(exist_ok=True)
         key = str(self.clone)
         self._lane: threading.Lock = registered(LANES, (key, self.branch), threading.Lock)
-        # Reentrant: prune() holds it while it calls remove_worktree().
         self._add_lock: threading.RLock = registered(ADD_LOCKS, key, threading.RLock)
         self._publisher: Publisher = registered(
             PUBLISHERS, (str(self._user_git_dir), self.branch), Publisher
