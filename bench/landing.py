@@ -365,27 +365,27 @@ def child(params: dict) -> None:
 
 def profile_lane(workdir: Path, workers: int, rounds: int, layout: str) -> None:
     """Time every git command devswarm runs during the landing-path bench, by subcommand."""
-    from devswarm.git import workspace
+    from devswarm.git import plumbing
 
     spent: dict[str, list[float]] = defaultdict(list)
-    original = workspace._run_git
+    original = plumbing.run_git
     lock = threading.Lock()
 
-    def timed(cwd, args, input):  # noqa: A002 - same signature as the original
+    def timed(cwd, args, input, env=None):  # noqa: A002 - same signature as the original
         t0 = time.perf_counter()
         try:
-            return original(cwd, args, input)
+            return original(cwd, args, input, env)
         finally:
             with lock:
                 spent[" ".join(args[:2]) if args[0] == "worktree" else args[0]].append(
                     time.perf_counter() - t0
                 )
 
-    workspace._run_git = timed
+    plumbing.run_git = timed
     try:
         out = lane(workdir, workers, rounds, layout)
     finally:
-        workspace._run_git = original
+        plumbing.run_git = original
     total = sum(sum(v) for v in spent.values())
     print(f"\nwhere the landing path's time goes ({layout}, W={workers}): {out.line()}")
     print(f"{'git command':24} {'calls':>6} {'total s':>9} {'mean ms':>8} {'share':>6}")

@@ -8,7 +8,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from devswarm.git.workspace import LandResult, Workspace
+from devswarm.git.landing import LandResult
+from devswarm.git.workspace import Workspace
 from devswarm.ids import LAND_RUN_NAME
 
 

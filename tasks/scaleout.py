@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from devswarm.errors import UserError
-from devswarm.git.workspace import init_bare_remote, remote_url
+from devswarm.git.remote import init_bare_remote, remote_url
 from devswarm.ids import file_safe
 from devswarm.model.ledger import Reservation
 from devswarm.records import now, read_records

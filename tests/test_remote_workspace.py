@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from devswarm.errors import UserError
-from devswarm.git.workspace import RemoteWorkspace, Workspace, init_bare_remote
+from devswarm.git.remote import RemoteWorkspace, init_bare_remote
+from devswarm.git.workspace import Workspace
 from tests.test_workspace import TRAILERS, git, is_ancestor, snapshot, user_tip
 
 BRANCH = "devswarm/remote1"
@@ -216,7 +217,7 @@ def test_prune_drops_worktree_folders_of_dead_worker_processes(
     # A worker process that died with a worktree still registered.
     script = (
         "import os, sys\n"
-        "from devswarm.git.workspace import RemoteWorkspace\n"
+        "from devswarm.git.remote import RemoteWorkspace\n"
         f"w = RemoteWorkspace({url!r}, {str(home)!r}, {BRANCH!r})\n"
         "w.add_worktree('left', w.tip())\n"
         "print(w.worktrees_dir)\n"
@@ -245,7 +246,7 @@ def test_worker_processes_sharing_a_clone_land_one_at_a_time(
     mine = RemoteWorkspace(url, home, BRANCH)
     script = (
         "import sys, time\n"
-        "from devswarm.git.workspace import RemoteWorkspace\n"
+        "from devswarm.git.remote import RemoteWorkspace\n"
         f"w = RemoteWorkspace({url!r}, {str(home)!r}, {BRANCH!r})\n"
         "wt = w.add_worktree('other', w.tip())\n"
         "(wt / 'other.txt').write_text('other')\n"

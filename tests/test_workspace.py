@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from devswarm.errors import UserError
-from devswarm.git.workspace import ConflictError, Workspace, check_branch_name
+from devswarm.git.conflict import ConflictError
+from devswarm.git.plumbing import check_branch_name
+from devswarm.git.workspace import Workspace
 
 BRANCH = "devswarm/run1"
 TRAILERS = {"Devswarm-Run": "run1", "Devswarm-Task": "t1", "Devswarm-Agent": "a1"}
@@ -543,9 +546,75 @@ def test_changed_files_and_diff_stat_include_untracked(repo: Path, tmp_path: Pat
 def test_git_runs_in_its_own_process_group(repo: Path) -> None:
     """A signal to devswarm's process group (Ctrl-C, Prefect's runner cancelling a deployment's
     run) must not reach a git command halfway through a rebase or a ref update."""
-    from devswarm.git.workspace import _run_git
+    from devswarm.git.plumbing import run_git as _run_git
 
     alias = "alias.pgrp=!awk '{print $5}' /proc/self/stat"
     proc = _run_git(repo, ("-c", alias, "pgrp"), None)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) != os.getpgrp()
+
+
+def test_prune_drops_the_worktree_of_an_exited_child_not_yet_reaped(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A zombie (exited, not reaped by its parent) owns nothing: its worktree is a leftover."""
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    wt = ws.add_worktree("zombie", ws.tip())
+    child = subprocess.Popen(["true"])
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    git(ws.clone, "worktree", "unlock", str(wt))
+    reason = f"devswarm pid {child.pid} on {socket.gethostname()}"
+    git(ws.clone, "worktree", "lock", "--reason", reason, str(wt))
+
+    ws.prune()
+
+    assert not wt.exists() and str(wt) not in git(ws.clone, "worktree", "list", "--porcelain")
+    child.wait()
+
+
+def registered_worktrees(ws: Workspace) -> list[str]:
+    out = git(ws.clone, "worktree", "list", "--porcelain")
+    return [
+        line.removeprefix("worktree ") for line in out.splitlines() if line.startswith("worktree ")
+    ][1:]
+
+
+def test_worktree_block_removes_the_worktree_when_it_ends(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    with ws.worktree("t", ws.tip()) as wt:
+        assert (wt / "src" / "a.py").read_text() == "x = 1\n"
+        assert registered_worktrees(ws) == [str(wt)]
+        (wt / "dirty.txt").write_text("uncommitted\n")
+    assert not wt.exists() and registered_worktrees(ws) == []
+
+
+def test_worktree_block_removes_the_worktree_after_an_exception(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    with pytest.raises(RuntimeError, match="the agent crashed"), ws.worktree("t", ws.tip()) as wt:
+        (wt / "half.txt").write_text("half done\n")
+        raise RuntimeError("the agent crashed")
+    assert not wt.exists() and registered_worktrees(ws) == []
+
+
+def test_worktree_block_removes_a_worktree_left_mid_conflict(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    base = ws.tip()
+    ws.land(work(ws, "first", {"src/a.py": "x = 2\n"}))
+    with ws.worktree("second", base) as wt:
+        (wt / "src" / "a.py").write_text("x = 3\n")
+        ws.commit(wt, "task second", TRAILERS)
+        assert ws.begin_conflict(wt, ws.tip()) == ["src/a.py"]
+    assert not wt.exists() and str(wt) not in registered_worktrees(ws)
+
+
+def test_a_worktree_name_is_free_again_after_its_block(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    with ws.worktree("same", ws.tip()) as first:
+        (first / "first.txt").write_text("1\n")
+    ws.land(work(ws, "other", {"n.txt": "n\n"}))
+    with ws.worktree("same", ws.tip()) as second:
+        assert second == first
+        assert (second / "n.txt").exists() and not (second / "first.txt").exists()
+        assert git(second, "rev-parse", "HEAD") == ws.tip()
+    assert registered_worktrees(ws) == [str(ws.worktrees_dir / "other")]

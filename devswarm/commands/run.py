@@ -86,7 +86,7 @@ def run(
         if executor is not None and executor not in ("local", "deployment"):
             raise UserError(f"--executor must be local or deployment, not {executor!r}")
         if remote is not None:
-            from devswarm.git.workspace import remote_url
+            from devswarm.git.remote import remote_url
 
             remote = remote_url(remote)
         flags = {

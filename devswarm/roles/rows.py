@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from devswarm.agent.loop import Outcome
-from devswarm.git.workspace import LandResult
+from devswarm.git.landing import LandResult
 from devswarm.ids import planner_id
 from devswarm.records import RecordLog, current_flow_run_id, now, span_id
 from devswarm.run.run import Run

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from devswarm.agent.loop import Agent
-from devswarm.git.workspace import ConflictError, LandResult, Workspace
+from devswarm.git.conflict import ConflictError
+from devswarm.git.landing import LandResult
+from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, trailers, worker_id
 from devswarm.model.client import ModelCallError
 from devswarm.records import now

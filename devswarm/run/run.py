@@ -17,7 +17,9 @@ from typing import Any
 
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
-from devswarm.git.workspace import RemoteWorkspace, Workspace, check_branch_name
+from devswarm.git.plumbing import check_branch_name
+from devswarm.git.remote import RemoteWorkspace
+from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, new_run_name, repo_key
 from devswarm.model.client import ModelCallError, ModelClient
 from devswarm.model.ledger import Ledger

@@ -27,26 +27,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from devswarm.errors import UserError
+from devswarm.git.plumbing import redirects_git
 
 # Variable names that hint at a credential, matched anywhere in the name (case-insensitive).
 # AUTH but not AUTHOR: GIT_AUTHOR_NAME is an identity, not a credential.
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH(?!OR)|CREDENTIAL", re.IGNORECASE)
 # Whole families of configuration an agent's command has no business seeing.
 SECRET_NAME_PREFIXES = ("OPENAI_", "PREFECT_", "ANTHROPIC_", "AWS_", "DEVSWARM_")
-# Variables that point git at another repository: inherited from a hook or a test harness,
-# they would make an agent's `git` act on the wrong repository.
-GIT_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-)
-# Configuration smuggled to git through the environment: dropped, so ours below is the only one.
-GIT_CONFIG_VARS = ("GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
-GIT_CONFIG_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
 # Git config for every command: no git transport to a local path. Without bubblewrap, the
 # private clone's `origin` is the user's repository, and `git push origin ...` would otherwise
 # write the user's branches (with bubblewrap the user's repository is read-only anyway).
@@ -89,9 +76,7 @@ def scrubbed_env(
         upper = name.upper()
         if SECRET_NAME.search(name):
             continue
-        if upper.startswith(SECRET_NAME_PREFIXES) or upper in GIT_LOCATION_VARS:
-            continue
-        if upper in GIT_CONFIG_VARS or upper.startswith(GIT_CONFIG_PREFIXES):
+        if upper.startswith(SECRET_NAME_PREFIXES) or redirects_git(upper):
             continue
         if any(n in value for n in needles):
             continue

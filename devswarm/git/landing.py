@@ -1,0 +1,229 @@
+"""The landing lane: a worker's commits onto the branch's tip, then a compare-and-swap.
+
+Landing is mechanical: read the tip, put the worker's commits onto it (one commit is replayed
+with merge-tree + commit-tree, leaving the worktree alone; several, or a conflict, go through
+`git rebase`), compare-and-swap the branch with `git update-ref <ref> <new> <old>`. Inside one
+process a lane (a lock per clone and branch) does this serially so workers don't thrash; the
+compare-and-swap still guards against other processes. Every step here is plain git: the
+number of git processes per landing is what the lane's throughput is measured in.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from devswarm.errors import UserError
+from devswarm.git.conflict import in_conflict, unmerged_paths
+from devswarm.git.plumbing import GitError, first_line, git, git_out, worktree_head
+
+MAX_CAS_RETRIES = 50
+
+
+class LandResult(BaseModel):
+    """What happened to one landing attempt."""
+
+    status: Literal["landed", "conflict", "refused", "error"]
+    commit: str | None = None  # the commit that became the tip (None: nothing new landed)
+    old_tip: str | None = None
+    new_tip: str | None = None
+    cas_retries: int = 0
+    conflict_files: list[str] = []
+    their_commits: list[str] = []  # "<short sha> <subject>" of tip-side commits touching them
+    reason: str | None = None
+    published: bool = False  # the user's refs/heads/<branch> reached new_tip
+    wait_ms: float = 0.0  # time spent waiting for the landing lane
+    duration_ms: float = 0.0
+
+
+class LandingLane:
+    """The landing methods of a workspace: land() and the steps it takes inside the lane."""
+
+    clone: Path
+    ref: str
+    _lane: AbstractContextManager[object]
+    _publishes: bool
+    _replayed = ("", "")  # (the last commit _replay made, its tree): a fact, never stale
+
+    if TYPE_CHECKING:
+
+        def tip(self) -> str: ...
+
+        def publish(self) -> None: ...
+
+    def land(
+        self, worktree: Path, *, gate: Callable[[str], str | None] | None = None
+    ) -> LandResult:
+        """Put the worktree's commits on the branch: onto the tip, compare-and-swap, publish.
+
+        `gate(candidate_sha)` runs just before the swap; a string refuses the landing. A worktree
+        whose HEAD or changes are already on the branch is reported as landed (so a retried
+        landing is safe).
+        """
+        start = time.perf_counter()
+        worktree = Path(worktree)
+        with self._lane:
+            waited = time.perf_counter() - start
+            try:
+                result = self._land_in_lane(worktree, gate)
+            except GitError as exc:  # e.g. the worktree is gone; the branch was not touched
+                result = LandResult(status="error", reason=str(exc))
+        result.wait_ms = waited * 1000
+        if result.status == "landed" and self._publishes:
+            try:
+                self.publish()
+                result.published = True
+            except UserError as exc:
+                result.reason = str(exc)
+        result.duration_ms = (time.perf_counter() - start) * 1000
+        return result
+
+    def _land_in_lane(self, wt: Path, gate: Callable[[str], str | None] | None) -> LandResult:
+        if in_conflict(wt):
+            return LandResult(
+                status="error", reason="a conflict turn is open: continue_conflict() or abort first"
+            )
+        retries = 0
+        last_err = ""
+        for _ in range(MAX_CAS_RETRIES + 1):
+            tip, head = self._read_tips(wt)
+            mb = git(wt, "merge-base", head, tip, check=False).stdout.strip()
+            if mb == head:  # nothing new, or landed by an earlier attempt
+                return LandResult(
+                    status="landed",
+                    commit=head,
+                    old_tip=tip,
+                    new_tip=tip,
+                    cas_retries=retries,
+                    reason="already on the branch",
+                )
+            if mb == tip:
+                candidate = head
+            elif replayed := self._replay(tip, mb, head):
+                candidate = replayed
+            else:
+                failed = self._rebase_for_landing(wt, tip, mb, head)
+                if failed is not None:
+                    failed.cas_retries = retries
+                    return failed
+                candidate = worktree_head(wt)
+            if candidate == tip:  # every change was already on the branch
+                return LandResult(
+                    status="landed",
+                    old_tip=tip,
+                    new_tip=tip,
+                    cas_retries=retries,
+                    reason="the changes were already on the branch",
+                )
+            if gate is not None:
+                refusal = gate(candidate)
+                if refusal is not None:
+                    return LandResult(
+                        status="refused",
+                        commit=candidate,
+                        old_tip=tip,
+                        cas_retries=retries,
+                        reason=refusal,
+                    )
+            failure = self._swap(candidate, tip)
+            if failure is None:
+                return LandResult(
+                    status="landed",
+                    commit=candidate,
+                    old_tip=tip,
+                    new_tip=candidate,
+                    cas_retries=retries,
+                )
+            # Another process moved the branch (or holds its lock): read the tip again.
+            retries += 1
+            last_err = failure
+            time.sleep(random.uniform(0, 0.002 * min(retries, 10)))
+        return LandResult(
+            status="error",
+            cas_retries=retries,
+            reason=f"gave up after {retries} compare-and-swap retries: {first_line(last_err)}",
+        )
+
+    def _read_tips(self, wt: Path) -> tuple[str, str]:
+        """(the branch's tip, the worktree's HEAD). A stale tip only makes the swap fail."""
+        return self.tip(), worktree_head(wt)
+
+    def _swap(self, candidate: str, tip: str) -> str | None:
+        """Compare-and-swap the branch from `tip` to `candidate`; None, or why it lost the race."""
+        cas = git(
+            self.clone, "update-ref", "-m", "devswarm: land", self.ref, candidate, tip, check=False
+        )
+        return None if cas.returncode == 0 else cas.stderr
+
+    def _replay(self, tip: str, mb: str, head: str) -> str | None:
+        """A worker's one commit on `mb`, put on `tip` without touching its worktree: the
+        commit `git rebase` would make (same merge, author, message; committer devswarm), or
+        `tip` if it changes nothing there. None when `head` is not one plain commit on `mb` or
+        does not merge cleanly: the rebase then lands it or reports the conflict.
+
+        Three small git processes (cat-file, merge-tree, commit-tree) instead of a rebase's
+        checkout and state files: under load a rebase costs ~18 ms of CPU, these ~7. mb is the
+        only merge base of tip and head (head's parent is their best common ancestor), so the
+        merge is exactly the cherry-pick a rebase does."""
+        raw = git(self.clone, "cat-file", "commit", head, check=False)
+        header, sep, message = raw.stdout.partition("\n\n")
+        fields = [line.split(" ", 1) for line in header.splitlines()]
+        keys = [f[0] for f in fields]
+        if raw.returncode != 0 or not sep or keys[1:] != ["parent", "author", "committer"]:
+            return None  # not one parent, or signed, or another encoding: let rebase decide
+        if fields[1][1] != mb or not (
+            author := re.fullmatch(r"(.*) <(.*)> (\d+ [+-]\d{4})", fields[2][1])
+        ):
+            return None
+        merged = git(
+            self.clone, "merge-tree", "--write-tree", "--no-messages", tip, head, check=False
+        )
+        if merged.returncode != 0:  # 1: conflicts; older git: no --write-tree
+            return None
+        tree = merged.stdout.split("\n", 1)[0].strip()
+        known_tip, known_tree = self._replayed
+        tip_tree = (
+            known_tree if known_tip == tip else git_out(self.clone, "rev-parse", f"{tip}^{{tree}}")
+        )
+        if tree == tip_tree:
+            return tip
+        name, email, date = author.groups()
+        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": f"@{date}"}
+        new = git(
+            self.clone, "commit-tree", tree, "-p", tip, "-F", "-", input=message, env=env
+        ).stdout.strip()
+        self._replayed = (new, tree)  # most landings go onto the one before: its tree is known
+        return new
+
+    def _rebase_for_landing(self, wt: Path, tip: str, mb: str, head: str) -> LandResult | None:
+        """Rebase the worktree onto `tip` (what _replay cannot do); None when it went through,
+        else the error or the conflict (the rebase aborted, the files and their commits)."""
+        proc = git(wt, "rebase", "--quiet", tip, check=False)
+        if proc.returncode == 0:
+            return None
+        if not in_conflict(wt):
+            return LandResult(
+                status="error", commit=head, old_tip=tip, reason=first_line(proc.stderr)
+            )
+        files = unmerged_paths(wt)
+        git(wt, "rebase", "--abort", check=False)
+        if not files:
+            return LandResult(
+                status="error", commit=head, old_tip=tip, reason=first_line(proc.stderr)
+            )
+        log = git(wt, "log", "--format=%h %s", "-n", "20", f"{mb}..{tip}", "--", *files).stdout
+        return LandResult(
+            status="conflict",
+            commit=head,
+            old_tip=tip,
+            conflict_files=files,
+            their_commits=[line for line in log.splitlines() if line],
+            reason=f"rebase onto {tip[:12]} conflicts in {', '.join(files)}",
+        )

@@ -1,0 +1,243 @@
+"""Running git: devswarm's identity and safety config, a clean environment, errors, refs.
+
+Every git command devswarm runs goes through `git()` (or `run_git()` underneath it): the `-c`
+settings below win over the user's global and system config, the variables that point git
+elsewhere are dropped, and each command runs in its own process group. Reading a ref or a
+worktree's HEAD from its file costs no process (`read_sha`, `worktree_head`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from devswarm.errors import UserError
+
+IDENTITY_NAME = "devswarm"
+IDENTITY_EMAIL = "devswarm@localhost"
+
+# Applied to every git command devswarm runs (the user's repository included: `-c` only changes
+# this one process). They win over the user's global and system config.
+SAFE_CONFIG: dict[str, str] = {
+    "commit.gpgsign": "false",
+    "tag.gpgsign": "false",
+    "core.hooksPath": "/dev/null",
+    "gc.auto": "0",
+    "maintenance.auto": "false",
+    "rerere.enabled": "false",
+    "rebase.autoStash": "false",
+    "rebase.autoSquash": "false",
+    "rebase.updateRefs": "false",
+    "core.fsmonitor": "false",  # a daemon per worktree would be 32 daemons
+    "core.quotePath": "false",
+    "advice.detachedHead": "false",
+}
+SAFE_ARGS: tuple[str, ...] = tuple(a for k, v in SAFE_CONFIG.items() for a in ("-c", f"{k}={v}"))
+
+# Local config of the private clone: it also governs the `git` commands agents run themselves.
+CLONE_CONFIG: dict[str, str] = {
+    "user.name": IDENTITY_NAME,
+    "user.email": IDENTITY_EMAIL,
+    **SAFE_CONFIG,
+}
+
+# Variables that point git elsewhere: at another repository (inherited from a hook or a test
+# harness, they would make git act on the wrong one), or at config smuggled in through the
+# environment. Neither devswarm's own git nor an agent's command inherits them.
+GIT_REDIRECT_VARS = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_NAMESPACE",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_COUNT",
+    }
+)
+GIT_REDIRECT_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+# What a parent git process leaves for its hooks; devswarm's own git drops these too.
+PARENT_GIT_VARS = frozenset(
+    {
+        "GIT_PREFIX",
+        "GIT_QUARANTINE_PATH",
+        "GIT_REFLOG_ACTION",
+        "GIT_AUTHOR_DATE",
+        "GIT_COMMITTER_DATE",
+        "GIT_INDEX_VERSION",
+    }
+)
+
+# A fetch that writes only the ref it names (no FETCH_HEAD, tags, submodules or maintenance), so
+# processes sharing a clone never write the same file.
+FETCH_ARGS = (
+    "fetch",  # not --quiet: it would hide why a fetch was rejected
+    "--no-tags",
+    "--no-write-fetch-head",
+    "--no-recurse-submodules",
+    "--no-auto-maintenance",
+    "--no-write-commit-graph",
+)
+# What git says when a ref update loses to another writer (a push or fetch that is not a
+# fast-forward, or the remote's compare-and-swap on its ref failing).
+_RACE_MESSAGES = (
+    "[rejected]",
+    "non-fast-forward",
+    "fetch first",
+    "stale info",
+    "cannot lock ref",
+    "failed to update ref",
+    "incorrect old value",
+)
+_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+class GitError(RuntimeError):
+    """A git command failed in a way devswarm did not expect."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def redirects_git(name: str) -> bool:
+    """True for an environment variable that points git at another repository or config."""
+    return name in GIT_REDIRECT_VARS or name.startswith(GIT_REDIRECT_PREFIXES)
+
+
+def git_env() -> dict[str, str]:
+    """The environment of devswarm's git commands: ours, minus what points git elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not redirects_git(k) and k not in PARENT_GIT_VARS}
+    env.update(
+        GIT_AUTHOR_NAME=IDENTITY_NAME,
+        GIT_AUTHOR_EMAIL=IDENTITY_EMAIL,
+        GIT_COMMITTER_NAME=IDENTITY_NAME,
+        GIT_COMMITTER_EMAIL=IDENTITY_EMAIL,
+        GIT_EDITOR="true",  # `rebase --continue` must never wait for an editor
+        GIT_MERGE_AUTOEDIT="no",
+        GIT_TERMINAL_PROMPT="0",
+        LC_ALL="C",  # messages we match on are in English
+    )
+    return env
+
+
+def git(
+    cwd: Path | str,
+    *args: str,
+    check: bool = True,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one git command with devswarm's identity and safety config (`env` added to its
+    environment); raise GitError if asked."""
+    if not os.path.isdir(cwd):
+        raise GitError(f"git {' '.join(args[:2])}: no such folder: {cwd}")
+    try:
+        proc = run_git(cwd, args, input, env)
+    except FileNotFoundError as exc:
+        raise UserError("git is not installed (not found on PATH)") from exc
+    if check and proc.returncode != 0:
+        raise GitError(f"git {' '.join(args[:3])} failed: {first_line(proc.stderr)}", proc.stderr)
+    return proc
+
+
+def run_git(
+    cwd: Path | str, args: tuple[str, ...], input: str | None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The one place devswarm starts a git process (benchmarks wrap it to time each command)."""
+    return subprocess.run(
+        ["git", *SAFE_ARGS, *args],
+        cwd=cwd,
+        env=git_env() | (env or {}),
+        input=input,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # paths round-trip to the file system unchanged
+        stdin=None if input is not None else subprocess.DEVNULL,
+        # Its own process group: a signal to ours (Ctrl-C in a terminal, Prefect's runner
+        # cancelling a deployment's run with SIGTERM to the group) must not kill git halfway
+        # through a rebase or a ref update; devswarm drains and lets the command finish.
+        start_new_session=True,
+    )
+
+
+def git_out(cwd: Path | str, *args: str) -> str:
+    """The stripped output of a git command that must succeed."""
+    return git(cwd, *args).stdout.strip()
+
+
+def first_line(text: str) -> str:
+    """The first line of git's message worth showing (no hints, no `fatal:`/`error:`)."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("hint:"):
+            return line.removeprefix("fatal: ").removeprefix("error: ")
+    return "(no message)"
+
+
+def zsplit(text: str) -> list[str]:
+    """The fields of git's NUL-separated (`-z`) output."""
+    return [p for p in text.split("\0") if p]
+
+
+def lost_race(git_output: str) -> bool:
+    """Whether git's output says a ref update lost to another writer."""
+    return any(m in git_output for m in _RACE_MESSAGES)
+
+
+def rev(cwd: Path | str, name: str) -> str | None:
+    """The commit `name` names, or None when it names none."""
+    proc = git(
+        cwd,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        "--end-of-options",
+        f"{name}^{{commit}}",
+        check=False,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def check_branch_name(name: str) -> str:
+    """Return `name` if git accepts it as a new branch name; raise UserError otherwise."""
+    if not name or name in ("@", "HEAD") or name.startswith(("-", "refs/")) or "\n" in name:
+        raise UserError(f"invalid branch name: {name!r}")
+    # Outside any repository, so `@{-1}`-style shorthands cannot expand to something else.
+    proc = git("/", "check-ref-format", "--branch", name, check=False)
+    if proc.returncode != 0 or proc.stdout.strip() != name:
+        raise UserError(f"invalid branch name: {name!r}")
+    return name
+
+
+# -- refs read from their files ----------------------------------------------------------------
+
+
+def read_sha(path: Path) -> str | None:
+    """The object id a loose ref or a detached HEAD file holds; None when it holds anything
+    else (a symbolic ref, a packed or reftable ref: ask git). git replaces these files by
+    rename, so a read sees the old or the new id, never half of one. No process: a landing
+    reads its tips several times, and each `git rev-parse` costs ~2 ms of CPU."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _SHA_RE.fullmatch(text) else None
+
+
+def worktree_git_dir(worktree: Path) -> Path:
+    """The git folder of a worktree (a linked one's `<clone>/.git/worktrees/<id>`)."""
+    dot_git = worktree / ".git"
+    if dot_git.is_file():  # a linked worktree: "gitdir: <clone>/.git/worktrees/<id>"
+        return worktree / dot_git.read_text().split(":", 1)[1].strip()
+    return dot_git
+
+
+def worktree_head(worktree: Path) -> str:
+    """The commit a worktree's (detached) HEAD is at."""
+    return read_sha(worktree_git_dir(worktree) / "HEAD") or git_out(worktree, "rev-parse", "HEAD")
