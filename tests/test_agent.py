@@ -17,17 +17,18 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from devswarm.agent.loop import (
+from devswarm.agent.compat import (
     HARD_BUDGET,
     KEEP_RECENT,
     TOOL_OUTPUT_BUDGET,
-    Agent,
     prepare_messages,
     schema_prompt,
 )
+from devswarm.agent.loop import Agent
 from devswarm.agent.stuck import StuckDetector, StuckThresholds
 from devswarm.config import KNOWN_PRICES, AgentLimits
-from devswarm.model.client import ModelCallError, ModelClient
+from devswarm.model.client import ModelClient
+from devswarm.model.errors import ModelCallError
 from devswarm.offline.server import Faults, ModelServer, Scenario, _roll_fault
 from devswarm.records import RecordLog, read_records
 from devswarm.schemas import Plan
@@ -579,7 +580,7 @@ def test_a_refused_key_is_not_mistaken_for_missing_structured_output(h: Harness)
 
 
 def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> None:
-    from devswarm.model.client import ModelSlots
+    from devswarm.model.slots import ModelSlots
 
     slots = ModelSlots(1, grace=0)  # one slot: grants happen one after another
     for agent in ("old", "young"):  # ages: old first
@@ -622,7 +623,7 @@ def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> N
 
 
 def test_an_agent_keeps_its_model_slot_between_calls_until_done_or_its_grace_ends() -> None:
-    from devswarm.model.client import ModelSlots
+    from devswarm.model.slots import ModelSlots
 
     slots = ModelSlots(1, grace=0.5)
     got: list[tuple[str, float]] = []
@@ -756,3 +757,4 @@ def test_a_server_refusing_both_output_limit_fields_ends_the_agent_with_the_erro
     outcome = h.agent(scenario).run()
     assert outcome.status == "error" and "max_completion_tokens" in outcome.reason
     assert len(h.requests()) == 2  # tried the other field once, not forever
+

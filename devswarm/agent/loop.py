@@ -7,18 +7,13 @@ schema) go back to the model as messages; terminal ones (finished, limits, stuck
 the loop with a status. Records and the transcript are written as they happen (each message a
 line, flushed before the next action), so a crash never loses what happened.
 
-Two fallbacks keep a task alive where the server is the problem:
-- `context_length_exceeded`: the request is sent once more with every tool output cut hard.
-- Structured output: a request with `response_format` that the server refuses (a 4xx, or a 5xx
-  still failing after the caller's retries: llama.cpp answers 500) is sent again without it,
-  with the JSON schema in the prompt; the agent remembers and sends no response_format again.
-  The JSON-in-text answer is validated with pydantic, and errors go back for a bounded retry.
+Where the server is the problem (context too long, no structured output, the other output-limit
+field), devswarm.agent.compat picks the fallback and this loop carries it out.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,19 +21,21 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from devswarm.agent.compat import (
+    HARD_BUDGET,
+    next_fallback,
+    parse_json_answer,
+    prepare_messages,
+    schema_prompt,
+)
 from devswarm.agent.stuck import NO_TOOL_CALL, StuckDetector
 from devswarm.config import AgentLimits
-from devswarm.model.client import ModelCallError
+from devswarm.model.errors import ModelCallError
 from devswarm.model.ledger import BudgetExhausted
 from devswarm.records import RecordLog, now, span_id
 from devswarm.tools.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
-
-KEEP_RECENT = 8  # the last messages, whose tool outputs are not shortened
-TOOL_OUTPUT_BUDGET = 3000  # characters an older tool output may keep
-HARD_BUDGET = 600  # characters any tool output keeps after a context_length_exceeded
-FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
 class Outcome(BaseModel):
@@ -52,73 +49,6 @@ class Outcome(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-
-
-def shorten(text: str, keep: int) -> str:
-    """Head and tail of a long text with a note of what was cut."""
-    if len(text) <= keep:
-        return text
-    half = keep // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters of tool output cut ...]\n{text[-half:]}"
-
-
-def prepare_messages(
-    messages: list[dict[str, Any]],
-    budget: int = TOOL_OUTPUT_BUDGET,
-    keep_recent: int = KEEP_RECENT,
-) -> list[dict[str, Any]]:
-    """The messages to send: tool outputs older than the last `keep_recent` messages and longer
-    than `budget` characters keep their head and tail (deterministically, so a rerun sends the
-    same bytes). The agent's own history is never changed."""
-    cut = len(messages) - keep_recent
-    out = []
-    for i, m in enumerate(messages):
-        if i < cut and m.get("role") == "tool" and len(m.get("content") or "") > budget:
-            m = {**m, "content": shorten(m["content"], budget)}
-        out.append(m)
-    return out
-
-
-def schema_prompt(schema: type[BaseModel]) -> str:
-    """The instruction that replaces `response_format` on servers without structured output."""
-    return (
-        f"Answer format: when you give your final answer, reply with one JSON object (no code "
-        f"fences, no other text) that validates against this JSON schema of "
-        f"{schema.__name__}:\n"
-        + json.dumps(schema.model_json_schema(), separators=(",", ":"), sort_keys=True)
-    )
-
-
-def format_refused(exc: ModelCallError) -> bool:
-    """Whether a failed request with `response_format` may succeed without it: the server
-    refused the request (not the key, not the model) or kept failing with a 5xx."""
-    if exc.status is None or exc.error_type == "context_length_exceeded":
-        return False
-    if exc.status >= 500:
-        return True
-    return not exc.transient and exc.status not in (401, 403, 404)
-
-
-OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens")
-
-
-def other_output_limit(exc: ModelCallError, field: str) -> str | None:
-    """The field to cap the answer with instead, when the server refused `field` (OpenAI's
-    newest models refuse `max_tokens` and name `max_completion_tokens`; some servers the reverse)."""
-    other = OUTPUT_LIMITS[1 - OUTPUT_LIMITS.index(field)]
-    text = str(exc)
-    if exc.status == 400 and field in text and other in text:
-        return other
-    return None
-
-
-def parse_json_answer(content: str | None, schema: type[BaseModel]) -> BaseModel:
-    """Parse a structured answer, tolerating code fences around the JSON."""
-    text = FENCE.sub("", (content or "").strip()).strip()
-    start, end = text.find("{"), text.rfind("}")
-    if start > 0 and end > start:
-        text = text[start : end + 1]
-    return schema.model_validate_json(text)
 
 
 class Agent:
@@ -227,25 +157,29 @@ class Agent:
         step = self.outcome.steps
         shorten_hard = False
         tried = {self.output_limit}
-        while True:  # at most four sends: each fallback below is taken once
+        while True:  # at most four sends: each fallback is taken once
             request = self._request(shorten_hard)
             try:
                 reply = self.call(request, step)
                 break
             except ModelCallError as exc:
-                if exc.error_type == "context_length_exceeded" and not shorten_hard:
+                fallback = next_fallback(
+                    exc,
+                    request,
+                    shortened=shorten_hard,
+                    output_limit=self.output_limit,
+                    tried_limits=tried,
+                )
+                if fallback is None:
+                    raise
+                kind, other = fallback
+                if kind == "shorten":
                     shorten_hard = True  # cut every tool output and try once more
-                    continue
-                if other := other_output_limit(exc, self.output_limit):
-                    if other in tried:
-                        raise
+                elif kind == "output_limit" and other is not None:
                     tried.add(other)
                     self.output_limit = other  # for the rest of this agent (and its run)
-                    continue
-                if "response_format" in request and format_refused(exc):
+                else:
                     self._structured_output_off()
-                    continue
-                raise
         self.outcome.steps += 1
         self.outcome.input_tokens += reply.get("input_tokens", 0)
         self.outcome.output_tokens += reply.get("output_tokens", 0)
