@@ -16,7 +16,8 @@ from prefect.runtime import task_run
 from prefect.utilities.annotations import quote
 
 from devswarm.agent.loop import ModelFn
-from devswarm.model.client import ModelCallError, request_hash
+from devswarm.model.client import request_hash
+from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import BudgetExhausted
 from devswarm.run.run import Run, get_run
 
@@ -100,9 +101,7 @@ def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -
             )
     except ModelCallError as exc:
         if exc.transient and attempt < MAX_ATTEMPTS:
-            time.sleep(
-                min(exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt, 60.0)
-            )
+            time.sleep(backoff_seconds(exc, attempt))
         raise
 
 

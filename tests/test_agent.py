@@ -758,3 +758,15 @@ def test_a_server_refusing_both_output_limit_fields_ends_the_agent_with_the_erro
     assert outcome.status == "error" and "max_completion_tokens" in outcome.reason
     assert len(h.requests()) == 2  # tried the other field once, not forever
 
+
+def test_backoff_honours_retry_after_even_zero_else_doubles_and_never_exceeds_a_minute() -> None:
+    from devswarm.model.errors import backoff_seconds
+
+    def err(retry_after: float | None) -> ModelCallError:
+        return ModelCallError("busy", transient=True, status=429, retry_after=retry_after)
+
+    assert [backoff_seconds(err(None), a) for a in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert backoff_seconds(err(0.0), 3) == 0.0  # "retry now" is not "no answer"
+    assert backoff_seconds(err(7.5), 1) == 7.5
+    assert backoff_seconds(err(3600), 1) == 60.0
+    assert backoff_seconds(err(None), 10) == 60.0
