@@ -25,7 +25,8 @@ class ModelSlots:
     def __init__(self, n: int, grace: float = 2.0) -> None:
         self.grace = grace
         self._cond = threading.Condition()  # guards everything below
-        self._free = max(1, n)
+        self.capacity = max(1, n)
+        self._free = self.capacity  # below 0 after a shrink: slots in use beyond the capacity
         self._age: dict[str, int] = {}
         self._waiting: list[tuple[int, int, threading.Event]] = []  # (age, arrival, handoff)
         self._arrival = itertools.count()
@@ -52,12 +53,23 @@ class ModelSlots:
             if self._kept.pop(agent, None) is not None:
                 self._give()
 
+    def resize(self, n: int) -> None:
+        """Allow `n` calls in flight from now on (a server's parallel slots, once learned). Calls
+        in flight finish; after a shrink, freed slots are kept back until the count fits."""
+        with self._cond:
+            n = max(1, n)
+            delta, self.capacity = n - self.capacity, n
+            if delta < 0:
+                self._free += delta
+            for _ in range(delta):
+                self._give()
+
     def _acquire(self, agent: str) -> None:
         with self._cond:
             age = self._age.setdefault(agent, len(self._age))
             if self._kept.pop(agent, None) is not None:
                 return  # back within its grace: its own slot
-            if self._free and not self._waiting:
+            if self._free > 0 and not self._waiting:
                 self._free -= 1
                 return
             entry = (age, next(self._arrival), threading.Event())
@@ -75,7 +87,9 @@ class ModelSlots:
 
     def _give(self) -> None:
         """One slot back: to the oldest waiter (never free in between), else free. Lock held."""
-        if self._waiting:
+        if self._free < 0:  # shrunk: this slot is one too many
+            self._free += 1
+        elif self._waiting:
             heapq.heappop(self._waiting)[2].set()
         else:
             self._free += 1
