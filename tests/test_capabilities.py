@@ -409,3 +409,41 @@ def test_model_slots_resize_queues_calls_beyond_the_new_capacity() -> None:
     slots.resize(2)
     with slots.hold("x"), slots.hold("y"):
         pass  # two at once fit again
+
+
+def test_a_server_refusing_tools_gets_them_in_the_prompt_and_the_agent_carries_on(
+    loopback, tmp_path: Path
+) -> None:
+    refusal = REFUSALS["Ollama 400 for tools"][1]
+    script = [
+        '<tool_call>\n{"name": "list_files", "arguments": {"path": "."}}\n</tool_call>',
+        '<tool_call>\n{"name": "finish", "arguments": {"summary": "looked"}}\n</tool_call>',
+    ]
+
+    def answer(path: str, body: dict) -> Answer:
+        if "tools" in body:
+            return 400, refusal
+        step = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        return 200, completion(script[step], {"prompt_tokens": 10, "completion_tokens": 5})
+
+    srv = loopback(answer)
+    client = ModelClient(srv.url, SecretStr("sk-test"))
+    repo = make_repo(tmp_path / "repo", {"a.txt": "alpha\n"})
+    agent = Agent(
+        agent_id="worker/r/c1/root/t/a1",
+        run_id="r",
+        role="worker",
+        model="m",
+        call=lambda request, step: _chat(client, request),
+        toolbox=Toolbox(repo, use_bwrap=False),
+        system="s",
+        user="u",
+        limits=AgentLimits(),
+        log=RecordLog(tmp_path / "records.jsonl"),
+    )
+    outcome = agent.run()
+    assert outcome.status == "finished" and agent.text_tools
+    chats = srv.chats()
+    assert ["tools" in c for c in chats] == [True, False, False]  # refused once, never again
+    assert chats[1]["messages"][-1]["content"].startswith("You can call tools.")
+    assert client.book.get("m").agent_options()["text_tools"] is True

@@ -25,8 +25,8 @@ def test_each_documented_format_parses_to_its_calls_and_garbage_to_errors(name: 
     assert got == case["calls"]
     assert len(parsed.errors) == case["errors"], parsed.errors
     assert parsed.attempted is case["attempted"]
-    for _tool, excerpt, message in parsed.errors:
-        assert message and "\n" not in message and len(excerpt) <= 500
+    for error in parsed.errors:
+        assert error["error"] and "\n" not in error["error"] and len(error["written"]) <= 500
 
 
 def test_the_fixtures_cover_every_format_and_malformed_outputs() -> None:
@@ -40,15 +40,15 @@ def test_the_fixtures_cover_every_format_and_malformed_outputs() -> None:
 def test_errors_say_what_is_wrong_in_words_the_model_can_act_on() -> None:
     tools = FIXTURES["tools"]["qwen_temperature"]
     messages = {
-        name: parse_text_calls(CASES[name]["output"], tools).errors[0][2]
+        name: parse_text_calls(CASES[name]["output"], tools).errors[0]["error"]
         for name in ("one_good_one_unknown_tool", "missing_required_argument", "hermes_broken_json")
     }
     assert "unknown tool 'get_humidity'" in messages["one_good_one_unknown_tool"]
     assert "get_current_temperature" in messages["one_good_one_unknown_tool"]  # the tools there are
     assert "missing required argument(s): date" in messages["missing_required_argument"]
     assert "not valid JSON" in messages["hermes_broken_json"]
-    tool, _, _ = parse_text_calls(CASES["missing_required_argument"]["output"], tools).errors[0]
-    assert tool == "get_temperature_date"  # the row names the tool when it was recognised
+    (error,) = parse_text_calls(CASES["missing_required_argument"]["output"], tools).errors
+    assert error["name"] == "get_temperature_date"  # the row names the tool when it was recognised
 
 
 def test_call_ids_are_deterministic_and_distinct() -> None:

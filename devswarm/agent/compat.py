@@ -7,6 +7,8 @@
   with the JSON schema in the prompt. The JSON-in-text answer is parsed here.
 - Output limit: OpenAI's newest models refuse `max_tokens` and name `max_completion_tokens`;
   some servers the reverse. The other field is tried once.
+- Tools: a server that refuses `tools` (Ollama: "<model> does not support tools") gets them
+  described in the prompt instead, and the calls are read from the text.
 
 `next_fallback` decides which of these a failed request takes; the loop carries it out.
 """
@@ -27,7 +29,7 @@ HARD_BUDGET = 600  # characters any tool output keeps after a context_length_exc
 FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens")
 
-Fallback = Literal["shorten", "output_limit", "no_response_format"]
+Fallback = Literal["shorten", "output_limit", "text_tools", "no_response_format"]
 
 
 def shorten(text: str, keep: int) -> str:
@@ -99,6 +101,8 @@ def next_fallback(
         return "shorten", None
     if other := other_output_limit(exc, output_limit):
         return None if other in tried_limits else ("output_limit", other)
+    if exc.unsupported == "tools" and "tools" in request:  # before the format: both may be sent
+        return "text_tools", None
     if "response_format" in request and format_refused(exc):
         return "no_response_format", None
     return None

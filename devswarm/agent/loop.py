@@ -8,7 +8,11 @@ the loop with a status. Records and the transcript are written as they happen (e
 line, flushed before the next action), so a crash never loses what happened.
 
 Where the server is the problem (context too long, no structured output, the other output-limit
-field), devswarm.agent.compat picks the fallback and this loop carries it out.
+field, no native tools), devswarm.agent.compat picks the fallback and this loop carries it out.
+With `text_tools` the tools are described in the prompt and the calls the model writes as text
+(devswarm.agent.textcalls) take the same path as native ones: run in order, recorded as rows,
+fed to the stuck detector; a call that cannot be read is a tool-call error row and a message
+to the model. Their results go back in one user message (such servers may refuse tool roles).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from devswarm.agent.compat import (
     schema_prompt,
 )
 from devswarm.agent.stuck import NO_TOOL_CALL, StuckDetector
+from devswarm.agent.textcalls import TextCalls, parse_text_calls, tool_responses, tools_prompt
 from devswarm.config import AgentLimits
 from devswarm.model.errors import ModelCallError
 from devswarm.model.ledger import BudgetExhausted
@@ -73,13 +78,16 @@ class Agent:
         stuck: StuckDetector | None = None,
         structured_output: bool = True,
         output_limit: str = "max_tokens",
+        text_tools: bool = False,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
         `answer_schema` the agent ends on a valid JSON answer; without one, on `finish`.
         `structured_output=False`: never send `response_format` (the schema goes in the prompt).
         `output_limit`: the request field for `limits.max_output_tokens`; switched (and kept) when
-        the server refuses it and names the other."""
+        the server refuses it and names the other.
+        `text_tools=True`: never send `tools`; describe them in the system prompt and read the
+        calls the model writes as text (switched on when the server refuses `tools`)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -88,6 +96,10 @@ class Agent:
         self.stuck = stuck or StuckDetector()
         self.structured_output = structured_output
         self.output_limit = output_limit
+        self.text_tools = text_tools
+        self.specs = toolbox.specs()
+        if text_tools and self.specs:
+            system = f"{system}\n\n{tools_prompt(self.specs)}"
         self.messages: list[dict[str, Any]] = [
             {"role": "system", "content": system},
             {"role": "user", "content": user},
@@ -140,9 +152,8 @@ class Agent:
             "messages": messages,
             self.output_limit: self.limits.max_output_tokens,
         }
-        specs = self.toolbox.specs()
-        if specs:
-            request["tools"] = specs
+        if self.specs and not self.text_tools:
+            request["tools"] = self.specs
         if self.answer_schema is not None and self.structured_output:
             request["response_format"] = {
                 "type": "json_schema",
@@ -178,6 +189,9 @@ class Agent:
                 elif kind == "output_limit" and other is not None:
                     tried.add(other)
                     self.output_limit = other  # for the rest of this agent (and its run)
+                elif kind == "text_tools":
+                    self.text_tools = True  # for the rest of this agent: tools in the prompt
+                    self._add({"role": "user", "content": tools_prompt(self.specs)})
                 else:
                     self._structured_output_off()
         self.outcome.steps += 1
@@ -194,7 +208,11 @@ class Agent:
 
     def _observe(self, reply: dict[str, Any]) -> Outcome | None:
         calls = reply.get("tool_calls") or []
-        message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+        content = reply.get("content")
+        written = TextCalls()
+        if not calls and self.specs:  # text calls also where the server ignored `tools`
+            written = parse_text_calls(content, self.specs)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = [
                 {
@@ -206,35 +224,66 @@ class Agent:
             ]
         self._add(message)  # saved before any tool runs: a kill mid-command keeps the intent
         step = self.outcome.steps - 1
-        if not calls:
-            return self._answer(reply.get("content"))
+        if not calls and not written.attempted:
+            return self._answer(content)
         finished: dict[str, Any] | None = None
-        for c in calls:
-            t0, started = time.perf_counter(), now()
-            result = self._call_tool(c["name"], c["arguments"])
-            self._add({"role": "tool", "tool_call_id": c["id"], "content": result.output})
-            self.log.write(
-                "tool_call",
-                run_id=self.run_id,
-                agent_id=self.agent_id,
-                step=step,
-                tool_call_id=c["id"],
-                tool_name=c["name"],
-                arguments=str(c["arguments"])[:4096],
-                output_excerpt=result.output[:2048],
-                error_type=result.error_type,
-                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
-                started_at=started,
-                span_id=span_id(self.agent_id, str(step), c["id"]),
-                parent_span_id=span_id(self.agent_id),
-            )
-            self.stuck.add(f"{c['name']} {c['arguments']}", result.output, result.error_type)
+        responses: list[tuple[str, str]] = []
+        for c in calls or written.calls:
+            result = self._run(step, c["id"], c["name"], c["arguments"])
+            if calls:
+                self._add({"role": "tool", "tool_call_id": c["id"], "content": result.output})
+            responses.append((c["name"], result.output))
             if result.finish is not None:
                 finished = result.finish
+        for e in written.errors:
+            name = e["name"] or "(unread)"
+            output = f'{e["error"]}. Write each call as <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>.'
+            self._record(step, str(e["id"]), name, str(e["written"]), output, "invalid_tool_call")
+            self.stuck.add(f"{name} {e['written']}", output, "invalid_tool_call")
+            responses.append((name, output))
+        if not calls:
+            self._add({"role": "user", "content": tool_responses(responses)})
         if finished is not None:
             self.outcome.finish = finished
             return self._end("finished", "")
         return None
+
+    def _run(self, step: int, call_id: str, name: str, arguments: str) -> ToolResult:
+        """Run one tool call, record it as a row and feed the stuck detector."""
+        t0, started = time.perf_counter(), now()
+        result = self._call_tool(name, arguments)
+        self._record(
+            step, call_id, name, str(arguments), result.output, result.error_type, t0, started
+        )
+        self.stuck.add(f"{name} {arguments}", result.output, result.error_type)
+        return result
+
+    def _record(
+        self,
+        step: int,
+        call_id: str,
+        name: str,
+        arguments: str,
+        output: str,
+        error_type: str | None,
+        t0: float | None = None,
+        started: str | None = None,
+    ) -> None:
+        self.log.write(
+            "tool_call",
+            run_id=self.run_id,
+            agent_id=self.agent_id,
+            step=step,
+            tool_call_id=call_id,
+            tool_name=name,
+            arguments=arguments[:4096],
+            output_excerpt=output[:2048],
+            error_type=error_type,
+            duration_ms=round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else 0.0,
+            started_at=started or now(),
+            span_id=span_id(self.agent_id, str(step), call_id),
+            parent_span_id=span_id(self.agent_id),
+        )
 
     def _call_tool(self, name: str, arguments: str) -> ToolResult:
         try:

@@ -51,11 +51,11 @@ END_TOKENS = re.compile(r"</s>|<\|eot_id\|>|<\|eom_id\|>|<\|im_end\|>")
 @dataclass
 class TextCalls:
     """What a reply's text held: valid `calls` (shaped like native ones: id, name, arguments as
-    JSON text) and `errors`, one per call that failed (the tool named, if any; what was written;
-    why it failed). `attempted`: the text tried to call a tool at all."""
+    JSON text) and `errors`, one per call that failed (id; name: the tool named, if known;
+    written: what was written; error: why it failed). `attempted`: it tried to call a tool."""
 
     calls: list[dict[str, str]] = field(default_factory=list)
-    errors: list[tuple[str | None, str, str]] = field(default_factory=list)
+    errors: list[dict[str, str | None]] = field(default_factory=list)
     attempted: bool = False
 
 
@@ -88,17 +88,17 @@ def parse_text_calls(content: str | None, specs: list[dict[str, Any]]) -> TextCa
     schemas = {s["function"]["name"]: s["function"].get("parameters") or {} for s in specs}
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     for index, (name, arguments, excerpt) in enumerate(found):
+        call_id = f"call_text_{digest}_{index}"  # deterministic: a rerun sends the same
         problem = _problem(name, arguments, schemas)
         if problem is not None:
-            result.errors.append((name if name in schemas else None, excerpt[:500], problem))
+            known = name if name in schemas else None
+            result.errors.append(
+                {"id": call_id, "name": known, "written": excerpt[:500], "error": problem}
+            )
             continue
         assert name is not None
         result.calls.append(
-            {
-                "id": f"call_text_{digest}_{index}",  # deterministic: a rerun sends the same
-                "name": name,
-                "arguments": json.dumps(arguments, ensure_ascii=False),
-            }
+            {"id": call_id, "name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
         )
     return result
 
