@@ -447,3 +447,44 @@ def test_a_server_refusing_tools_gets_them_in_the_prompt_and_the_agent_carries_o
     assert ["tools" in c for c in chats] == [True, False, False]  # refused once, never again
     assert chats[1]["messages"][-1]["content"].startswith("You can call tools.")
     assert client.book.get("m").agent_options()["text_tools"] is True
+
+
+def test_a_refusal_inside_the_prefect_task_is_one_http_attempt_and_no_traceback(
+    prefect_server: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from prefect import flow
+
+    from devswarm.config import Models, SwarmConfig
+    from devswarm.run.run import Run
+    from tasks.model import prefect_calls
+
+    log = tmp_path / "requests.jsonl"
+    scenario = Scenario.from_data({"structured_output": "none"})  # llama.cpp's 500 for formats
+    with ModelServer(scenario, log_path=log) as server:
+        run = Run(
+            SwarmConfig(
+                goal="g",
+                repo=make_repo(tmp_path / "repo", {"a.txt": "a\n"}),
+                base_url=server.url,
+                models=Models.single("offline-model"),
+                home=tmp_path / "data",
+                run_name="refusal-run",
+            )
+        )
+        request = {**PLAN_REQUEST, "model": "offline-model"}
+
+        @flow(name="refusal")
+        def call_once() -> str:
+            try:
+                prefect_calls(run, "planner/refusal-run/c1/root")(request, 0)
+            except ModelCallError as exc:
+                return f"{exc.unsupported} {exc.transient}"
+            return "answered"
+
+        try:
+            assert call_once() == "response_format False"
+        finally:
+            run.close()
+    assert [r["status"] for r in chat_requests(log)] == [500]  # no retries
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err

@@ -71,6 +71,31 @@ class ModelCallError(Exception):
         self.unsupported = unsupported
         self.context_window = context_window
 
+    @property
+    def expected(self) -> bool:
+        """A refusal devswarm works around or reports in one line (a field the server does not
+        support, a prompt over the context): nothing for a traceback."""
+        return not self.transient and (
+            self.unsupported is not None or self.error_type == "context_length_exceeded"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as JSON-safe data (to cross a boundary that would log a raised one)."""
+        return {
+            "message": str(self),
+            "transient": self.transient,
+            "status": self.status,
+            "error_type": self.error_type,
+            "retry_after": self.retry_after,
+            "unsupported": self.unsupported,
+            "context_window": self.context_window,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCallError:
+        """The error `as_dict` described."""
+        return cls(data["message"], **{k: v for k, v in data.items() if k != "message"})
+
 
 def backoff_seconds(exc: ModelCallError, attempt: int) -> float:
     """How long to wait before attempt `attempt + 1`: the server's Retry-After when it sent one
