@@ -165,11 +165,19 @@ REFUSALS = {
 }
 
 
-def _chat(client: ModelClient, request: dict, log: RecordLog | None = None, attempts: int = 3):
+def _chat(
+    client: ModelClient,
+    request: dict,
+    log: RecordLog | None = None,
+    attempts: int = 3,
+    agent_id: str = "a",
+):
     """The caller's retry loop (as run.plain_calls): transient errors are tried again."""
     for attempt in range(1, attempts + 1):
         try:
-            return client.chat(request, run_id="r", agent_id="a", step=0, attempt=attempt, log=log)
+            return client.chat(
+                request, run_id="r", agent_id=agent_id, step=0, attempt=attempt, log=log
+            )
         except ModelCallError as exc:
             if not exc.transient or attempt == attempts:
                 raise
@@ -488,3 +496,41 @@ def test_a_refusal_inside_the_prefect_task_is_one_http_attempt_and_no_traceback(
     assert [r["status"] for r in chat_requests(log)] == [500]  # no retries
     err = capfd.readouterr().err
     assert "Traceback" not in err and "ERROR" not in err
+
+
+def test_on_a_json_schema_refusing_server_a_plan_takes_two_requests_probe_included(
+    tmp_path: Path,
+) -> None:
+    from devswarm.schemas import Plan
+    from tests.test_agent import PLAN as plan
+    from tests.test_agent import PLANNER
+
+    scenario = Scenario.from_data(
+        {"structured_output": "none", "agents": [{"match": "planner/*", "steps": [{"json": plan}]}]}
+    )
+    log = tmp_path / "requests.jsonl"
+    records = RecordLog(tmp_path / "records.jsonl")
+    with ModelServer(scenario, log_path=log) as server:
+        client = ModelClient(server.url, SecretStr("sk-test"))
+        client.preflight()
+        caps = client.probe("offline-model", run_id="r", log=records)
+        agent = Agent(
+            agent_id=PLANNER,
+            run_id="r",
+            role="planner",
+            model="offline-model",
+            call=lambda request, step: _chat(client, request, records, agent_id=PLANNER),
+            toolbox=Toolbox(make_repo(tmp_path / "repo", {"a.txt": "a\n"}), read_only=True),
+            system="s",
+            user="u",
+            limits=AgentLimits(),
+            log=records,
+            answer_schema=Plan,
+            **caps.agent_options(),
+        )
+        outcome = agent.run()
+    assert outcome.status == "finished", outcome.reason
+    assert Plan.model_validate(outcome.answer).tasks
+    assert [r["status"] for r in chat_requests(log)] == [500, 200]  # today: six
+    rows = [r for r in read_records(records.path) if r["kind"] == "llm_call"]
+    assert len(rows) == 2  # one row per HTTP request
