@@ -17,12 +17,14 @@ from prefect.utilities.annotations import quote
 
 from devswarm.agent.loop import ModelFn
 from devswarm.ids import MODEL_CALL_RUN_NAME, model_call_cache_key
-from devswarm.model.client import ModelCallError, request_hash
+from devswarm.model.client import request_hash
+from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import BudgetExhausted
 from devswarm.run.registry import get_run
 from devswarm.run.run import Run
 
 MAX_ATTEMPTS = 5
+REFUSED = "devswarm_refused"  # a task result carrying an expected refusal, not a completion
 # A Prefect global concurrency limit on model calls, shared by worker processes (--executor
 # deployment); inside one process the model client's own semaphore is the cap.
 MODEL_CALL_LIMIT = "devswarm-model-calls"
@@ -101,10 +103,10 @@ def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -
                 log=run.agent_log(agent_id),
             )
     except ModelCallError as exc:
+        if exc.expected:  # returned, not raised: Prefect would log it as an ERROR with a traceback
+            return {REFUSED: exc.as_dict()}
         if exc.transient and attempt < MAX_ATTEMPTS:
-            time.sleep(
-                min(exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt, 60.0)
-            )
+            time.sleep(backoff_seconds(exc, attempt))
         raise
 
 
@@ -116,6 +118,9 @@ def prefect_calls(run: Run, agent_id: str) -> ModelFn:
             raise BudgetExhausted(reason)
         # quote: Prefect would walk the whole request (every message) twice per call looking for
         # futures, ~13 % of the swarm process's CPU (bench/scale.py); the task gets the dict.
-        return model_call(run.run_id, agent_id, step, quote(request))
+        reply = model_call(run.run_id, agent_id, step, quote(request))
+        if REFUSED in reply:  # the agent takes its fallback (or ends in one line)
+            raise ModelCallError.from_dict(reply[REFUSED])
+        return reply
 
     return call

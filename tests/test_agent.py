@@ -17,17 +17,18 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from devswarm.agent.loop import (
+from devswarm.agent.compat import (
     HARD_BUDGET,
     KEEP_RECENT,
     TOOL_OUTPUT_BUDGET,
-    Agent,
     prepare_messages,
     schema_prompt,
 )
+from devswarm.agent.loop import Agent
 from devswarm.agent.stuck import StuckDetector, StuckThresholds
 from devswarm.config import KNOWN_PRICES, AgentLimits
-from devswarm.model.client import ModelCallError, ModelClient
+from devswarm.model.client import ModelClient
+from devswarm.model.errors import ModelCallError
 from devswarm.offline.faults import roll_fault
 from devswarm.offline.scenario import Faults
 from devswarm.offline.server import ModelServer, Scenario
@@ -521,14 +522,13 @@ def test_plan_from_a_server_that_answers_500_to_any_response_format(h: Harness) 
     assert Plan.model_validate(outcome.answer).tasks[0].id == "add-mul"
     assert agent.structured_output is False
     reqs = h.requests()
-    # The 500 repeated (the caller's retry), then the same step went out without the format.
+    # The 500 names response_format: not retried; the same step went out without the format.
     assert [(r["step"], r["status"], "response_format" in r["request"]) for r in reqs] == [
-        (0, 500, True),
         (0, 500, True),
         (0, 200, False),
         (1, 200, False),
     ]
-    assert reqs[2]["request"]["messages"][-1]["content"] == schema_prompt(Plan)
+    assert reqs[1]["request"]["messages"][-1]["content"] == schema_prompt(Plan)
     assert '"summary"' in schema_prompt(Plan) and "JSON schema" in schema_prompt(Plan)
 
 
@@ -581,7 +581,7 @@ def test_a_refused_key_is_not_mistaken_for_missing_structured_output(h: Harness)
 
 
 def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> None:
-    from devswarm.model.client import ModelSlots
+    from devswarm.model.slots import ModelSlots
 
     slots = ModelSlots(1, grace=0)  # one slot: grants happen one after another
     for agent in ("old", "young"):  # ages: old first
@@ -624,7 +624,7 @@ def test_model_slots_cap_calls_in_flight_and_serve_the_oldest_agent_first() -> N
 
 
 def test_an_agent_keeps_its_model_slot_between_calls_until_done_or_its_grace_ends() -> None:
-    from devswarm.model.client import ModelSlots
+    from devswarm.model.slots import ModelSlots
 
     slots = ModelSlots(1, grace=0.5)
     got: list[tuple[str, float]] = []
@@ -758,3 +758,16 @@ def test_a_server_refusing_both_output_limit_fields_ends_the_agent_with_the_erro
     outcome = h.agent(scenario).run()
     assert outcome.status == "error" and "max_completion_tokens" in outcome.reason
     assert len(h.requests()) == 2  # tried the other field once, not forever
+
+
+def test_backoff_honours_retry_after_even_zero_else_doubles_and_never_exceeds_a_minute() -> None:
+    from devswarm.model.errors import backoff_seconds
+
+    def err(retry_after: float | None) -> ModelCallError:
+        return ModelCallError("busy", transient=True, status=429, retry_after=retry_after)
+
+    assert [backoff_seconds(err(None), a) for a in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert backoff_seconds(err(0.0), 3) == 0.0  # "retry now" is not "no answer"
+    assert backoff_seconds(err(7.5), 1) == 7.5
+    assert backoff_seconds(err(3600), 1) == 60.0
+    assert backoff_seconds(err(None), 10) == 60.0

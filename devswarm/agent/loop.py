@@ -7,18 +7,17 @@ schema) go back to the model as messages; terminal ones (finished, limits, stuck
 the loop with a status. Records and the transcript are written as they happen (each message a
 line, flushed before the next action), so a crash never loses what happened.
 
-Two fallbacks keep a task alive where the server is the problem:
-- `context_length_exceeded`: the request is sent once more with every tool output cut hard.
-- Structured output: a request with `response_format` that the server refuses (a 4xx, or a 5xx
-  still failing after the caller's retries: llama.cpp answers 500) is sent again without it,
-  with the JSON schema in the prompt; the agent remembers and sends no response_format again.
-  The JSON-in-text answer is validated with pydantic, and errors go back for a bounded retry.
+Where the server is the problem (context too long, no structured output, the other output-limit
+field, no native tools), devswarm.agent.compat picks the fallback and this loop carries it out.
+With `text_tools` the tools are described in the prompt and the calls the model writes as text
+(devswarm.agent.textcalls) take the same path as native ones: run in order, recorded as rows,
+fed to the stuck detector; a call that cannot be read is a tool-call error row and a message
+to the model. Their results go back in one user message (such servers may refuse tool roles).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,19 +25,22 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from devswarm.agent.compat import (
+    HARD_BUDGET,
+    next_fallback,
+    parse_json_answer,
+    prepare_messages,
+    schema_prompt,
+)
 from devswarm.agent.stuck import NO_TOOL_CALL, StuckDetector
+from devswarm.agent.textcalls import TextCalls, parse_text_calls, tool_responses, tools_prompt
 from devswarm.config import AgentLimits
-from devswarm.model.client import ModelCallError
+from devswarm.model.errors import ModelCallError
 from devswarm.model.ledger import BudgetExhausted
 from devswarm.records import RecordLog, now, span_id
 from devswarm.tools.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
-
-KEEP_RECENT = 8  # the last messages, whose tool outputs are not shortened
-TOOL_OUTPUT_BUDGET = 3000  # characters an older tool output may keep
-HARD_BUDGET = 600  # characters any tool output keeps after a context_length_exceeded
-FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
 class Outcome(BaseModel):
@@ -52,73 +54,6 @@ class Outcome(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-
-
-def shorten(text: str, keep: int) -> str:
-    """Head and tail of a long text with a note of what was cut."""
-    if len(text) <= keep:
-        return text
-    half = keep // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters of tool output cut ...]\n{text[-half:]}"
-
-
-def prepare_messages(
-    messages: list[dict[str, Any]],
-    budget: int = TOOL_OUTPUT_BUDGET,
-    keep_recent: int = KEEP_RECENT,
-) -> list[dict[str, Any]]:
-    """The messages to send: tool outputs older than the last `keep_recent` messages and longer
-    than `budget` characters keep their head and tail (deterministically, so a rerun sends the
-    same bytes). The agent's own history is never changed."""
-    cut = len(messages) - keep_recent
-    out = []
-    for i, m in enumerate(messages):
-        if i < cut and m.get("role") == "tool" and len(m.get("content") or "") > budget:
-            m = {**m, "content": shorten(m["content"], budget)}
-        out.append(m)
-    return out
-
-
-def schema_prompt(schema: type[BaseModel]) -> str:
-    """The instruction that replaces `response_format` on servers without structured output."""
-    return (
-        f"Answer format: when you give your final answer, reply with one JSON object (no code "
-        f"fences, no other text) that validates against this JSON schema of "
-        f"{schema.__name__}:\n"
-        + json.dumps(schema.model_json_schema(), separators=(",", ":"), sort_keys=True)
-    )
-
-
-def format_refused(exc: ModelCallError) -> bool:
-    """Whether a failed request with `response_format` may succeed without it: the server
-    refused the request (not the key, not the model) or kept failing with a 5xx."""
-    if exc.status is None or exc.error_type == "context_length_exceeded":
-        return False
-    if exc.status >= 500:
-        return True
-    return not exc.transient and exc.status not in (401, 403, 404)
-
-
-OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens")
-
-
-def other_output_limit(exc: ModelCallError, field: str) -> str | None:
-    """The field to cap the answer with instead, when the server refused `field` (OpenAI's
-    newest models refuse `max_tokens` and name `max_completion_tokens`; some servers the reverse)."""
-    other = OUTPUT_LIMITS[1 - OUTPUT_LIMITS.index(field)]
-    text = str(exc)
-    if exc.status == 400 and field in text and other in text:
-        return other
-    return None
-
-
-def parse_json_answer(content: str | None, schema: type[BaseModel]) -> BaseModel:
-    """Parse a structured answer, tolerating code fences around the JSON."""
-    text = FENCE.sub("", (content or "").strip()).strip()
-    start, end = text.find("{"), text.rfind("}")
-    if start > 0 and end > start:
-        text = text[start : end + 1]
-    return schema.model_validate_json(text)
 
 
 class Agent:
@@ -143,13 +78,16 @@ class Agent:
         stuck: StuckDetector | None = None,
         structured_output: bool = True,
         output_limit: str = "max_tokens",
+        text_tools: bool = False,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
         `answer_schema` the agent ends on a valid JSON answer; without one, on `finish`.
         `structured_output=False`: never send `response_format` (the schema goes in the prompt).
         `output_limit`: the request field for `limits.max_output_tokens`; switched (and kept) when
-        the server refuses it and names the other."""
+        the server refuses it and names the other.
+        `text_tools=True`: never send `tools`; describe them in the system prompt and read the
+        calls the model writes as text (switched on when the server refuses `tools`)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -158,6 +96,10 @@ class Agent:
         self.stuck = stuck or StuckDetector()
         self.structured_output = structured_output
         self.output_limit = output_limit
+        self.text_tools = text_tools
+        self.specs = toolbox.specs()
+        if text_tools and self.specs:
+            system = f"{system}\n\n{tools_prompt(self.specs)}"
         self.messages: list[dict[str, Any]] = [
             {"role": "system", "content": system},
             {"role": "user", "content": user},
@@ -210,9 +152,8 @@ class Agent:
             "messages": messages,
             self.output_limit: self.limits.max_output_tokens,
         }
-        specs = self.toolbox.specs()
-        if specs:
-            request["tools"] = specs
+        if self.specs and not self.text_tools:
+            request["tools"] = self.specs
         if self.answer_schema is not None and self.structured_output:
             request["response_format"] = {
                 "type": "json_schema",
@@ -227,25 +168,32 @@ class Agent:
         step = self.outcome.steps
         shorten_hard = False
         tried = {self.output_limit}
-        while True:  # at most four sends: each fallback below is taken once
+        while True:  # at most four sends: each fallback is taken once
             request = self._request(shorten_hard)
             try:
                 reply = self.call(request, step)
                 break
             except ModelCallError as exc:
-                if exc.error_type == "context_length_exceeded" and not shorten_hard:
+                fallback = next_fallback(
+                    exc,
+                    request,
+                    shortened=shorten_hard,
+                    output_limit=self.output_limit,
+                    tried_limits=tried,
+                )
+                if fallback is None:
+                    raise
+                kind, other = fallback
+                if kind == "shorten":
                     shorten_hard = True  # cut every tool output and try once more
-                    continue
-                if other := other_output_limit(exc, self.output_limit):
-                    if other in tried:
-                        raise
+                elif kind == "output_limit" and other is not None:
                     tried.add(other)
                     self.output_limit = other  # for the rest of this agent (and its run)
-                    continue
-                if "response_format" in request and format_refused(exc):
+                elif kind == "text_tools":
+                    self.text_tools = True  # for the rest of this agent: tools in the prompt
+                    self._add({"role": "user", "content": tools_prompt(self.specs)})
+                else:
                     self._structured_output_off()
-                    continue
-                raise
         self.outcome.steps += 1
         self.outcome.input_tokens += reply.get("input_tokens", 0)
         self.outcome.output_tokens += reply.get("output_tokens", 0)
@@ -260,7 +208,11 @@ class Agent:
 
     def _observe(self, reply: dict[str, Any]) -> Outcome | None:
         calls = reply.get("tool_calls") or []
-        message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+        content = reply.get("content")
+        written = TextCalls()
+        if not calls and self.specs:  # text calls also where the server ignored `tools`
+            written = parse_text_calls(content, self.specs)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = [
                 {
@@ -272,35 +224,66 @@ class Agent:
             ]
         self._add(message)  # saved before any tool runs: a kill mid-command keeps the intent
         step = self.outcome.steps - 1
-        if not calls:
-            return self._answer(reply.get("content"))
+        if not calls and not written.attempted:
+            return self._answer(content)
         finished: dict[str, Any] | None = None
-        for c in calls:
-            t0, started = time.perf_counter(), now()
-            result = self._call_tool(c["name"], c["arguments"])
-            self._add({"role": "tool", "tool_call_id": c["id"], "content": result.output})
-            self.log.write(
-                "tool_call",
-                run_id=self.run_id,
-                agent_id=self.agent_id,
-                step=step,
-                tool_call_id=c["id"],
-                tool_name=c["name"],
-                arguments=str(c["arguments"])[:4096],
-                output_excerpt=result.output[:2048],
-                error_type=result.error_type,
-                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
-                started_at=started,
-                span_id=span_id(self.agent_id, str(step), c["id"]),
-                parent_span_id=span_id(self.agent_id),
-            )
-            self.stuck.add(f"{c['name']} {c['arguments']}", result.output, result.error_type)
+        responses: list[tuple[str, str]] = []
+        for c in calls or written.calls:
+            result = self._run(step, c["id"], c["name"], c["arguments"])
+            if calls:
+                self._add({"role": "tool", "tool_call_id": c["id"], "content": result.output})
+            responses.append((c["name"], result.output))
             if result.finish is not None:
                 finished = result.finish
+        for e in written.errors:
+            name = e["name"] or "(unread)"
+            output = f'{e["error"]}. Write each call as <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>.'
+            self._record(step, str(e["id"]), name, str(e["written"]), output, "invalid_tool_call")
+            self.stuck.add(f"{name} {e['written']}", output, "invalid_tool_call")
+            responses.append((name, output))
+        if not calls:
+            self._add({"role": "user", "content": tool_responses(responses)})
         if finished is not None:
             self.outcome.finish = finished
             return self._end("finished", "")
         return None
+
+    def _run(self, step: int, call_id: str, name: str, arguments: str) -> ToolResult:
+        """Run one tool call, record it as a row and feed the stuck detector."""
+        t0, started = time.perf_counter(), now()
+        result = self._call_tool(name, arguments)
+        self._record(
+            step, call_id, name, str(arguments), result.output, result.error_type, t0, started
+        )
+        self.stuck.add(f"{name} {arguments}", result.output, result.error_type)
+        return result
+
+    def _record(
+        self,
+        step: int,
+        call_id: str,
+        name: str,
+        arguments: str,
+        output: str,
+        error_type: str | None,
+        t0: float | None = None,
+        started: str | None = None,
+    ) -> None:
+        self.log.write(
+            "tool_call",
+            run_id=self.run_id,
+            agent_id=self.agent_id,
+            step=step,
+            tool_call_id=call_id,
+            tool_name=name,
+            arguments=arguments[:4096],
+            output_excerpt=output[:2048],
+            error_type=error_type,
+            duration_ms=round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else 0.0,
+            started_at=started or now(),
+            span_id=span_id(self.agent_id, str(step), call_id),
+            parent_span_id=span_id(self.agent_id),
+        )
 
     def _call_tool(self, name: str, arguments: str) -> ToolResult:
         try:

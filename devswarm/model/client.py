@@ -2,53 +2,44 @@
 
 Retries are not done here (the client's own are off): the caller (a Prefect task) retries
 transient failures visibly, so every attempt is one row that matches the server's request log.
+What the endpoint accepts is learned as calls go (devswarm.model.capabilities): a refusal that
+names a field is one warning line, and a server that reports no usage gets it estimated.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import heapq
-import itertools
 import json
+import logging
 import math
-import threading
 import time
 import zlib
-from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
 from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
-from devswarm.config import Price
 from devswarm.errors import UserError
+from devswarm.model.capabilities import (
+    Capabilities,
+    CapabilityBook,
+    endpoint_concurrency,
+    is_loopback,
+    listed_window,
+    probe_request,
+    props_limits,
+)
+from devswarm.model.errors import ModelCallError, from_status_error
 from devswarm.model.ledger import Ledger
+from devswarm.model.pricing import Price
+from devswarm.model.slots import ModelSlots
 from devswarm.records import RecordLog, now, span_id
 
-TRANSIENT_STATUS = {408, 409, 425, 429}
 POOL_SIZE = 32  # calls in flight per HTTP connection pool (see ModelClient)
-
-
-class ModelCallError(Exception):
-    """A failed HTTP attempt. `transient` ones are worth retrying."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        transient: bool,
-        status: int | None = None,
-        error_type: str = "error",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-        self.error_type = error_type
-        self.retry_after = retry_after
+log_ = logging.getLogger("devswarm.model")  # `log` is a RecordLog here
 
 
 def request_hash(request: dict[str, Any]) -> str:
@@ -62,18 +53,10 @@ def estimate_tokens(request: dict[str, Any]) -> int:
     return math.ceil(len(json.dumps(request.get("messages", []), default=str)) / 4) + 64
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after") if exc.response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _error_code(exc: openai.APIStatusError) -> str | None:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    inner = body.get("error", body) if isinstance(body, dict) else {}
-    return inner.get("code") if isinstance(inner, dict) else None
+def estimate_output_tokens(content: str | None, tool_calls: list[dict[str, Any]]) -> int:
+    """An estimate of an answer's tokens (4 characters a token), for servers reporting none."""
+    text = (content or "") + "".join(c["name"] + (c["arguments"] or "") for c in tool_calls)
+    return max(1, math.ceil(len(text) / 4))
 
 
 class InvalidResponse(Exception):
@@ -95,95 +78,6 @@ def _completion(raw: httpx.Response) -> ChatCompletion:
     return ChatCompletion.construct(**data)
 
 
-class ModelSlots:
-    """At most `n` model calls in flight across the swarm, handed out oldest agent first.
-
-    A free slot goes to the oldest waiting agent (the one whose first call came first), and an
-    agent keeps its slot between its calls for up to `grace` seconds, or until `done(agent)`.
-    So a swarm can run more workers than the endpoint takes calls: the extra ones start their
-    worktree and Prefect subflow while others' calls are in flight and wait here, and a worker
-    that finishes passes its slot at once to one already started. Workers finish in the order
-    they started, each without waiting between its own calls, instead of all of them crawling
-    to the end together; a worker busy longer than `grace` (a long command) lends its slot out.
-    """
-
-    def __init__(self, n: int, grace: float = 2.0) -> None:
-        self.grace = grace
-        self._cond = threading.Condition()  # guards everything below
-        self._free = max(1, n)
-        self._age: dict[str, int] = {}
-        self._waiting: list[tuple[int, int, threading.Event]] = []  # (age, arrival, handoff)
-        self._arrival = itertools.count()
-        self._kept: dict[str, float] = {}  # agent -> monotonic time its kept slot is given up
-        self._expirer: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def hold(self, agent: str) -> Iterator[None]:
-        """A slot for one call of `agent`."""
-        self._acquire(agent)
-        try:
-            yield
-        finally:
-            with self._cond:
-                if self.grace > 0:  # later than any kept now: the expirer needs no wake-up
-                    self._kept[agent] = time.monotonic() + self.grace
-                    self._start_expirer()
-                else:
-                    self._give()
-
-    def done(self, agent: str) -> None:
-        """The agent makes no more calls: its kept slot goes to the next waiter now."""
-        with self._cond:
-            if self._kept.pop(agent, None) is not None:
-                self._give()
-
-    def _acquire(self, agent: str) -> None:
-        with self._cond:
-            age = self._age.setdefault(agent, len(self._age))
-            if self._kept.pop(agent, None) is not None:
-                return  # back within its grace: its own slot
-            if self._free and not self._waiting:
-                self._free -= 1
-                return
-            entry = (age, next(self._arrival), threading.Event())
-            heapq.heappush(self._waiting, entry)
-        try:
-            entry[2].wait()  # set by _give: the slot is ours
-        except BaseException:  # interrupted while waiting: give up the place, or the slot
-            with self._cond:
-                if entry[2].is_set():
-                    self._give()
-                else:
-                    self._waiting.remove(entry)
-                    heapq.heapify(self._waiting)
-            raise
-
-    def _give(self) -> None:
-        """One slot back: to the oldest waiter (never free in between), else free. Lock held."""
-        if self._waiting:
-            heapq.heappop(self._waiting)[2].set()
-        else:
-            self._free += 1
-
-    def _start_expirer(self) -> None:
-        if self._expirer is None:
-            self._expirer = threading.Thread(target=self._expire, name="model-slots", daemon=True)
-            self._expirer.start()
-
-    def _expire(self) -> None:
-        """Give up kept slots whose grace ran out; ends when none is kept (started again later)."""
-        with self._cond:
-            while self._kept:
-                now_ = time.monotonic()
-                due = [a for a, t in self._kept.items() if t <= now_]
-                for agent in due:
-                    del self._kept[agent]
-                    self._give()
-                if self._kept:
-                    self._cond.wait(min(self._kept.values()) - now_)
-            self._expirer = None
-
-
 class ModelClient:
     """A thread-safe wrapper around one OpenAI-compatible endpoint."""
 
@@ -196,9 +90,12 @@ class ModelClient:
         prices: dict[str, Price | None] | None = None,
         fallback_price: Price | None = None,
         ledger: Ledger | None = None,
-        max_in_flight: int = 32,
+        max_in_flight: int | None = None,
     ) -> None:
+        """`max_in_flight`: model calls at once across the swarm; None: few for a loopback
+        endpoint, many for a remote one (capabilities.endpoint_concurrency)."""
         self.base_url = base_url
+        max_in_flight = endpoint_concurrency(base_url, max_in_flight)
         # One client (one connection pool) per POOL_SIZE calls in flight: httpcore scans every
         # connection of its pool when a request starts and when a response closes, so one pool
         # for 200 calls at once cost ~4 % of the swarm process's CPU (bench/scale.py, py-spy).
@@ -217,6 +114,9 @@ class ModelClient:
         self.ledger = ledger
         # A cap on calls in flight across the swarm, so parallel workers don't start 429 storms.
         self.slots = ModelSlots(max_in_flight)
+        # What the endpoint accepts, per model; the host only in warnings (no credentials).
+        self.book = CapabilityBook(urlsplit(str(self._client.base_url)).netloc.rpartition("@")[2])
+        self._listing: Any = None  # GET /models, kept from preflight for the probe
 
     def pool(self, agent_id: str) -> openai.OpenAI:
         """The client (and connection pool) an agent's calls go through: always the same one."""
@@ -228,7 +128,7 @@ class ModelClient:
     def preflight(self) -> None:
         """Fail early, in one line, when the endpoint cannot be reached or refuses the key."""
         try:
-            self._client.with_options(timeout=10.0).models.list()
+            raw = self._client.get("/models", cast_to=httpx.Response, options={"timeout": 10.0})
         except openai.APIConnectionError as exc:
             raise UserError(
                 f"cannot reach the model endpoint {self._client.base_url}: {exc}"
@@ -238,7 +138,54 @@ class ModelClient:
                 f"the model endpoint {self._client.base_url} refused the API key (401)"
             ) from None
         except openai.APIStatusError:
-            pass  # some servers have no /models; the first chat call will tell
+            return  # some servers have no /models; the first chat call will tell
+        try:
+            self._listing = raw.json()
+        except ValueError:
+            self._listing = None
+
+    def probe(self, model: str, *, run_id: str, log: RecordLog | None) -> Capabilities:
+        """Learn what the endpoint accepts for `model`: the listing (and llama.cpp's /props on a
+        loopback endpoint) for free, then one tiny chat request, recorded like any call."""
+        if self._listing is None:
+            self.preflight()
+        free: dict[str, int] = {}
+        if (window := listed_window(self._listing, model)) is not None:
+            free["context_window"] = window
+        if is_loopback(self.base_url):
+            free.update(self._props())
+        self.remember(model, self.book.get(model).model_copy(update=free))
+        request = probe_request(model, self.book.get(model).output_limit)
+        try:
+            self.chat(
+                request, run_id=run_id, agent_id=f"preflight/{model}", step=0, attempt=1, log=log
+            )
+        except ModelCallError as exc:
+            if exc.unsupported is None and exc.error_type != "context_length_exceeded":
+                log_.warning(
+                    "the capability probe of %s failed: %s: %s", model, exc.error_type, exc
+                )
+        else:
+            self.book.update(model, json_schema=True)
+        return self.book.get(model)
+
+    def remember(self, model: str, caps: Capabilities) -> None:
+        """Take capabilities learned earlier (a resumed run's state): nothing is learned twice.
+        A server with fewer parallel slots than calls allowed in flight gets fewer at once."""
+        self.book.remember(model, caps)
+        if caps.max_concurrent_requests is not None:
+            self.slots.resize(min(self.slots.capacity, caps.max_concurrent_requests))
+
+    def _props(self) -> dict[str, int]:
+        """llama.cpp's GET /props (at the server's root, beside /v1); {} from other servers."""
+        root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
+        try:
+            raw = self._client.get(
+                f"{root}/props", cast_to=httpx.Response, options={"timeout": 10.0}
+            )
+            return props_limits(raw.json())
+        except (openai.APIError, ValueError):
+            return {}
 
     def chat(
         self,
@@ -293,15 +240,10 @@ class ModelClient:
                 row["http_status"] = raw.status_code
                 completion = _completion(raw)
             except openai.APIStatusError as exc:
-                code = _error_code(exc)
-                row.update(http_status=exc.status_code, error_type=code or type(exc).__name__)
-                raise ModelCallError(
-                    str(exc.message)[:500],
-                    transient=exc.status_code in TRANSIENT_STATUS or exc.status_code >= 500,
-                    status=exc.status_code,
-                    error_type=code or type(exc).__name__,
-                    retry_after=_retry_after(exc),
-                ) from None
+                error = from_status_error(exc, request)
+                row.update(http_status=exc.status_code, error_type=error.error_type)
+                self.book.learn(model, error, request)
+                raise error from None
             except openai.APITimeoutError:
                 row.update(error_type="timeout")
                 raise ModelCallError(
@@ -319,23 +261,31 @@ class ModelClient:
                 ) from None
             else:
                 usage = completion.usage
-                input_tokens = usage.prompt_tokens if usage else 0
-                output_tokens = usage.completion_tokens if usage else 0
+                choice = completion.choices[0]
+                message = choice.message
+                calls = [
+                    {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                    for c in (message.tool_calls or [])
+                    if getattr(c, "function", None) is not None
+                ]
+                estimated = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
+                if estimated:  # the server reports none: estimated, so budgets stay enforced
+                    input_tokens = estimate_tokens(request)
+                    output_tokens = estimate_output_tokens(message.content, calls)
+                    self.book.usage_missing(model)
+                else:
+                    assert usage is not None
+                    input_tokens = usage.prompt_tokens or 0
+                    output_tokens = usage.completion_tokens or 0
                 details = usage.prompt_tokens_details if usage else None
                 cached = (details.cached_tokens or 0) if details else 0
                 tokens, cost = (
                     input_tokens + output_tokens,
                     price.cost(input_tokens, cached, output_tokens),
                 )
-                choice = completion.choices[0]
-                message = choice.message
                 reply = {
                     "content": message.content,
-                    "tool_calls": [
-                        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-                        for c in (message.tool_calls or [])
-                        if getattr(c, "function", None) is not None
-                    ],
+                    "tool_calls": calls,
                     "finish_reason": choice.finish_reason,
                     "input_tokens": input_tokens,
                     "output_tokens": output_tokens,
@@ -343,6 +293,7 @@ class ModelClient:
                     "cost_usd": cost,
                     "response_id": completion.id,
                     "response_model": completion.model,
+                    "usage_estimated": estimated,
                 }
                 row.update(
                     http_status=raw.status_code,
@@ -353,6 +304,7 @@ class ModelClient:
                     cache_read_input_tokens=cached,
                     cost_usd=cost,
                     finish_reasons=json.dumps([choice.finish_reason]),
+                    usage_estimated=estimated,
                 )
                 return reply
             finally:

@@ -15,7 +15,7 @@ from devswarm.git.conflict import ConflictError
 from devswarm.git.landing import LandResult
 from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, trailers, worker_id
-from devswarm.model.client import ModelCallError
+from devswarm.model.errors import ModelCallError
 from devswarm.records import now
 from devswarm.roles import prompts
 from devswarm.roles.rows import landing_row, task_row

@@ -21,7 +21,8 @@ from devswarm.git.plumbing import check_branch_name
 from devswarm.git.remote import RemoteWorkspace
 from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, new_run_name, repo_key
-from devswarm.model.client import ModelCallError, ModelClient
+from devswarm.model.client import ModelClient
+from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, now
 from devswarm.run import registry
@@ -260,7 +261,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
             except ModelCallError as exc:
                 if not exc.transient or attempt == attempts:
                     raise
-                time.sleep(min(exc.retry_after or 0.5 * 2**attempt, 60))
+                time.sleep(backoff_seconds(exc, attempt))
         raise AssertionError("unreachable")
 
     return call
