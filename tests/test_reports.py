@@ -190,7 +190,7 @@ def test_the_run_summary_links_the_served_report(
     server serves it; without a report server the path stays text, never a file:// link."""
     from prefect import flow
 
-    from flows.swarm import _summary_artifact
+    from tasks.artifacts import summary_artifact as _summary_artifact
 
     report = _report(tmp_path)
 
