@@ -14,8 +14,10 @@ import pytest
 
 from devswarm.errors import UserError
 from devswarm.records import RecordLog, now, read_records, span_id
-from devswarm.store import store as store_module
-from devswarm.store.store import SCHEMA_VERSION, Store, open_readonly
+from devswarm.store import migrations as store_module
+from devswarm.store.migrations import SCHEMA_VERSION
+from devswarm.store.store import Store
+from devswarm.store.warehouse import open_readonly
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-1"

@@ -39,7 +39,7 @@ def _jsonable(value: Any) -> Any:
 
 def run_sql(db: Path, query: str) -> tuple[list[str], list[tuple]]:
     """Run one query on the store at ``db`` (with the runs not yet merged into it)."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     with open_readonly(db) as store:
         return store.query(query)
@@ -91,7 +91,7 @@ def report(
     """Summarise a run: cost, who did what, outcomes, hot files, latency (and an HTML file)."""
     from devswarm.cli import _fail
     from devswarm.report.report import load_report, render_html, report_lines
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     try:
         with open_readonly(_db(db)) as store:
@@ -117,7 +117,7 @@ def export(
 ) -> None:
     """Export every table (and view) to Parquet, for other tools."""
     from devswarm.cli import _fail
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     try:
         with open_readonly(_db(db)) as store:
@@ -175,9 +175,9 @@ def import_history(
     Waits up to ``wait`` seconds for their states to be final, then upserts them (idempotent:
     importing again updates the rows) and joins them to our agents. Returns counts.
     """
-    from devswarm.records import flow_run_record, task_run_record
+    from devswarm.history import flow_run_record, task_run_record
     from devswarm.report.report import latest_run
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     try:
         with open_readonly(db) as store:
@@ -218,7 +218,8 @@ def import_history(
 
 def _write_history(db: Path, run_id: str, records: list[dict], timeout: float = 30.0) -> int:
     """Upsert into the warehouse, retrying while another process holds it."""
-    from devswarm.store.store import Store, is_busy
+    from devswarm.store.failures import is_busy
+    from devswarm.store.store import Store
 
     deadline, delay = time.monotonic() + timeout, 0.05
     while True:

@@ -31,7 +31,7 @@ EXAMPLE_QUERIES = [
 
 def run_numbers(db: Path, run_id: str) -> dict[str, Any]:
     """Key numbers of one run, read from the store."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     store = open_readonly(db)
     try:
@@ -706,7 +706,7 @@ devswarm sql "SELECT * FROM role_metrics WHERE run_id = '{_e(rid)}'"</p>
 
 def write_html_report(db: Path, run_id: str | None, out: Path) -> Path:
     """Write the HTML report of a run (the latest if None) from the store at ``db``."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     with open_readonly(db) as store:
         report = load_report(store, run_id)

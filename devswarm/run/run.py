@@ -33,9 +33,10 @@ from devswarm.git.workspace import (
     Workspace,
     check_branch_name,
 )
+from devswarm.history import current_flow_run_id
 from devswarm.model.client import ModelCallError, ModelClient
 from devswarm.model.ledger import Ledger
-from devswarm.records import RecordLog, current_flow_run_id, now, span_id
+from devswarm.records import RecordLog, now, span_id
 from devswarm.roles import prompts
 from devswarm.sandbox.command import bwrap_available, run_command, scrubbed_env
 from devswarm.schemas import (
@@ -47,7 +48,9 @@ from devswarm.schemas import (
     slug,
     validate_plan,
 )
-from devswarm.store.store import Store, is_busy, publish_run, run_store_path
+from devswarm.store.failures import is_busy
+from devswarm.store.store import Store
+from devswarm.store.warehouse import publish_run, run_store_path
 from devswarm.tools.toolbox import Toolbox
 
 CallFactory = Callable[["Run", str], ModelFn]  # (run, agent_id) -> model function
@@ -257,7 +260,7 @@ class Run:
         if not self.config.db_path.exists():
             return hot
         try:
-            from devswarm.store.store import open_readonly
+            from devswarm.store.warehouse import open_readonly
 
             store = open_readonly(self.config.db_path)
             try:
