@@ -15,7 +15,7 @@ import pytest
 from devswarm.errors import UserError
 from devswarm.records import RecordLog, now, read_records, span_id
 from devswarm.store import migrations as store_module
-from devswarm.store.migrations import SCHEMA_VERSION
+from devswarm.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from devswarm.store.store import Store
 from devswarm.store.warehouse import open_readonly
 
@@ -320,10 +320,13 @@ def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
     with Store(db) as store:
         store.add("runs", run_id="r1", run_name="first", config={"workers": 4})
     with Store(db) as store:
-        assert store.query("SELECT version FROM schema_version")[1] == [(SCHEMA_VERSION,)]
+        assert store.query("SELECT version FROM schema_version")[1] == [
+            (m.version,)
+            for m in MIGRATIONS  # a new store replays every migration
+        ]
         row = one(store, "SELECT run_name, config FROM runs")
         assert row == {"run_name": "first", "config": '{"workers": 4}'}
-        store.query("INSERT INTO schema_version VALUES (99, now())")
+        store.query("INSERT INTO schema_version (version, applied_at) VALUES (99, now())")
     with pytest.raises(UserError, match="schema version 99"):
         Store(db)
     with pytest.raises(UserError, match="schema version 99"):
@@ -335,13 +338,12 @@ def test_migrations_apply_once_on_open(tmp_path: Path, monkeypatch: pytest.Monke
     Store(db).close()
     nxt = SCHEMA_VERSION + 1
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", nxt)
-    monkeypatch.setattr(
-        store_module, "MIGRATIONS", {nxt: ("ALTER TABLE runs ADD COLUMN note VARCHAR",)}
-    )
+    note = Migration(nxt, "runs.note", ("ALTER TABLE runs ADD COLUMN note VARCHAR",))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, note))
     for _ in range(2):
         with Store(db) as store:
             versions = store.query("SELECT version FROM schema_version ORDER BY version")[1]
-            assert versions == [(SCHEMA_VERSION,), (nxt,)]
+            assert versions == [*((m.version,) for m in MIGRATIONS), (nxt,)]
             assert "note" in store.query("SELECT * FROM runs")[0]
 
 

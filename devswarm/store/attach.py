@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from devswarm.errors import UserError
-from devswarm.store import migrations
+from devswarm.store import upgrade
 from devswarm.store.failures import busy_error, is_lock_error, one_line
 
 
@@ -106,15 +106,12 @@ def attach(
 
 
 def attached_version(con: duckdb.DuckDBPyConnection, alias: str, path: Path) -> int | None:
-    """The schema version of an attached file (None if it is not a devswarm store)."""
-    try:
-        version = con.execute(f"SELECT max(version) FROM {alias}.main.schema_version").fetchall()
-    except duckdb.Error:
-        return None
-    version = version[0][0]
-    if version is not None:
-        migrations.check_version(version, path)
-    return version
+    """The schema version of an attached file (None if it is not a devswarm store).
+
+    Raises UserError if a newer or a different build of devswarm wrote it.
+    """
+    applied = upgrade.read_applied(con, alias)
+    return upgrade.check_applied(applied, path) if applied else None
 
 
 def attached_columns(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str, set[str]]:

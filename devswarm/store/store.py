@@ -23,7 +23,7 @@ import duckdb
 from devswarm.errors import UserError
 from devswarm.history import LINK_STATEMENTS
 from devswarm.records import RECORDED_AT, now, read_records
-from devswarm.store import migrations
+from devswarm.store import upgrade
 from devswarm.store.attach import (
     attached_columns,
     attached_version,
@@ -66,9 +66,9 @@ class Store:
             raise UserError(f"cannot open the store {self.path}: {one_line(exc)}") from exc
         try:
             if read_only:
-                migrations.adapt_readonly(self._con, self.path)
+                upgrade.adapt_readonly(self._con, self.path)
             else:
-                migrations.migrate(self._con, self.path)
+                upgrade.upgrade(self._con, self.path)
         except duckdb.Error as exc:  # e.g. a damaged file
             self._con.close()
             raise UserError(f"cannot open the store {self.path}: {one_line(exc)}") from exc
