@@ -15,8 +15,9 @@ import pytest
 from devswarm.errors import UserError
 from devswarm.records import RecordLog, now, read_records, span_id
 from devswarm.store import migrations as store_module
+from devswarm.store.failures import is_busy
 from devswarm.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
-from devswarm.store.store import Store
+from devswarm.store.store import Store, open_writer
 from devswarm.store.warehouse import open_readonly
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,6 +314,49 @@ def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
         assert reader.path == db
         with pytest.raises(UserError, match="read-only"):
             reader.add("runs", run_id="x")
+
+
+def test_open_writer_waits_while_another_process_holds_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    Store(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+        busy = pytest.raises(UserError, match="being written by another process")
+        with busy as refused, open_writer(db, timeout=0.2):
+            pass
+        assert is_busy(refused.value)
+        waited: list[object] = []
+
+        def write() -> None:
+            try:
+                with open_writer(db, timeout=120) as store:
+                    store.add("runs", run_id="after", status="done")
+                waited.append("written")
+            except Exception as exc:  # shown by the assertion below
+                waited.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), waited  # it cannot get the file while the holder has it
+        holder.kill()  # the holder goes away while the writer waits
+        holder.wait()
+        writer.join()
+        assert waited == ["written"]
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        holder.stderr.close()
+    with Store(db, read_only=True) as store:
+        assert store.query("SELECT run_id FROM runs ORDER BY 1")[1] == [("after",), ("held",)]
 
 
 def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:

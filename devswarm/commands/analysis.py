@@ -217,26 +217,17 @@ def import_history(
 
 
 def _write_history(db: Path, run_id: str, records: list[dict], timeout: float = 30.0) -> int:
-    """Upsert into the warehouse, retrying while another process holds it."""
-    from devswarm.store.failures import is_busy
-    from devswarm.store.store import Store
+    """Upsert into the warehouse, waiting while another process holds it."""
+    from devswarm.store.store import open_writer
 
-    deadline, delay = time.monotonic() + timeout, 0.05
-    while True:
-        try:
-            with Store(db) as store:
-                store.add_many(records, source="Prefect history")
-                store.link_history(run_id)
-                return store.query(
-                    "SELECT count(*) FROM prefect_task_runs WHERE run_id = ? AND agent_id IN"
-                    " (SELECT agent_id FROM agents)",
-                    [run_id],
-                )[1][0][0]
-        except UserError as exc:
-            if not is_busy(exc) or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(2 * delay, 1.0)
+    with open_writer(db, timeout=timeout) as store:
+        store.add_many(records, source="Prefect history")
+        store.link_history(run_id)
+        return store.query(
+            "SELECT count(*) FROM prefect_task_runs WHERE run_id = ? AND agent_id IN"
+            " (SELECT agent_id FROM agents)",
+            [run_id],
+        )[1][0][0]
 
 
 def _paged(read: Callable[..., list], **kwargs: Any) -> list:

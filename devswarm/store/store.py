@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,7 @@ from devswarm.store.attach import (
     sql_literal,
 )
 from devswarm.store.coerce import Coercion
-from devswarm.store.failures import busy_error, is_lock_error, one_line
+from devswarm.store.failures import busy_error, is_busy, is_lock_error, one_line
 from devswarm.store.schema import TABLES, columns, table_for
 from devswarm.store.upsert import merge_by_key, upsert_sql, write_rows
 from devswarm.store.views import VIEWS
@@ -255,6 +256,28 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def open_writer(path: Path, *, timeout: float = 30.0) -> Iterator[Store]:
+    """The store at ``path`` open for writing (closed on exit), waiting up to ``timeout``
+    seconds while another process holds the file: DuckDB allows one writing process, and
+    readers and other runs hold a store for moments at a time.
+
+    Raises the "being written by another process" UserError if the file stays held.
+    """
+    deadline, delay = time.monotonic() + timeout, 0.05
+    while True:
+        try:
+            store = Store(path)
+            break
+        except UserError as exc:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    with store:
+        yield store
 
 
 def _merge_attached(

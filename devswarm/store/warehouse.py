@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import duckdb
@@ -21,7 +20,7 @@ from devswarm.errors import UserError
 from devswarm.store.attach import attach, attached_columns, attached_version, fingerprint
 from devswarm.store.failures import is_busy
 from devswarm.store.schema import SQL_TYPES, TABLES, Table, columns, empty_select
-from devswarm.store.store import Store
+from devswarm.store.store import Store, open_writer
 from devswarm.store.views import create_views
 
 log = logging.getLogger(__name__)
@@ -44,24 +43,18 @@ def publish_run(warehouse: Path, run_file: Path, *, timeout: float = 30.0) -> bo
     False if it could not (the run stays readable from its own file; a later merge takes it).
     """
     run_file = Path(run_file)
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        try:
-            with Store(warehouse) as store:
-                store.merge_run_files(run_store_files(warehouse) or [run_file])
-                if not run_file.exists():
-                    return True
-                merged = store.merged_fingerprints().get(str(run_file.resolve()))
-                return merged == fingerprint(run_file)
-        except UserError as exc:
-            if not is_busy(exc):
-                raise
-            if time.monotonic() + delay > deadline:
-                log.warning("%s; the run stays in %s until the next merge", exc, run_file)
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    try:
+        with open_writer(warehouse, timeout=timeout) as store:
+            store.merge_run_files(run_store_files(warehouse) or [run_file])
+            if not run_file.exists():
+                return True
+            merged = store.merged_fingerprints().get(str(run_file.resolve()))
+            return merged == fingerprint(run_file)
+    except UserError as exc:
+        if not is_busy(exc):
+            raise
+        log.warning("%s; the run stays in %s until the next merge", exc, run_file)
+        return False
 
 
 def open_readonly(path: Path, *, attempts: int = 5) -> Store:
