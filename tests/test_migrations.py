@@ -15,7 +15,7 @@ from devswarm.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from devswarm.store.schema import SQL_TYPES, TABLES, columns
 from devswarm.store.store import Store
 from devswarm.store.upgrade import upgrade
-from devswarm.store.views import VIEWS
+from devswarm.store.views import BUILDING_BLOCKS, VIEWS
 from devswarm.store.warehouse import open_readonly
 
 # A value of each DuckDB type, to fill every column of a row.
@@ -160,4 +160,4 @@ def test_a_store_from_before_migration_names_gets_them(tmp_path: Path) -> None:
 def test_every_view_is_a_sql_file_of_its_name() -> None:
     folder = files("devswarm.store.views")
     shipped = {p.name.removesuffix(".sql") for p in folder.iterdir() if p.name.endswith(".sql")}
-    assert shipped == set(VIEWS)
+    assert shipped == {*BUILDING_BLOCKS, *VIEWS}

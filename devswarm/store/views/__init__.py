@@ -11,7 +11,10 @@ from importlib.resources import files
 
 import duckdb
 
-# Every view, in the order they are created and exported.
+# Views other views read: created first, not exported (they are steps, not results).
+BUILDING_BLOCKS: tuple[str, ...] = ("llm_usage_by_agent",)
+
+# The views a user reads, in the order they are created and exported.
 VIEWS: tuple[str, ...] = (
     "agent_metrics",
     "run_summary",
@@ -34,5 +37,5 @@ def create_views(con: duckdb.DuckDBPyConnection, *, temp: bool = False) -> None:
     """Create (or replace) every view on ``con``; ``temp`` puts them in the temporary catalog,
     which DuckDB searches first (for a file opened read-only)."""
     kind = "TEMP VIEW" if temp else "VIEW"
-    for name in VIEWS:
+    for name in (*BUILDING_BLOCKS, *VIEWS):
         con.execute(f"CREATE OR REPLACE {kind} {name} AS {view_sql(name)}")

@@ -14,12 +14,7 @@ SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_id, a.request_model, a.stat
     date_diff('microsecond', a.started_at, a.ended_at) / 1e6 AS wall_seconds
 FROM agents a
 -- each side is aggregated per agent first, so the joins cannot multiply rows
-LEFT JOIN (
-    SELECT agent_id, count(*) AS calls, count(error_type) AS failed_calls,
-        sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
-        sum(cache_read_input_tokens)::BIGINT AS cache_read_input_tokens, sum(cost_usd) AS cost_usd
-    FROM llm_calls GROUP BY agent_id
-) l USING (agent_id)
+LEFT JOIN llm_usage_by_agent l USING (agent_id)
 LEFT JOIN (
     SELECT agent_id, count(*) AS tool_calls, count(error_type) AS tool_errors
     FROM tool_calls GROUP BY agent_id

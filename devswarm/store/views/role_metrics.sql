@@ -17,12 +17,6 @@ FROM (
         coalesce(sum(l.cost_usd), 0) AS cost_usd,
         coalesce(sum(a.steps), 0)::BIGINT AS steps
     FROM agents a
-    FULL OUTER JOIN (
-        SELECT agent_id, any_value(run_id) AS run_id, count(*) AS calls,
-            count(error_type) AS failed_calls, sum(input_tokens) AS input_tokens,
-            sum(output_tokens) AS output_tokens,
-            sum(cache_read_input_tokens) AS cache_read_input_tokens, sum(cost_usd) AS cost_usd
-        FROM llm_calls GROUP BY agent_id
-    ) l ON a.agent_id = l.agent_id
+    FULL OUTER JOIN llm_usage_by_agent l ON a.agent_id = l.agent_id
     GROUP BY ALL
 )

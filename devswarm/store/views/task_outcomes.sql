@@ -21,9 +21,9 @@ LEFT JOIN (
 ) ld ON ld.run_id = t.run_id AND ld.task_id = t.task_id
 LEFT JOIN (
     SELECT a.run_id, a.task_id, count(DISTINCT a.agent_id) AS workers,
-        count(l.agent_id) AS calls, sum(l.input_tokens)::BIGINT AS input_tokens,
+        sum(l.calls)::BIGINT AS calls, sum(l.input_tokens)::BIGINT AS input_tokens,
         sum(l.output_tokens)::BIGINT AS output_tokens, sum(l.cost_usd) AS cost_usd
-    FROM agents a LEFT JOIN llm_calls l ON l.agent_id = a.agent_id
+    FROM agents a LEFT JOIN llm_usage_by_agent l ON l.agent_id = a.agent_id
     WHERE a.role = 'worker' AND a.task_id IS NOT NULL
     GROUP BY a.run_id, a.task_id
 ) c ON c.run_id = t.run_id AND c.task_id = t.task_id
