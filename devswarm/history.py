@@ -1,6 +1,6 @@
 """Prefect's history of a run as records: flow and task runs (Prefect's API objects given as
 plain dicts, so nothing here imports Prefect) -> ``prefect_flow_runs`` / ``prefect_task_runs``
-records, joined to our runs, agents and tasks.
+records, and the SQL that joins them to our agents once stored (LINK_STATEMENTS).
 
 Prefect run names say what runs ("work · <task id>", "plan · cycle 2 · root.api",
 "judge · cycle 2", "swarm · <run id>", "<agent id> · step 3" for a model call); a flow run's
@@ -182,9 +182,9 @@ def current_flow_run_id() -> str | None:
     return str(value) if value else None
 
 
-# What Store.link_history runs (with $run, our run id), in order: Prefect's flow runs get the
-# agent that recorded their id, else a work flow run the worker its name names that started
-# while it ran; a task run without an agent then gets its subflow's, else its flow run's.
+# What Store.link_history runs, in order ($run is our run id). A flow run gets the agent that
+# recorded its id; else, for a work flow run, the worker of the task its name names that started
+# while it ran. Then a task run without an agent gets its subflow's agent, else its flow run's.
 LINK_STATEMENTS = (
     """
 UPDATE prefect_flow_runs p SET agent_id = m.agent_id, task_id = coalesce(m.task_id, p.task_id),

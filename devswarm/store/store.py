@@ -25,12 +25,7 @@ from devswarm.errors import UserError
 from devswarm.history import LINK_STATEMENTS
 from devswarm.records import RECORDED_AT, now, read_records
 from devswarm.store import upgrade
-from devswarm.store.attach import (
-    attached_columns,
-    attached_version,
-    fingerprint,
-    sql_literal,
-)
+from devswarm.store.attach import attached_columns, attached_version, fingerprint, sql_literal
 from devswarm.store.coerce import Coercion
 from devswarm.store.failures import busy_error, is_busy, is_lock_error, one_line
 from devswarm.store.schema import TABLES, columns, table_for
@@ -43,17 +38,15 @@ log = logging.getLogger(__name__)
 class Store:
     """A DuckDB run store. Not for sharing across processes; safe to share across threads."""
 
-    def __init__(
-        self, path: Path, *, read_only: bool = False, _cleanup: Path | None = None
-    ) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         """Open (creating and migrating if writable) the store at ``path``.
 
         Raises UserError if the file is missing (read-only), held by another process, not a
-        devswarm store, or written by a newer devswarm.
+        devswarm store, or written by a newer or a different build of devswarm.
         """
         self.path = Path(path)
         self.read_only = read_only
-        self._cleanups = [_cleanup] if _cleanup else []  # snapshot folders to delete on close
+        self._cleanups: list[Path] = []  # snapshot folders to delete on close (from_connection)
         self._lock = threading.RLock()
         if read_only and not self.path.exists():
             raise UserError(f"no store at {self.path}")
