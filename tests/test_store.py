@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -279,10 +281,9 @@ time.sleep(60)
 """
 
 
-def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
-    db = tmp_path / "runs.duckdb"
-    with Store(db) as store:
-        store.add("runs", run_id="before", status="done")
+@contextmanager
+def holding(db: Path) -> Iterator[subprocess.Popen]:
+    """Another process writing the store at ``db`` (a row "held"), until killed or the end."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db)],
         cwd=REPO,
@@ -292,6 +293,19 @@ def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        holder.stderr.close()
+
+
+def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    with Store(db) as store:
+        store.add("runs", run_id="before", status="done")
+    with holding(db):
         with pytest.raises(UserError, match="being written by another process"):
             Store(db)  # a second writer is refused with one line, not a traceback
         try:
@@ -305,11 +319,6 @@ def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
             assert snapshot != db
         assert ids == [("before",), ("held",)]  # the holder's uncheckpointed row is in the copy
         assert not snapshot.exists()  # the snapshot is removed on close
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
-        holder.stderr.close()
     with open_readonly(db) as reader:  # the writer is gone: the file itself is opened
         assert reader.path == db
         with pytest.raises(UserError, match="read-only"):
@@ -319,15 +328,7 @@ def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
 def test_open_writer_waits_while_another_process_holds_the_store(tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
     Store(db).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(db)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+    with holding(db) as holder:
         busy = pytest.raises(UserError, match="being written by another process")
         with busy as refused, open_writer(db, timeout=0.2):
             pass
@@ -350,11 +351,6 @@ def test_open_writer_waits_while_another_process_holds_the_store(tmp_path: Path)
         holder.wait()
         writer.join()
         assert waited == ["written"]
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
-        holder.stderr.close()
     with Store(db, read_only=True) as store:
         assert store.query("SELECT run_id FROM runs ORDER BY 1")[1] == [("after",), ("held",)]
 
