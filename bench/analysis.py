@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devswarm.store.store import Store, open_readonly, run_store_path  # noqa: E402
+from devswarm.store.store import Store  # noqa: E402
+from devswarm.store.warehouse import open_readonly, run_store_path  # noqa: E402
 
 TARGET_S = 1.0
 

@@ -26,10 +26,11 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
 from devswarm.errors import UserError
+from devswarm.history import flow_run_record, task_run_record
 from devswarm.ids import swarm_run_name
-from devswarm.records import flow_run_record, task_run_record
 from devswarm.report.data import latest_run
-from devswarm.store.store import Store, is_busy, open_readonly
+from devswarm.store.store import open_writer
+from devswarm.store.warehouse import open_readonly
 
 
 def _paged(read: Callable[..., list], **kwargs: Any) -> list:
@@ -141,23 +142,15 @@ def import_history(
 
 
 def _write_history(db: Path, run_id: str, records: list[dict], timeout: float = 30.0) -> int:
-    """Upsert into the warehouse, retrying while another process holds it."""
-    deadline, delay = time.monotonic() + timeout, 0.05
-    while True:
-        try:
-            with Store(db) as store:
-                store.add_many(records, source="Prefect history")
-                store.link_history(run_id)
-                return store.query(
-                    "SELECT count(*) FROM prefect_task_runs WHERE run_id = ? AND agent_id IN"
-                    " (SELECT agent_id FROM agents)",
-                    [run_id],
-                )[1][0][0]
-        except UserError as exc:
-            if not is_busy(exc) or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(2 * delay, 1.0)
+    """Upsert into the warehouse, waiting while another process holds it."""
+    with open_writer(db, timeout=timeout) as store:
+        store.add_many(records, source="Prefect history")
+        store.link_history(run_id)
+        return store.query(
+            "SELECT count(*) FROM prefect_task_runs WHERE run_id = ? AND agent_id IN"
+            " (SELECT agent_id FROM agents)",
+            [run_id],
+        )[1][0][0]
 
 
 def wait_for_history(flow_run_id: Any, timeout: float = 20.0) -> None:

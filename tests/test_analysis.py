@@ -20,16 +20,12 @@ import duckdb
 import pytest
 
 from devswarm.config import KNOWN_PRICES
-from devswarm.records import TABLES, flow_run_record, task_run_record
-from devswarm.store.store import (
-    SCHEMA_VERSION,
-    Store,
-    fingerprint,
-    open_readonly,
-    publish_run,
-    run_store_files,
-    run_store_path,
-)
+from devswarm.history import flow_run_record, task_run_record
+from devswarm.store.attach import fingerprint
+from devswarm.store.migrations import SCHEMA_VERSION
+from devswarm.store.schema import TABLES
+from devswarm.store.store import Store
+from devswarm.store.warehouse import open_readonly, publish_run, run_store_files, run_store_path
 from tests.conftest import chat_requests, git, make_repo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -654,7 +650,7 @@ READER = """
 import json, sys, time
 from pathlib import Path
 from devswarm.errors import UserError
-from devswarm.store.store import open_readonly
+from devswarm.store.warehouse import open_readonly
 
 db, stop = Path(sys.argv[1]), Path(sys.argv[2])
 while not stop.exists():

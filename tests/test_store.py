@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,8 +16,11 @@ import pytest
 
 from devswarm.errors import UserError
 from devswarm.records import RecordLog, now, read_records, span_id
-from devswarm.store import store as store_module
-from devswarm.store.store import SCHEMA_VERSION, Store, open_readonly
+from devswarm.store import migrations as store_module
+from devswarm.store.failures import is_busy
+from devswarm.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
+from devswarm.store.store import Store, open_writer
+from devswarm.store.warehouse import open_readonly
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "run-1"
@@ -276,10 +281,9 @@ time.sleep(60)
 """
 
 
-def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
-    db = tmp_path / "runs.duckdb"
-    with Store(db) as store:
-        store.add("runs", run_id="before", status="done")
+@contextmanager
+def holding(db: Path) -> Iterator[subprocess.Popen]:
+    """Another process writing the store at ``db`` (a row "held"), until killed or the end."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db)],
         cwd=REPO,
@@ -289,6 +293,19 @@ def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        holder.stderr.close()
+
+
+def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    with Store(db) as store:
+        store.add("runs", run_id="before", status="done")
+    with holding(db):
         with pytest.raises(UserError, match="being written by another process"):
             Store(db)  # a second writer is refused with one line, not a traceback
         try:
@@ -302,15 +319,40 @@ def test_open_readonly_while_another_process_writes(tmp_path: Path) -> None:
             assert snapshot != db
         assert ids == [("before",), ("held",)]  # the holder's uncheckpointed row is in the copy
         assert not snapshot.exists()  # the snapshot is removed on close
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
-        holder.stderr.close()
     with open_readonly(db) as reader:  # the writer is gone: the file itself is opened
         assert reader.path == db
         with pytest.raises(UserError, match="read-only"):
             reader.add("runs", run_id="x")
+
+
+def test_open_writer_waits_while_another_process_holds_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "runs.duckdb"
+    Store(db).close()
+    with holding(db) as holder:
+        busy = pytest.raises(UserError, match="being written by another process")
+        with busy as refused, open_writer(db, timeout=0.2):
+            pass
+        assert is_busy(refused.value)
+        waited: list[object] = []
+
+        def write() -> None:
+            try:
+                with open_writer(db, timeout=120) as store:
+                    store.add("runs", run_id="after", status="done")
+                waited.append("written")
+            except Exception as exc:  # shown by the assertion below
+                waited.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), waited  # it cannot get the file while the holder has it
+        holder.kill()  # the holder goes away while the writer waits
+        holder.wait()
+        writer.join()
+        assert waited == ["written"]
+    with Store(db, read_only=True) as store:
+        assert store.query("SELECT run_id FROM runs ORDER BY 1")[1] == [("after",), ("held",)]
 
 
 def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
@@ -318,10 +360,13 @@ def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
     with Store(db) as store:
         store.add("runs", run_id="r1", run_name="first", config={"workers": 4})
     with Store(db) as store:
-        assert store.query("SELECT version FROM schema_version")[1] == [(SCHEMA_VERSION,)]
+        assert store.query("SELECT version FROM schema_version")[1] == [
+            (m.version,)
+            for m in MIGRATIONS  # a new store replays every migration
+        ]
         row = one(store, "SELECT run_name, config FROM runs")
         assert row == {"run_name": "first", "config": '{"workers": 4}'}
-        store.query("INSERT INTO schema_version VALUES (99, now())")
+        store.query("INSERT INTO schema_version (version, applied_at) VALUES (99, now())")
     with pytest.raises(UserError, match="schema version 99"):
         Store(db)
     with pytest.raises(UserError, match="schema version 99"):
@@ -333,13 +378,12 @@ def test_migrations_apply_once_on_open(tmp_path: Path, monkeypatch: pytest.Monke
     Store(db).close()
     nxt = SCHEMA_VERSION + 1
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", nxt)
-    monkeypatch.setattr(
-        store_module, "MIGRATIONS", {nxt: ("ALTER TABLE runs ADD COLUMN note VARCHAR",)}
-    )
+    note = Migration(nxt, "runs.note", ("ALTER TABLE runs ADD COLUMN note VARCHAR",))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*MIGRATIONS, note))
     for _ in range(2):
         with Store(db) as store:
             versions = store.query("SELECT version FROM schema_version ORDER BY version")[1]
-            assert versions == [(SCHEMA_VERSION,), (nxt,)]
+            assert versions == [*((m.version,) for m in MIGRATIONS), (nxt,)]
             assert "note" in store.query("SELECT * FROM runs")[0]
 
 

@@ -38,7 +38,7 @@ def _jsonable(value: Any) -> Any:
 
 def run_sql(db: Path, query: str) -> tuple[list[str], list[tuple]]:
     """Run one query on the store at ``db`` (with the runs not yet merged into it)."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     with open_readonly(db) as store:
         return store.query(query)
@@ -90,7 +90,7 @@ def report(
     from devswarm.report.data import load_report
     from devswarm.report.html import render_html
     from devswarm.report.text import report_lines
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     try:
         with open_readonly(_db(db)) as store:
@@ -115,7 +115,7 @@ def export(
     db: DbOption = None,
 ) -> None:
     """Export every table (and view) to Parquet, for other tools."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     try:
         with open_readonly(_db(db)) as store:

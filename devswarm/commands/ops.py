@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _run_row(cfg: SwarmConfig, name: str) -> list[str]:
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     state = ["?"] * 5
     try:

@@ -12,7 +12,7 @@ from devswarm.errors import UserError
 
 def run_numbers(db: Path, run_id: str) -> dict[str, Any]:
     """Key numbers of one run, read from the store."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     store = open_readonly(db)
     try:

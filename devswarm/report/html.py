@@ -246,7 +246,7 @@ devswarm sql "SELECT * FROM role_metrics WHERE run_id = '{escape(rid)}'"</p>
 
 def write_html_report(db: Path, run_id: str | None, out: Path) -> Path:
     """Write the HTML report of a run (the latest if None) from the store at ``db``."""
-    from devswarm.store.store import open_readonly
+    from devswarm.store.warehouse import open_readonly
 
     with open_readonly(db) as store:
         report = load_report(store, run_id)

@@ -7,8 +7,9 @@ from typing import Any
 
 from devswarm.agent.loop import Outcome
 from devswarm.git.landing import LandResult
+from devswarm.history import current_flow_run_id
 from devswarm.ids import planner_id
-from devswarm.records import RecordLog, current_flow_run_id, now, span_id
+from devswarm.records import RecordLog, now, span_id
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, WorkerReport
 

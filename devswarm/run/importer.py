@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
-from devswarm.store.store import Store, is_busy
+from devswarm.store.store import open_writer
 
 _log = logging.getLogger("devswarm")
+WAIT_SECONDS = 60.0  # a reader (devswarm sql, a report) holds the file a moment at a time
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -40,17 +40,10 @@ class RecordImporter:
         with self._writing:
             stamps = {p: _stamp(p) for p in files if p.exists()}
             files = [p for p, st in stamps.items() if self._imported.get(p) != st]
-            for attempt in range(50):
-                try:
-                    with Store(self.store_path) as store:
-                        n = sum(store.import_jsonl(p) for p in files)
-                    self._imported.update((p, stamps[p]) for p in files)
-                    return n
-                except Exception as exc:
-                    if not is_busy(exc) or attempt == 49:
-                        raise
-                    time.sleep(0.1 + 0.05 * attempt)
-        return 0
+            with open_writer(self.store_path, timeout=WAIT_SECONDS) as store:
+                n = sum(store.import_jsonl(p) for p in files)
+            self._imported.update((p, stamps[p]) for p in files)
+            return n
 
     def import_soon(self, paths: list[Path]) -> None:
         """Import these files on a background thread (batched with whatever else is queued);

@@ -32,7 +32,7 @@ from devswarm.run.progress import Progress
 from devswarm.run.state import RunState, earlier_hot_files
 from devswarm.sandbox.command import bwrap_available, scrubbed_env
 from devswarm.schemas import Verdict
-from devswarm.store.store import publish_run, run_store_path
+from devswarm.store.warehouse import publish_run, run_store_path
 
 _log = logging.getLogger("devswarm")
 ModelFn = Any  # devswarm.agent.loop.ModelFn: (request, step) -> reply

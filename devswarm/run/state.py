@@ -37,7 +37,7 @@ def earlier_hot_files(db: Path, repo: Path) -> Counter[str]:
     if not db.exists():
         return hot
     try:
-        from devswarm.store.store import open_readonly
+        from devswarm.store.warehouse import open_readonly
 
         store = open_readonly(db)
         try:

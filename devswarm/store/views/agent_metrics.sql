@@ -1,0 +1,31 @@
+-- One row per agent: its model calls, tokens, cost, tool calls, tasks and landing conflicts.
+SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_id, a.request_model, a.status, a.steps,
+    coalesce(l.calls, 0) AS calls,
+    coalesce(l.failed_calls, 0) AS failed_calls,
+    coalesce(l.input_tokens, 0) AS input_tokens,
+    coalesce(l.output_tokens, 0) AS output_tokens,
+    coalesce(l.cache_read_input_tokens, 0) AS cache_read_input_tokens,
+    l.cost_usd,
+    coalesce(tc.tool_calls, 0) AS tool_calls,
+    coalesce(tc.tool_errors, 0) AS tool_errors,
+    coalesce(tk.tasks_landed, 0) AS tasks_landed,
+    coalesce(tk.tasks_failed, 0) AS tasks_failed,
+    coalesce(ld.conflicts, 0) AS conflicts,
+    date_diff('microsecond', a.started_at, a.ended_at) / 1e6 AS wall_seconds
+FROM agents a
+-- each side is aggregated per agent first, so the joins cannot multiply rows
+LEFT JOIN llm_usage_by_agent l USING (agent_id)
+LEFT JOIN (
+    SELECT agent_id, count(*) AS tool_calls, count(error_type) AS tool_errors
+    FROM tool_calls GROUP BY agent_id
+) tc USING (agent_id)
+LEFT JOIN (
+    SELECT worker_agent_id AS agent_id,
+        count(*) FILTER (WHERE status = 'landed') AS tasks_landed,
+        count(*) FILTER (WHERE status IN ('failed', 'abandoned')) AS tasks_failed
+    FROM tasks GROUP BY worker_agent_id
+) tk USING (agent_id)
+LEFT JOIN (
+    SELECT agent_id, count(*) FILTER (WHERE status = 'conflict') AS conflicts
+    FROM landings GROUP BY agent_id
+) ld USING (agent_id)

@@ -1,0 +1,29 @@
+-- One row per task: outcome, attempts, time to land, and what its workers cost.
+SELECT t.run_id, t.task_id, t.cycle, t.title, t.status, t.attempts, t.reason, t.commit_sha,
+    t.worker_agent_id, p.ended_at AS planned_at, t.started_at, t.ended_at, ld.landed_at,
+    date_diff('microsecond', p.ended_at, t.started_at) / 1e6 AS queued_seconds,
+    date_diff('microsecond', t.started_at, t.ended_at) / 1e6 AS wall_seconds,
+    date_diff('microsecond', t.started_at, ld.landed_at) / 1e6 AS seconds_to_land,
+    coalesce(ld.landing_attempts, 0) AS landing_attempts,
+    coalesce(ld.conflicts, 0) AS conflicts,
+    coalesce(c.workers, 0) AS workers,
+    coalesce(c.calls, 0) AS calls,
+    coalesce(c.input_tokens, 0) AS input_tokens,
+    coalesce(c.output_tokens, 0) AS output_tokens,
+    coalesce(c.cost_usd, 0) AS cost_usd,
+    CASE WHEN t.status = 'landed' THEN coalesce(c.cost_usd, 0) END AS landed_cost_usd
+FROM tasks t
+LEFT JOIN agents p ON p.agent_id = t.planner_agent_id
+LEFT JOIN (
+    SELECT run_id, task_id, max(ended_at) FILTER (WHERE status = 'landed') AS landed_at,
+        count(*) AS landing_attempts, count(*) FILTER (WHERE status = 'conflict') AS conflicts
+    FROM landings GROUP BY run_id, task_id
+) ld ON ld.run_id = t.run_id AND ld.task_id = t.task_id
+LEFT JOIN (
+    SELECT a.run_id, a.task_id, count(DISTINCT a.agent_id) AS workers,
+        sum(l.calls)::BIGINT AS calls, sum(l.input_tokens)::BIGINT AS input_tokens,
+        sum(l.output_tokens)::BIGINT AS output_tokens, sum(l.cost_usd) AS cost_usd
+    FROM agents a LEFT JOIN llm_usage_by_agent l ON l.agent_id = a.agent_id
+    WHERE a.role = 'worker' AND a.task_id IS NOT NULL
+    GROUP BY a.run_id, a.task_id
+) c ON c.run_id = t.run_id AND c.task_id = t.task_id
