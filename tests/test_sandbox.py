@@ -19,13 +19,9 @@ from pathlib import Path
 import pytest
 
 from devswarm.errors import UserError
-from devswarm.sandbox.command import (
-    ResourceLimits,
-    bwrap_available,
-    cut_output,
-    run_command,
-    scrubbed_env,
-)
+from devswarm.sandbox.bwrap import bwrap_available
+from devswarm.sandbox.command import ResourceLimits, cut_output, run_command
+from devswarm.sandbox.env import scrubbed_env
 
 NEEDS_BWRAP = pytest.mark.skipif(
     not bwrap_available(),

@@ -26,7 +26,7 @@ from devswarm.config import Models, SwarmConfig
 from devswarm.offline.server import ModelServer, Scenario
 from devswarm.records import read_records
 from devswarm.run.run import Run, plain_calls, work_task, worker_id
-from devswarm.sandbox.command import bwrap_available
+from devswarm.sandbox.bwrap import bwrap_available
 from devswarm.schemas import PlannedTask, TaskSpec, Verdict, WorkerReport
 from tests.conftest import chat_requests, git, make_repo, snapshot
 

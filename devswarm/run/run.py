@@ -37,7 +37,9 @@ from devswarm.model.client import ModelCallError, ModelClient
 from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, current_flow_run_id, now, span_id
 from devswarm.roles import prompts
-from devswarm.sandbox.command import bwrap_available, run_command, scrubbed_env
+from devswarm.sandbox.bwrap import bwrap_available
+from devswarm.sandbox.command import run_command
+from devswarm.sandbox.env import scrubbed_env
 from devswarm.schemas import (
     CheckResult,
     Plan,

@@ -10,47 +10,21 @@ the machine with the working directory the only writable path and no network.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import resource
 import select
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from devswarm.errors import UserError
-
-# Variable names that hint at a credential, matched anywhere in the name (case-insensitive).
-# AUTH but not AUTHOR: GIT_AUTHOR_NAME is an identity, not a credential.
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH(?!OR)|CREDENTIAL", re.IGNORECASE)
-# Whole families of configuration an agent's command has no business seeing.
-SECRET_NAME_PREFIXES = ("OPENAI_", "PREFECT_", "ANTHROPIC_", "AWS_", "DEVSWARM_")
-# Variables that point git at another repository: inherited from a hook or a test harness,
-# they would make an agent's `git` act on the wrong repository.
-GIT_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-)
-# Configuration smuggled to git through the environment: dropped, so ours below is the only one.
-GIT_CONFIG_VARS = ("GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
-GIT_CONFIG_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
-# Git config for every command: no git transport to a local path. Without bubblewrap, the
-# private clone's `origin` is the user's repository, and `git push origin ...` would otherwise
-# write the user's branches (with bubblewrap the user's repository is read-only anyway).
-AGENT_GIT_CONFIG = {"protocol.file.allow": "never"}
+from devswarm.sandbox.bwrap import bwrap_argv, bwrap_available
+from devswarm.sandbox.env import scrubbed_env
 
 
 class ResourceLimits(BaseModel):
@@ -69,174 +43,6 @@ class CommandResult(BaseModel):
     timed_out: bool
     truncated: bool
     duration_s: float
-
-
-def scrubbed_env(
-    base: Mapping[str, str] | None = None, *, secrets: Iterable[str] = ()
-) -> dict[str, str]:
-    """The environment for an agent's command: `base` (default os.environ) minus anything secret.
-
-    Drops variables whose name looks like a credential or belongs to devswarm/model/cloud
-    configuration, variables that redirect git to another repository or carry git config, and
-    any variable whose value contains one of `secrets`. Sets AGENT_GIT_CONFIG for git (no push
-    or fetch to a local path, such as the user's repository). Puts the directory of the running interpreter first on
-    PATH so `python` is the one devswarm runs on.
-    """
-    source = os.environ if base is None else base
-    needles = [s for s in secrets if s]
-    env: dict[str, str] = {}
-    for name, value in source.items():
-        upper = name.upper()
-        if SECRET_NAME.search(name):
-            continue
-        if upper.startswith(SECRET_NAME_PREFIXES) or upper in GIT_LOCATION_VARS:
-            continue
-        if upper in GIT_CONFIG_VARS or upper.startswith(GIT_CONFIG_PREFIXES):
-            continue
-        if any(n in value for n in needles):
-            continue
-        env[name] = value
-    bindir = os.path.dirname(sys.executable)
-    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bindir]
-    env["PATH"] = os.pathsep.join([bindir, *rest])
-    env["GIT_CONFIG_COUNT"] = str(len(AGENT_GIT_CONFIG))
-    for i, (key, value) in enumerate(AGENT_GIT_CONFIG.items()):
-        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
-    # No command may wait for a password: there is nobody to type it.
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    # __pycache__ folders would appear as untracked files in the worktree and could be landed.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    # stdout and stderr share one file; unbuffered Python keeps a traceback after the prints
-    # that came before it instead of ahead of them.
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-# /run holds sockets (docker, user session buses, services); sockets on a read-only mount still
-# accept connections, so it is replaced by an empty tmpfs. A command with no network needs none.
-_BWRAP_FLAGS = (
-    "--ro-bind", "/", "/",
-    "--dev", "/dev",
-    "--proc", "/proc",
-    "--tmpfs", "/tmp",
-    "--tmpfs", "/run",
-)  # fmt: skip
-# Credentials commonly kept in a home folder: hidden inside bubblewrap (readable otherwise).
-DEFAULT_HIDDEN = (
-    "~/.ssh",
-    "~/.aws",
-    "~/.azure",
-    "~/.config/gcloud",
-    "~/.config/gh",
-    "~/.docker",
-    "~/.kube",
-    "~/.gnupg",
-    "~/.git-credentials",
-    "~/.netrc",
-    "~/.pypirc",
-)
-_BWRAP_ISOLATION = ("--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session")
-
-
-@functools.cache
-def bwrap_available() -> bool:
-    """True when `bwrap` is installed and a sandbox with our flags actually starts here.
-
-    Containers often lack user namespaces or the capabilities bubblewrap needs; then the
-    probe fails and commands run without it. Probed once per process.
-    """
-    exe = shutil.which("bwrap")
-    if exe is None:
-        return False
-    try:
-        probe = subprocess.run(
-            [exe, *_BWRAP_FLAGS, *_BWRAP_ISOLATION, "true"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
-
-
-def _git_dirs(cwd: str) -> list[str]:
-    """The repository folders git in `cwd` reads that lie outside it: a worktree's own git
-    folder, the common folder of the clone, and object alternates (a `clone --shared`)."""
-    dotgit = os.path.join(cwd, ".git")
-    found: list[str] = []
-    if os.path.isdir(dotgit):
-        common = dotgit
-    else:
-        try:
-            text = Path(dotgit).read_text().strip()
-        except OSError:
-            return []
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = os.path.realpath(os.path.join(cwd, text.removeprefix("gitdir:").strip()))
-        found.append(gitdir)
-        try:
-            rel = Path(gitdir, "commondir").read_text().strip()
-            common = os.path.realpath(os.path.join(gitdir, rel))
-        except OSError:
-            common = gitdir
-        found.append(common)
-    objects = [os.path.join(common, "objects")]
-    while objects and len(found) < 16:  # alternates may chain; a loop must not hang us
-        alternates = os.path.join(objects.pop(), "info", "alternates")
-        try:
-            lines = Path(alternates).read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if line.strip() and not line.startswith("#"):
-                alt = os.path.realpath(
-                    os.path.join(os.path.dirname(os.path.dirname(alternates)), line.strip())
-                )
-                if alt not in found:
-                    found.append(alt)
-                    objects.append(alt)
-    return [d for d in dict.fromkeys(found) if os.path.isdir(d)]
-
-
-def bwrap_argv(
-    cwd: Path, writable: Sequence[Path] = (), hidden: Sequence[Path | str] = ()
-) -> list[str]:
-    """The bubblewrap prefix: read-only root, private /tmp, `cwd` and `writable` writable,
-    `hidden` (and DEFAULT_HIDDEN) replaced by an empty folder or file.
-
-    Mount order matters (later mounts land on top). The fresh /tmp and the hidden paths come
-    first; then the git folders the worktree needs, read-only (they may live under /tmp or a
-    hidden data folder); then the writable paths; last, a `.git` in `cwd` is bound read-only
-    again: an agent must not rewrite the repository's config or hooks, which devswarm's own git
-    commands run outside the sandbox.
-    """
-    real_cwd = os.path.realpath(cwd)
-    argv = [shutil.which("bwrap") or "bwrap", *_BWRAP_FLAGS]
-    for path in (*DEFAULT_HIDDEN, *hidden):
-        real = os.path.realpath(os.path.expanduser(path))
-        if os.path.isdir(real):
-            argv += ["--tmpfs", real]
-        elif os.path.exists(real):
-            argv += ["--ro-bind", "/dev/null", real]
-    # The interpreter devswarm runs on (`python` in agents' commands) stays visible even when its
-    # virtual environment lives under /tmp or a hidden folder.
-    for prefix in sorted(
-        {os.path.realpath(sys.prefix), os.path.realpath(os.path.dirname(sys.executable))}, key=len
-    ):
-        if os.path.isdir(prefix) and prefix != "/":
-            argv += ["--ro-bind", prefix, prefix]
-    for gitdir in sorted(_git_dirs(real_cwd), key=len):  # parents before children
-        argv += ["--ro-bind", gitdir, gitdir]
-    for path in (real_cwd, *writable):
-        real = os.path.realpath(path)
-        argv += ["--bind", real, real]
-    dotgit = os.path.join(real_cwd, ".git")
-    if os.path.lexists(dotgit) and not os.path.islink(dotgit):
-        argv += ["--ro-bind", dotgit, dotgit]
-    argv += [*_BWRAP_ISOLATION, "--chdir", real_cwd]
-    return argv
 
 
 def _ulimit_prefix(limits: ResourceLimits) -> str:

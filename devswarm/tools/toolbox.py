@@ -30,7 +30,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devswarm.errors import UserError
-from devswarm.sandbox.command import ResourceLimits, run_command, scrubbed_env
+from devswarm.sandbox.command import ResourceLimits, run_command
+from devswarm.sandbox.env import scrubbed_env
 
 MAX_LISTED = 500  # list_files entries
 MAX_REMEMBERED = 5_000  # paths of git's file list kept between tools (× agents at once)
