@@ -37,9 +37,9 @@ from devswarm.model.client import ModelCallError, ModelClient
 from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, current_flow_run_id, now, span_id
 from devswarm.roles import prompts
-from devswarm.sandbox.bwrap import bwrap_available
 from devswarm.sandbox.command import run_command
 from devswarm.sandbox.env import scrubbed_env
+from devswarm.sandbox.probe import require_sandbox
 from devswarm.schemas import (
     CheckResult,
     Plan,
@@ -513,7 +513,7 @@ class Run:
             cwd,
             timeout=self.config.command_timeout,
             env=self.env(),
-            use_bwrap=self.config.use_bwrap if sandboxed else False,
+            sandbox=self.config.use_bwrap is not False and sandboxed,
             hidden=[self.config.home],
         )
         return CheckResult(
@@ -572,17 +572,15 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _sandbox_notice(use_bwrap: bool | None) -> str | None:
-    """What to say once per run when agents' commands run without bubblewrap."""
-    if use_bwrap is None and bwrap_available():
+    """What to say once per run when agents' commands run without a sandbox (only when turned
+    off); a sandbox that does not work here is refused with its cause and fix."""
+    if use_bwrap is not False:
+        require_sandbox()
         return None
-    if use_bwrap:
-        if bwrap_available():
-            return None
-        raise UserError("bubblewrap was required (use_bwrap) but does not work on this machine")
-    why = "turned off (use_bwrap=False)" if use_bwrap is False else "not available here"
     return (
-        f"bubblewrap is {why}: agents' commands run without a sandbox, with network access and "
-        "write access to everything this user can write (see docs/sandbox.md)"
+        "bubblewrap is turned off (use_bwrap=False): agents' commands run without a sandbox, "
+        "with network access and write access to everything this user can write "
+        "(see docs/sandbox.md)"
     )
 
 

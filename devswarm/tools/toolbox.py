@@ -735,7 +735,7 @@ class Toolbox:
             output_limit=self.output_limit,
             env=self.env,
             limits=self.limits,
-            use_bwrap=self.use_bwrap,
+            sandbox=self.use_bwrap is not False,  # None: the default, sandboxed
             hidden=self.hidden,
         )
         if result.timed_out:
