@@ -20,8 +20,9 @@ import pytest
 
 from devswarm.errors import UserError
 from devswarm.sandbox import bwrap
+from devswarm.sandbox.bwrap import SANDBOX_HOME
 from devswarm.sandbox.command import ResourceLimits, cut_output, run_command
-from devswarm.sandbox.env import scrubbed_env
+from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import SandboxUnavailable
 from tests.sandboxes import KINDS, MODES, sandboxed_fixture  # noqa: F401
 
@@ -69,7 +70,7 @@ def _eventually(check, seconds: float = 3.0) -> bool:
 # -- environment ----------------------------------------------------------------------------
 
 
-def test_scrubbed_env_drops_credentials_by_name_and_prefix():
+def test_command_env_keeps_only_the_allowlist():
     base = {
         "OPENAI_API_KEY": "a",
         "OPENAI_BASE_URL": "b",
@@ -86,19 +87,30 @@ def test_scrubbed_env_drops_credentials_by_name_and_prefix():
         "GIT_DIR": "/elsewhere/.git",
         "HOME": "/root",
         "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "xterm",
+        "TZ": "UTC",
         "PATH": "/usr/bin:/bin",
         "GIT_AUTHOR_NAME": "someone",
         "GIT_CONFIG_PARAMETERS": "'protocol.file.allow'='always'",
         "GIT_CONFIG_COUNT": "2",
         "GIT_CONFIG_KEY_1": "core.hooksPath",
         "GIT_CONFIG_VALUE_1": "/elsewhere/hooks",
+        # What the old denylist let through:
+        "DATABASE_URL": "postgresql://app:hunter2@db/app",
+        "GITHUB_PAT": "ghp_0123456789",
+        "SENTRY_DSN": "https://abc123@o1.ingest.sentry.io/1",
+        "HTTPS_PROXY": "http://user:pa55@proxy:3128",
+        "http_proxy": "http://user:pa55@proxy:3128",
     }
-    env = scrubbed_env(base)
+    env = command_env(base)
     assert set(env) == {
         "HOME",
         "LANG",
+        "LC_ALL",
+        "TERM",
+        "TZ",
         "PATH",
-        "GIT_AUTHOR_NAME",
         "GIT_TERMINAL_PROMPT",
         "PYTHONDONTWRITEBYTECODE",
         "PYTHONUNBUFFERED",
@@ -117,18 +129,34 @@ def test_scrubbed_env_drops_credentials_by_name_and_prefix():
     assert base["OPENAI_API_KEY"] == "a"  # the caller's mapping is left alone
 
 
-def test_scrubbed_env_drops_variables_whose_value_holds_a_secret():
-    base = {"HARMLESS_NAME": "Bearer sk-live-123", "OTHER": "fine", "PATH": "/bin"}
-    env = scrubbed_env(base, secrets=["sk-live-123", ""])
-    assert "HARMLESS_NAME" not in env
-    assert env["OTHER"] == "fine"  # an empty secret must not match everything
+def test_command_env_passes_what_the_user_names_unless_it_holds_a_secret():
+    base = {"PATH": "/bin", "MY_TOOL_HOME": "/opt/tool", "LEAKY": "Bearer sk-live-123"}
+    env = command_env(base, pass_env=["MY_TOOL_HOME", "LEAKY", "ABSENT"], secrets=["sk-live-123"])
+    assert env["MY_TOOL_HOME"] == "/opt/tool"
+    assert "LEAKY" not in env and "ABSENT" not in env
 
 
-def test_scrubbed_env_defaults_to_os_environ(monkeypatch):
+@pytest.mark.parametrize("name", ["GIT_DIR", "GIT_CONFIG_KEY_3", "git_config_parameters", "A-B"])
+def test_pass_env_refuses_names_that_take_git_from_devswarm(name):
+    with pytest.raises(UserError, match="--pass-env"):
+        command_env({}, pass_env=[name])
+
+
+def test_command_env_drops_variables_whose_value_holds_a_secret():
+    base = {"LANG": "Bearer sk-live-123", "TERM": "fine", "PATH": "/bin"}
+    env = command_env(base, secrets=["sk-live-123", ""])
+    assert "LANG" not in env
+    assert env["TERM"] == "fine"  # an empty secret must not match everything
+
+
+def test_command_env_defaults_to_os_environ(monkeypatch):
     monkeypatch.setenv("DEVSWARM_TEST_PLAIN_VAR_XYZ", "1")
     monkeypatch.setenv("SOME_VISIBLE_VAR_XYZ", "2")
-    env = scrubbed_env()
-    assert env["SOME_VISIBLE_VAR_XYZ"] == "2"
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    env = command_env()
+    assert env["TZ"] == "Europe/Paris"
+    assert "SOME_VISIBLE_VAR_XYZ" not in env  # not named: not passed
+    assert command_env(pass_env=["SOME_VISIBLE_VAR_XYZ"])["SOME_VISIBLE_VAR_XYZ"] == "2"
     assert "DEVSWARM_TEST_PLAIN_VAR_XYZ" not in env
 
 
@@ -139,7 +167,7 @@ def test_command_does_not_see_the_api_key(tmp_path, monkeypatch, sandboxed):
     result = run_command(
         "env; python -c 'import sys; print(sys.executable)'",
         tmp_path,
-        env=scrubbed_env(secrets=["sk-secret"]),
+        env=command_env(secrets=["sk-secret"]),
         sandbox=sandboxed,
     )
     assert result.exit_code == 0
@@ -149,10 +177,34 @@ def test_command_does_not_see_the_api_key(tmp_path, monkeypatch, sandboxed):
     assert os.path.dirname(sys.executable) in result.output.splitlines()[-1]
 
 
-def test_default_env_is_scrubbed(tmp_path, monkeypatch):
+def test_default_env_is_the_allowlist(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
     result = run_command("env", tmp_path, sandbox=False)
     assert "sk-secret" not in result.output and "HOME=" in result.output
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_the_denylist_let_through_does_not_reach_a_command(tmp_path, monkeypatch, sandboxed):
+    leaks = {
+        "DATABASE_URL": "postgresql://app:hunter2@db/app",
+        "GITHUB_PAT": "ghp_leak0123456789",
+        "SENTRY_DSN": "https://leak123@o1.ingest.sentry.io/1",
+        "HTTPS_PROXY": "http://user:pa55leak@proxy:3128",
+    }
+    for name, value in leaks.items():
+        monkeypatch.setenv(name, value)
+    result = run_command("env", tmp_path, sandbox=sandboxed)
+    assert result.exit_code == 0 and "PATH=" in result.output
+    for name, value in leaks.items():
+        assert name not in result.output and value not in result.output
+
+
+@pytest.mark.parametrize("mode", KINDS)
+def test_home_in_the_sandbox_is_private_and_empty(tmp_path, sandboxed):
+    first = run_command('echo "$HOME"; ls -A "$HOME"; echo x > "$HOME/.cache"', tmp_path)
+    assert first.exit_code == 0 and first.output == f"{SANDBOX_HOME}\n"
+    second = run_command('ls -A "$HOME"', tmp_path)
+    assert second.output == ""  # nothing carries over from one command to the next
 
 
 # -- running ---------------------------------------------------------------------------------

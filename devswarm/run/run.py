@@ -38,7 +38,7 @@ from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, current_flow_run_id, now, span_id
 from devswarm.roles import prompts
 from devswarm.sandbox.command import run_command
-from devswarm.sandbox.env import scrubbed_env
+from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import require_sandbox
 from devswarm.schemas import (
     CheckResult,
@@ -504,7 +504,7 @@ class Run:
     # -- checks -----------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        return scrubbed_env(secrets=self.secrets)
+        return command_env(secrets=self.secrets)
 
     def run_check(self, command: str, cwd: Path, *, sandboxed: bool = True) -> CheckResult:
         """Run a shell check in a worktree (sandboxed: agents' code runs in it)."""

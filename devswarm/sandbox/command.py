@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from devswarm.errors import UserError
 from devswarm.sandbox.bwrap import SANDBOX_HOME, bwrap_argv
-from devswarm.sandbox.env import scrubbed_env
+from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import require_sandbox
 
 # Commands run without a sandbox go through this script (see its docstring).
@@ -160,7 +160,7 @@ def run_command(
     """Run `bash -c command` in `cwd`; kill it and everything it started after `timeout` s.
 
     stdin is /dev/null; stdout and stderr go, interleaved, to one temporary file whose head
-    and tail (within `output_limit` characters) are returned. `env` defaults to scrubbed_env()
+    and tail (within `output_limit` characters) are returned. `env` defaults to command_env()
     of os.environ.
 
     `sandbox` (the default) runs it in bubblewrap: read-only machine, `cwd` and `writable`
@@ -174,7 +174,7 @@ def run_command(
     if not cwd.is_dir():
         raise UserError(f"working directory does not exist: {cwd}")
     bwrap = require_sandbox().bwrap if sandbox else None
-    child_env = dict(scrubbed_env() if env is None else env)
+    child_env = dict(command_env() if env is None else env)
     # Set limits, then run the command in a fresh bash so its line numbers and $0 are its own.
     argv = [
         "bash",

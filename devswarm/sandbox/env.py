@@ -1,4 +1,10 @@
-"""The environment of an agent's command: what it may see of ours, and the settings we add."""
+"""The environment of an agent's command: an allowlist of ours, and the settings we add.
+
+Nothing passes unless named: a denylist of credential-looking names let DATABASE_URL,
+GITHUB_PAT, SENTRY_DSN and proxy URLs with passwords through. What passes: PATH, HOME, the
+locale, TERM, TZ, TMPDIR, and the names the user lists (`pass_env`); then devswarm's own git
+and Python settings. Inside the sandbox run_command points HOME and TMPDIR at private folders.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,14 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 
-# Variable names that hint at a credential, matched anywhere in the name (case-insensitive).
-# AUTH but not AUTHOR: GIT_AUTHOR_NAME is an identity, not a credential.
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH(?!OR)|CREDENTIAL", re.IGNORECASE)
-# Whole families of configuration an agent's command has no business seeing.
-SECRET_NAME_PREFIXES = ("OPENAI_", "PREFECT_", "ANTHROPIC_", "AWS_", "DEVSWARM_")
+from devswarm.errors import UserError
+
+# What every command may see of ours.
+ALLOWED_NAMES = ("PATH", "HOME", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR")
+ALLOWED_PREFIXES = ("LC_",)
 # Variables that point git at another repository: inherited from a hook or a test harness,
-# they would make an agent's `git` act on the wrong repository.
+# they would make an agent's `git` act on the wrong repository. (A copy: this list gets one
+# home in devswarm/git/plumbing.py.)
 GIT_LOCATION_VARS = (
     "GIT_DIR",
     "GIT_WORK_TREE",
@@ -23,36 +30,54 @@ GIT_LOCATION_VARS = (
     "GIT_COMMON_DIR",
     "GIT_NAMESPACE",
 )
-# Configuration smuggled to git through the environment: dropped, so ours below is the only one.
-GIT_CONFIG_VARS = ("GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
+# Configuration smuggled to git through the environment: ours below is the only one.
+GIT_CONFIG_VARS = ("GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG")
 GIT_CONFIG_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
-# Git config for every command: no git transport to a local path. Without bubblewrap, the
+# Git config for every command: no git transport to a local path. Without a sandbox, the
 # private clone's `origin` is the user's repository, and `git push origin ...` would otherwise
-# write the user's branches (with bubblewrap the user's repository is read-only anyway).
+# write the user's branches (in the sandbox the user's repository is read-only anyway).
 AGENT_GIT_CONFIG = {"protocol.file.allow": "never"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def scrubbed_env(
-    base: Mapping[str, str] | None = None, *, secrets: Iterable[str] = ()
+def check_pass_env(names: Iterable[str]) -> list[str]:
+    """The names a user passes (`--pass-env`), checked: UserError for one that is not a
+    variable name or that would take git's settings from devswarm."""
+    checked = []
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise UserError(f"--pass-env {name!r}: not an environment variable name")
+        upper = name.upper()
+        if (
+            upper in GIT_LOCATION_VARS
+            or upper in GIT_CONFIG_VARS
+            or upper.startswith(GIT_CONFIG_PREFIXES)
+        ):
+            raise UserError(f"--pass-env {name}: devswarm sets git's environment itself")
+        checked.append(name)
+    return checked
+
+
+def command_env(
+    base: Mapping[str, str] | None = None,
+    *,
+    pass_env: Iterable[str] = (),
+    secrets: Iterable[str] = (),
 ) -> dict[str, str]:
-    """The environment for an agent's command: `base` (default os.environ) minus anything secret.
+    """The environment for an agent's command, from `base` (default os.environ).
 
-    Drops variables whose name looks like a credential or belongs to devswarm/model/cloud
-    configuration, variables that redirect git to another repository or carry git config, and
-    any variable whose value contains one of `secrets`. Sets AGENT_GIT_CONFIG for git (no push
-    or fetch to a local path, such as the user's repository). Puts the directory of the running interpreter first on
-    PATH so `python` is the one devswarm runs on.
+    Keeps only ALLOWED_NAMES, LC_* and `pass_env`, and of those none whose value contains one
+    of `secrets` (pass the model API key: it is caught under whatever name it hides). Sets
+    AGENT_GIT_CONFIG for git (no push or fetch to a local path, such as the user's
+    repository) and puts the directory of the running interpreter first on PATH, so `python`
+    is the one devswarm runs on.
     """
     source = os.environ if base is None else base
+    wanted = set(check_pass_env(pass_env))
     needles = [s for s in secrets if s]
     env: dict[str, str] = {}
     for name, value in source.items():
-        upper = name.upper()
-        if SECRET_NAME.search(name):
-            continue
-        if upper.startswith(SECRET_NAME_PREFIXES) or upper in GIT_LOCATION_VARS:
-            continue
-        if upper in GIT_CONFIG_VARS or upper.startswith(GIT_CONFIG_PREFIXES):
+        if not (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES) or name in wanted):
             continue
         if any(n in value for n in needles):
             continue

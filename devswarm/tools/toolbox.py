@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devswarm.errors import UserError
 from devswarm.sandbox.command import ResourceLimits, run_command
-from devswarm.sandbox.env import scrubbed_env
+from devswarm.sandbox.env import command_env
 
 MAX_LISTED = 500  # list_files entries
 MAX_REMEMBERED = 5_000  # paths of git's file list kept between tools (× agents at once)
@@ -302,7 +302,7 @@ class Toolbox:
         self.read_only = read_only
         self.command_timeout = command_timeout
         self.output_limit = output_limit
-        self.env = scrubbed_env(os.environ if env is None else env, secrets=secrets)
+        self.env = command_env(os.environ if env is None else env, secrets=secrets)
         self.use_bwrap = use_bwrap
         self.limits = limits
         self.hidden = tuple(hidden)
