@@ -591,3 +591,31 @@ def test_sandboxed_command_sees_only_its_own_processes(tmp_path, sandboxed, monk
     )
     assert "sk-parent-environ-123" not in result.output
     assert int(result.output.split()[-1]) < 10  # bwrap, bash and the command's own
+
+
+@pytest.mark.parametrize("mode", KINDS)
+def test_the_server_folder_is_hidden_wherever_it_lives(tmp_path, sandboxed):
+    # `devswarm server`'s folder outside the data folder (as root: /var/lib/devswarm/server),
+    # with its auth file and the database socket; and a single hidden file.
+    server = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="devswarm-test-server-"))
+    lone = Path(tempfile.mkstemp(dir="/var/tmp", prefix="devswarm-test-key-")[1])
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        (server / "auth").write_text("admin:server-auth-secret\n")
+        lone.write_text("lone-file-secret\n")
+        (server / "pgrun").mkdir()
+        sock.bind(str(server / "pgrun" / ".s.PGSQL.5432"))
+        sock.listen()
+        probe = (
+            f"cat {server}/auth {lone}; ls {server}; "
+            "python -c 'import socket; s = socket.socket(socket.AF_UNIX); "
+            f's.connect("{server}/pgrun/.s.PGSQL.5432"); print("connected")\''
+        )
+        result = run_command(probe, tmp_path, timeout=20, hidden=[server, lone])
+        assert "server-auth-secret" not in result.output
+        assert "lone-file-secret" not in result.output
+        assert "pgrun" not in result.output and "connected" not in result.output
+    finally:
+        sock.close()
+        shutil.rmtree(server)
+        lone.unlink()
