@@ -57,6 +57,7 @@ GIT_REDIRECT_VARS = frozenset(
         "GIT_NAMESPACE",
         "GIT_CONFIG_PARAMETERS",
         "GIT_CONFIG_COUNT",
+        "GIT_CONFIG",  # an old name for the config file to read
     }
 )
 GIT_REDIRECT_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")

@@ -37,7 +37,7 @@ class Checks:
             cwd,
             timeout=self.config.command_timeout,
             env=self._env(),
-            use_bwrap=self.config.use_bwrap if sandboxed else False,
+            sandbox=self.config.use_bwrap is not False and sandboxed,
             hidden=[self.config.home],
         )
         return CheckResult(

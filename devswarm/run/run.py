@@ -30,7 +30,8 @@ from devswarm.run.checks import Checks
 from devswarm.run.importer import RecordImporter
 from devswarm.run.progress import Progress
 from devswarm.run.state import RunState, earlier_hot_files
-from devswarm.sandbox.command import bwrap_available, scrubbed_env
+from devswarm.sandbox.env import command_env
+from devswarm.sandbox.probe import require_sandbox
 from devswarm.schemas import Verdict
 from devswarm.store.warehouse import publish_run, run_store_path
 
@@ -240,7 +241,7 @@ class Run:
         registry.unregister(self.run_id)
 
     def env(self) -> dict[str, str]:
-        return scrubbed_env(secrets=self.secrets)
+        return command_env(secrets=self.secrets)
 
 
 def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
@@ -268,15 +269,13 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
 
 
 def _sandbox_notice(use_bwrap: bool | None) -> str | None:
-    """What to say once per run when agents' commands run without bubblewrap."""
-    if use_bwrap is None and bwrap_available():
+    """What to say once per run when agents' commands run without a sandbox (only when turned
+    off); a sandbox that does not work here is refused with its cause and fix."""
+    if use_bwrap is not False:
+        require_sandbox()
         return None
-    if use_bwrap:
-        if bwrap_available():
-            return None
-        raise UserError("bubblewrap was required (use_bwrap) but does not work on this machine")
-    why = "turned off (use_bwrap=False)" if use_bwrap is False else "not available here"
     return (
-        f"bubblewrap is {why}: agents' commands run without a sandbox, with network access and "
-        "write access to everything this user can write (see docs/sandbox.md)"
+        "bubblewrap is turned off (use_bwrap=False): agents' commands run without a sandbox, "
+        "with network access and write access to everything this user can write "
+        "(see docs/sandbox.md)"
     )

@@ -20,7 +20,8 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from devswarm.errors import UserError
-from devswarm.sandbox.command import ResourceLimits, run_command, scrubbed_env
+from devswarm.sandbox.command import ResourceLimits, run_command
+from devswarm.sandbox.env import command_env
 from devswarm.tools import files, search
 from devswarm.tools.listing import Listing
 from devswarm.tools.specs import (
@@ -66,7 +67,7 @@ class Toolbox:
         self.read_only = read_only
         self.command_timeout = command_timeout
         self.output_limit = output_limit
-        self.env = scrubbed_env(os.environ if env is None else env, secrets=secrets)
+        self.env = command_env(os.environ if env is None else env, secrets=secrets)
         self.use_bwrap = use_bwrap
         self.limits = limits
         self.hidden = tuple(hidden)
@@ -130,7 +131,7 @@ class Toolbox:
             output_limit=self.output_limit,
             env=self.env,
             limits=self.limits,
-            use_bwrap=self.use_bwrap,
+            sandbox=self.use_bwrap is not False,  # None: the default, sandboxed
             hidden=self.hidden,
         )
         if result.timed_out:
