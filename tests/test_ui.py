@@ -3,6 +3,14 @@ follows a real run (the offline demo: two planners, four workers, a conflict, th
 the swarm run, a work run and the artifacts, in both UIs Prefect 3.9 ships.
 
 What is asserted is what the rendered pages say today; screenshots go to the test's tmp folder.
+Found on Prefect 3.9.1, for whoever extends this test:
+- "/" opens v2 (PREFECT_SERVER_UI_V2_ENABLED defaults to true); v1 keeps its own paths (UI
+  below); both keep the login in localStorage ("prefect-password").
+- Run graphs are canvases (no page text). v2 draws "plan / plan · cycle 1 · root"; v1 drops
+  every character outside printable ASCII ("plan / plan  cycle 1  root"): its bitmap font is
+  built from ASCII only.
+- A run's Logs tab lists level, message (newlines kept), time and logger name; without logs
+  v2 says "This run did not produce any logs.", v1 "This run didn't generate logs".
 """
 
 from __future__ import annotations
