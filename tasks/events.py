@@ -1,0 +1,110 @@
+"""devswarm's own Prefect events, `devswarm.<noun>.<verb>`, for automations and the Event Feed.
+
+Every event is about a run: its resource is `devswarm.run.<run id>`, labelled with what an
+automation may want to match on (`devswarm.status` on a finished run). The task, the agent and
+the branch come as related resources (roles `task`, `agent`, `branch`). Emitted inside a flow
+run, Prefect adds the flow run, its flow and its deployment as related resources too, so an
+automation can act on them (examples/automation.yaml pauses the deployment).
+
+Payloads hold counts, names and short values only; any value that contains a secret (the
+process's own keys and auth strings, or `secrets` passed in) is replaced, never sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
+
+from prefect.events import Event, emit_event
+
+from devswarm.sandbox.command import SECRET_NAME
+
+EventName = Literal[
+    "task.landed",  # a worker's commit reached the branch
+    "task.conflicted",  # landing met a conflict; it goes back to the worker's agent
+    "task.abandoned",  # given up (conflicts unresolved, check failing, agent stopped)
+    "tip.turned-red",  # the branch tip's check fails where the last checked tip passed
+    "tip.turned-green",  # the tip passes again
+    "budget.running-low",  # 80 % of a run budget (tokens, dollars, wall time) is spent
+    "budget.exhausted",  # a run budget ran out; the swarm drains
+    "run.finished",  # the run ended; `devswarm.status` says how
+]
+EVENT_NAMES: tuple[str, ...] = tuple(f"devswarm.{name}" for name in get_args(EventName))
+
+REDACTED = "[redacted]"
+_MAX_TEXT = 300  # payload strings are labels and reasons, never file contents or transcripts
+_MAX_ITEMS = 50  # list values (file names, task keys) are cut too: an event has a size limit
+_MIN_SECRET = 8  # shorter environment values ("1", "true") would redact everything
+
+
+def emit(
+    name: EventName,
+    run_id: str,
+    *,
+    status: str | None = None,
+    task: str | None = None,
+    agent: str | None = None,
+    branch: str | None = None,
+    payload: Mapping[str, Any] | None = None,
+    secrets: Iterable[str] = (),
+) -> Event | None:
+    """Emit `devswarm.<name>` about run `run_id` to the Prefect API.
+
+    `status` labels the run resource (`devswarm.status`, for automations to match on);
+    `task`, `agent` and `branch` become related resources. `payload` values must be scalars
+    or lists of them; strings and lists are cut short. Returns the event, or None where Prefect emits
+    nothing (no API configured). Never raises for a failed delivery: events are a side channel.
+    """
+    if name not in get_args(EventName):
+        raise ValueError(f"unknown devswarm event {name!r}; known: {', '.join(EVENT_NAMES)}")
+    hide = _Redactor(secrets)
+    resource = {"prefect.resource.id": f"devswarm.run.{run_id}", "prefect.resource.name": run_id}
+    if status is not None:
+        resource["devswarm.status"] = status
+    related = [
+        {
+            "prefect.resource.id": f"devswarm.{role}.{ident}",
+            "prefect.resource.role": role,
+            "prefect.resource.name": value,
+        }
+        for role, value, ident in (
+            ("task", task, f"{run_id}.{task}"),  # task keys are unique within a run only
+            ("agent", agent, agent),
+            ("branch", branch, branch),
+        )
+        if value
+    ]
+    return emit_event(
+        event=f"devswarm.{name}",
+        resource=hide.labels(resource),
+        related=[hide.labels(r) for r in related],
+        payload=hide.payload(payload or {}),
+    )
+
+
+class _Redactor:
+    """Replaces any string holding a secret: `secrets`, and this process's own credentials
+    (environment variables named like KEY, TOKEN, SECRET, PASSWORD, AUTH...)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        from_env = (v for k, v in os.environ.items() if SECRET_NAME.search(k))
+        self.needles = {s for s in [*secrets, *from_env] if s and len(s) >= _MIN_SECRET}
+
+    def text(self, value: str) -> str:
+        return REDACTED if any(n in value for n in self.needles) else value
+
+    def labels(self, labels: dict[str, str]) -> dict[str, str]:
+        return {k: self.text(v) for k, v in labels.items()}
+
+    def payload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return {str(k): self._value(k, v) for k, v in payload.items()}
+
+    def _value(self, key: str, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [self._value(key, v) for v in value[:_MAX_ITEMS]]
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            return self.text(value)[:_MAX_TEXT]  # judged whole: a cut could split a secret
+        raise TypeError(f"event payload {key!r}: {type(value).__name__} is not a plain value")

@@ -1,0 +1,188 @@
+"""The Prefect UI in a real browser: a user logs in to `devswarm server` with its auth string and
+follows a real run (the offline demo: two planners, four workers, a conflict, the judge) through
+the swarm run, a work run and the artifacts, in both UIs Prefect 3.9 ships.
+
+What is asserted is what the rendered pages say today; screenshots go to the test's tmp folder.
+Found on Prefect 3.9.1, for whoever extends this test:
+- "/" opens v2 (PREFECT_SERVER_UI_V2_ENABLED defaults to true); v1 keeps its own paths (UI
+  below); both keep the login in localStorage ("prefect-password").
+- Run graphs are canvases (no page text). v2 draws "plan / plan · cycle 1 · root"; v1 drops
+  every character outside printable ASCII ("plan / plan  cycle 1  root"): its bitmap font is
+  built from ASCII only.
+- A run's Logs tab lists level, message (newlines kept), time and logger name; without logs
+  v2 says "This run did not produce any logs.", v1 "This run didn't generate logs".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.browser import Browser, Page, chromium
+from tests.test_server import _free_port, cli, fresh_server_folder
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.skipif(
+        chromium() is None, reason="no chromium on PATH (apt-get install chromium; .ci/run does)"
+    ),
+]
+
+# The demo's flow runs under the swarm run (the sub-planner runs under the root planner).
+CHILDREN = [
+    "plan · cycle 1 · root",
+    "work · slugify",
+    "work · word-count",
+    "work · caesar",
+    "work · stats",
+    "judge · cycle 1",
+]
+ARTIFACTS = [
+    "plan-root",
+    "plan-root-extras",
+    "work-slugify",
+    "work-word-count",
+    "work-caesar",
+    "work-stats",
+    "judge-verdict",
+    "swarm-summary",
+]
+
+
+@dataclass(frozen=True)
+class UI:
+    """Where one Prefect UI keeps its pages, and how it words what the test reads."""
+
+    name: str
+    entry: str  # a page that sends a visitor who is not logged in to the login form
+    login: str
+    runs: str
+    flow_run: str  # prefix of a flow run's page; its id follows
+    subflows_tab: str
+    artifacts: str
+    artifact: str  # prefix of one artifact's page
+    subflow_count: str
+    artifact_count: str
+
+
+V2 = UI(
+    name="v2",
+    entry="/",  # Prefect 3.9 sends "/" to the v2 UI unless the browser chose v1
+    login="/v2/login",
+    runs="/v2/runs",
+    flow_run="/v2/runs/flow-run/",
+    subflows_tab="?tab=SubflowRuns",
+    artifacts="/v2/artifacts",
+    artifact="/v2/artifacts/artifact/",
+    subflow_count="6 Subflow runs",
+    artifact_count="8 artifacts",
+)
+V1 = UI(
+    name="v1",
+    entry="/runs",
+    login="/login",
+    runs="/runs",
+    flow_run="/runs/flow-run/",
+    subflows_tab="?tab=Subflow+Runs",
+    artifacts="/artifacts",
+    artifact="/artifacts/artifact/",
+    subflow_count="6 Flow runs",
+    artifact_count="8 Artifacts",
+)
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    url: str  # the server's root, e.g. http://127.0.0.1:4200
+    auth: str  # what the user types into the login form
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRun]:
+    """`devswarm server start`, then the offline demo run against it as a user would start it."""
+    with fresh_server_folder() as root:
+        port = _free_port()
+        started = cli("server", "start", "--dir", str(root), "--port", str(port))
+        assert started.returncode == 0, started.stdout + started.stderr
+        auth = (root / "auth").read_text().strip()
+        client = {
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_API_AUTH_STRING": auth,
+        }
+        demo_dir = tmp_path_factory.mktemp("demo") / "demo"  # the demo makes its own folder
+        demo = cli("demo", "--dir", str(demo_dir), env=client, timeout=240)
+        assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+        run_id = re.search(r"^run (\S+): done", demo.stdout, re.M)
+        assert run_id, demo.stdout[-3000:]
+        yield ServedRun(f"http://127.0.0.1:{port}", auth, run_id.group(1))
+
+
+@pytest.mark.parametrize("ui", [V2, V1], ids=lambda ui: ui.name)
+def test_ui_shows_the_swarm_run_its_children_a_work_run_and_the_artifacts(
+    served_run: ServedRun, ui: UI, tmp_path: Path
+) -> None:
+    run = served_run
+    with Browser.launch(tmp_path / "screenshots") as page:
+        log_in(page, run, ui)
+
+        page.open(run.url + ui.runs)
+        page.wait_for_text(f"swarm · {run.run_id}", *CHILDREN)
+        page.screenshot(f"{ui.name}-runs")
+        swarm = href(page, f"swarm · {run.run_id}")
+        assert swarm.startswith(ui.flow_run), swarm
+
+        # The swarm run: completed, its direct children listed by name.
+        page.open(run.url + swarm)
+        page.click(text="Subflow Runs")
+        text = page.wait_for_text(ui.subflow_count, *CHILDREN)
+        assert ui.subflows_tab in page.url, page.url
+        assert "Completed" in text
+        page.screenshot(f"{ui.name}-swarm-run")
+
+        # A work run and its worker report.
+        page.click(text="work · word-count")
+        page.wait_for_text("work · word-count", "Logs", "Artifacts")
+        assert page.url.startswith(run.url + ui.flow_run), page.url
+        page.screenshot(f"{ui.name}-work-run")
+        page.click(text="Artifacts")
+        page.wait_for_text("work-word-count", "Worker report for c1.root.word-count")
+        page.click(text="work-word-count")
+        page.wait_for_text("task: c1.root.word-count", "status: landed", "landed commit:")
+        assert page.url.startswith(run.url + ui.artifact), page.url
+        page.screenshot(f"{ui.name}-work-report")
+
+        # Every artifact of the run, and the summary's content.
+        page.open(run.url + ui.artifacts)
+        page.wait_for_text(ui.artifact_count, *ARTIFACTS)
+        page.screenshot(f"{ui.name}-artifacts")
+        page.open(run.url + swarm)
+        page.click(text="Artifacts")
+        page.wait_for_text("swarm-summary")
+        page.click(text="swarm-summary")
+        page.wait_for_text(f"Swarm run {run.run_id}", "status: done", "tasks_landed: 4")
+        page.screenshot(f"{ui.name}-summary")
+    shots = sorted(p.name for p in (tmp_path / "screenshots").glob("*.png"))
+    assert len(shots) == 7, shots
+
+
+def log_in(page: Page, run: ServedRun, ui: UI) -> None:
+    """Log in through the UI's own form, typing the server's auth string."""
+    page.open(run.url + ui.entry)
+    page.wait_for_text("Login")
+    assert page.url.startswith(run.url + ui.login), page.url
+    page.screenshot(f"{ui.name}-login")
+    page.type_into("input[type=password]", run.auth)
+    page.click(text="Login")
+    page.wait_for_text("Dashboard", "Deployments")
+
+
+def href(page: Page, text: str) -> str:
+    """The href of the link whose visible text is `text`."""
+    found = [link["href"] for link in page.links() if link["text"] == text]
+    assert found, f"no link {text!r} on {page.url}"
+    return found[0]
