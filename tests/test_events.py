@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from devswarm.server import server
+from devswarm import server
 from tasks.events import EVENT_NAMES, emit
 from tests.test_server import _free_port, fresh_server_folder
 
