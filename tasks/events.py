@@ -12,13 +12,12 @@ process's own keys and auth strings, or `secrets` passed in) is replaced, never 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, get_args
 
 from prefect.events import Event, emit_event
 
-from devswarm.sandbox.command import SECRET_NAME
+from devswarm.sandbox.redact import process_secrets
 
 EventName = Literal[
     "task.landed",  # a worker's commit reached the branch
@@ -35,7 +34,6 @@ EVENT_NAMES: tuple[str, ...] = tuple(f"devswarm.{name}" for name in get_args(Eve
 REDACTED = "[redacted]"
 _MAX_TEXT = 300  # payload strings are labels and reasons, never file contents or transcripts
 _MAX_ITEMS = 50  # list values (file names, task keys) are cut too: an event has a size limit
-_MIN_SECRET = 8  # shorter environment values ("1", "true") would redact everything
 
 
 def emit(
@@ -88,8 +86,7 @@ class _Redactor:
     (environment variables named like KEY, TOKEN, SECRET, PASSWORD, AUTH...)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        from_env = (v for k, v in os.environ.items() if SECRET_NAME.search(k))
-        self.needles = {s for s in [*secrets, *from_env] if s and len(s) >= _MIN_SECRET}
+        self.needles = process_secrets(secrets)
 
     def text(self, value: str) -> str:
         return REDACTED if any(n in value for n in self.needles) else value

@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 REDACTED = "[redacted]"
 # Shorter secrets only get the plain and reversed search: their encoded forms are so short
 # they would match ordinary text.
 MIN_ENCODED_LEN = 8
+# Variable names that hint at a credential, anywhere in the name (AUTH but not AUTHOR).
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH(?!OR)|CREDENTIAL", re.IGNORECASE)
+MIN_SECRET_LEN = 6  # shorter values (a "1", a "true") would redact ordinary text
+
+
+def process_secrets(extra: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> set[str]:
+    """The secrets this process knows: `extra` (the model API key, an auth string) and the
+    values of its environment variables named like credentials."""
+    env = os.environ if environ is None else environ
+    found = {v for k, v in env.items() if SECRET_NAME.search(k)} | set(extra)
+    return {s for s in found if s and len(s.strip()) >= MIN_SECRET_LEN}
 
 
 def _base64_cores(data: bytes) -> set[str]:
