@@ -1,4 +1,4 @@
-"""Bench: the analysis views on a big warehouse (1 M synthetic llm_calls rows by default).
+"""Bench: the analysis views on a big warehouse (1 M synthetic model_calls rows by default).
 
     python bench/analysis.py                 # 1,000,000 model calls in 20 runs, 5,000 agents
     python bench/analysis.py --calls 5000000
@@ -32,14 +32,14 @@ def fill(store: Store, calls: int, runs: int, agents_per_run: int, prefix: str =
     agents = runs * agents_per_run
     store.query(
         f"""
-INSERT INTO runs (run_id, run_name, status, started_at, ended_at, cycles)
+INSERT INTO runs (run_id, goal, status, started_at, ended_at, cycles)
 SELECT '{prefix}' || i, '{prefix}' || i, 'done', TIMESTAMP '2026-01-01' + INTERVAL (i) HOUR,
     TIMESTAMP '2026-01-01' + INTERVAL (i) HOUR + INTERVAL 50 MINUTE, 3
 FROM range({runs}) t(i)"""
     )
     store.query(
         f"""
-INSERT INTO agents (agent_id, run_id, cycle, role, task_id, request_model, status, steps,
+INSERT INTO agents (agent_id, run_id, cycle, role, task_key, request_model, status, steps,
     started_at, ended_at)
 SELECT 'worker/{prefix}' || (i % {runs}) || '/c1/root/t' || i || '/a1', '{prefix}' || (i % {runs}),
     1 + i % 3,
@@ -51,15 +51,15 @@ FROM range({agents}) t(i)"""
     )
     store.query(
         """
-INSERT INTO tasks (run_id, task_id, cycle, worker_agent_id, title, files, status, attempts,
+INSERT INTO tasks (run_id, task_key, cycle, worker_agent_id, title, files, status, attempts,
     started_at, ended_at)
-SELECT run_id, task_id, cycle, agent_id, 'task ' || task_id, '["src/a.py", "src/b.py"]',
+SELECT run_id, task_key, cycle, agent_id, 'task ' || task_key, '["src/a.py", "src/b.py"]',
     CASE WHEN hash(agent_id) % 5 = 0 THEN 'failed' ELSE 'landed' END, 1, started_at, ended_at
 FROM agents WHERE role = 'worker'"""
     )
     store.query(
         f"""
-INSERT INTO llm_calls (call_id, run_id, agent_id, step, attempt, request_model, input_tokens,
+INSERT INTO model_calls (call_id, run_id, agent_id, step, attempt, request_model, input_tokens,
     output_tokens, cache_read_input_tokens, cost_usd, error_type, http_status, started_at,
     duration_ms)
 SELECT 'c' || i, '{prefix}' || (a % {runs}), 'worker/{prefix}' || (a % {runs}) || '/c1/root/t' || a || '/a1',
@@ -76,15 +76,15 @@ INSERT INTO tool_calls (run_id, agent_id, step, tool_call_id, tool_name, error_t
 SELECT run_id, agent_id, step, 'call_' || call_id,
     CASE i % 4 WHEN 0 THEN 'read_file' WHEN 1 THEN 'edit_file' WHEN 2 THEN 'run' ELSE 'search' END,
     CASE WHEN i % 31 = 0 THEN 'not_found' END, 3.5, started_at
-FROM (SELECT *, row_number() OVER () AS i FROM llm_calls WHERE call_id LIKE 'c%' LIMIT {calls // 2})"""
+FROM (SELECT *, row_number() OVER () AS i FROM model_calls WHERE call_id LIKE 'c%' LIMIT {calls // 2})"""
     )
     store.query(
         """
-INSERT INTO landings (landing_id, run_id, cycle, task_id, agent_id, status, conflict_files,
+INSERT INTO landings (landing_id, run_id, cycle, task_key, agent_id, status, conflict_files,
     started_at, ended_at)
-SELECT 'l' || task_id || run_id, run_id, cycle, task_id, worker_agent_id,
-    CASE WHEN hash(task_id) % 7 = 0 THEN 'conflict' ELSE 'landed' END,
-    CASE WHEN hash(task_id) % 7 = 0 THEN '["src/a.py"]' ELSE '[]' END, ended_at, ended_at
+SELECT 'l' || task_key || run_id, run_id, cycle, task_key, worker_agent_id,
+    CASE WHEN hash(task_key) % 7 = 0 THEN 'conflict' ELSE 'landed' END,
+    CASE WHEN hash(task_key) % 7 = 0 THEN '["src/a.py"]' ELSE '[]' END, ended_at, ended_at
 FROM tasks WHERE status = 'landed'"""
     )
 
@@ -113,7 +113,7 @@ def main() -> int:
         with Store(warehouse) as store:
             fill(store, args.calls, args.runs, args.agents_per_run)
         print(
-            f"made {args.calls:,} llm_calls rows ({args.runs} runs, "
+            f"made {args.calls:,} model_calls rows ({args.runs} runs, "
             f"{args.runs * args.agents_per_run:,} agents) in {time.perf_counter() - started:.1f} s"
         )
         one_run = [f"r{args.runs // 2}"]

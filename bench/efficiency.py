@@ -69,7 +69,7 @@ def child(params: dict) -> None:
     con = duckdb.connect(str(cfg.db_path), read_only=True)
     calls, failed = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE http_status IS NULL OR http_status >= 400) "
-        "FROM llm_calls"
+        "FROM model_calls"
     ).fetchone()
     landed = con.execute("SELECT count(*) FROM tasks WHERE status = 'landed'").fetchone()[0]
     con.close()

@@ -47,7 +47,7 @@ def _seconds(value: Any) -> float | None:
 def _flow_agent(
     flow_name: str, name: str, params: dict[str, Any], run_id: str
 ) -> tuple[str | None, str | None, int | None]:
-    """(agent_id, task_id, cycle) of one of our flow runs, from its parameters or its name."""
+    """(agent_id, task key, cycle) of one of our flow runs, from its parameters or its name."""
     task = params.get("task") if isinstance(params.get("task"), dict) else {}
     spec = task.get("spec") if isinstance(task.get("spec"), dict) else {}
     if flow_name == "work" and task.get("key") and spec.get("id"):
@@ -79,7 +79,7 @@ def flow_run_record(
     """A ``prefect_flow_runs`` record from a Prefect FlowRun (as a dict) of our run ``run_id``."""
     name = flow_run.get("name") or ""
     params = flow_run.get("parameters") or {}
-    agent_id, task_id, cycle = _flow_agent(flow_name, name, params, run_id)
+    agent_id, task_key, cycle = _flow_agent(flow_name, name, params, run_id)
     return {
         "kind": "prefect_flow_runs",
         "flow_run_id": str(flow_run["id"]),
@@ -88,7 +88,7 @@ def flow_run_record(
         "flow_name": flow_name,
         "role": _FLOW_ROLES.get(flow_name),
         "agent_id": agent_id,
-        "task_id": task_id,
+        "task_key": task_key,
         "cycle": cycle,
         "parent_flow_run_id": str(parent_flow_run_id) if parent_flow_run_id else None,
         "parent_task_run_id": _str(flow_run.get("parent_task_run_id")),
@@ -187,24 +187,24 @@ def current_flow_run_id() -> str | None:
 # while it ran. Then a task run without an agent gets its subflow's agent, else its flow run's.
 LINK_STATEMENTS = (
     """
-UPDATE prefect_flow_runs p SET agent_id = m.agent_id, task_id = coalesce(m.task_id, p.task_id),
+UPDATE prefect_flow_runs p SET agent_id = m.agent_id, task_key = coalesce(m.task_key, p.task_key),
     cycle = coalesce(m.cycle, p.cycle)
 FROM (
-    SELECT flow_run_id, any_value(agent_id) AS agent_id, any_value(task_id) AS task_id,
+    SELECT flow_run_id, any_value(agent_id) AS agent_id, any_value(task_key) AS task_key,
         any_value(cycle) AS cycle
     FROM agents WHERE run_id = $run AND flow_run_id IS NOT NULL GROUP BY flow_run_id
 ) m
 WHERE p.flow_run_id = m.flow_run_id AND p.run_id = $run
 """,
     """
-UPDATE prefect_flow_runs p SET agent_id = a.agent_id, task_id = a.task_id, cycle = a.cycle
+UPDATE prefect_flow_runs p SET agent_id = a.agent_id, task_key = a.task_key, cycle = a.cycle
 FROM (
     SELECT p2.flow_run_id,
         arg_min(a.agent_id, abs(epoch(a.started_at) - epoch(p2.started_at))) AS agent_id
     FROM prefect_flow_runs p2
     JOIN agents a ON a.run_id = p2.run_id AND a.role = 'worker'
-        AND (a.task_id = regexp_replace(p2.name, '^work · ', '')
-            OR a.task_id LIKE '%.' || regexp_replace(p2.name, '^work · ', ''))
+        AND (a.task_key = regexp_replace(p2.name, '^work · ', '')
+            OR a.task_key LIKE '%.' || regexp_replace(p2.name, '^work · ', ''))
         AND a.started_at BETWEEN p2.started_at - INTERVAL 5 SECOND
             AND coalesce(p2.ended_at, p2.started_at + INTERVAL 1 DAY)
     WHERE p2.run_id = $run AND p2.agent_id IS NULL AND p2.flow_name = 'work'

@@ -94,7 +94,7 @@ def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -
     attempt = task_run.run_count or 1
     try:
         with _call_slot(run):  # released before a retry's wait below
-            return run.client.chat(
+            return run.client.call(
                 request,
                 run_id=run_id,
                 agent_id=agent_id,

@@ -114,7 +114,10 @@ def usage(records: Path, since: str = "") -> tuple[int, float]:
     tokens, cost = 0, 0.0
     if records.exists():
         for r in read_records(records):
-            if r.get("kind") in {"llm_call", "llm_calls"} and (r.get("started_at") or "") >= since:
+            if (
+                r.get("kind") in {"model_call", "model_calls"}
+                and (r.get("started_at") or "") >= since
+            ):
                 tokens += int(r.get("input_tokens") or 0) + int(r.get("output_tokens") or 0)
                 cost += float(r.get("cost_usd") or 0.0)
     return tokens, cost

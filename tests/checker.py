@@ -11,7 +11,7 @@ What it verifies (`check` lists every problem; `assert_sound` fails with all of 
 - no task landed twice (the `Devswarm-Run` / `Devswarm-Task` trailers on the branch);
 - DuckDB matches git: the tasks a run says landed are exactly the tasks whose trailers are on
   the branch; every task ended landed or with a reason;
-- DuckDB matches the model server: one llm_calls row per HTTP attempt the orchestrator saw,
+- DuckDB matches the model server: one model_calls row per HTTP attempt the orchestrator saw,
   with the same agent, step, attempt, status and token counts;
 - the API key appears nowhere: DuckDB (every column of every table of every file), files under
   the data folder (transcripts, records, reports, cached results), git history, the captured
@@ -304,7 +304,7 @@ def check(
     env_probe: bool = True,
 ) -> Findings:
     """Check a finished drill; see the module docstring. `requests`: the request-log lines the
-    orchestrator saw (each must be one llm_calls row); `optional_requests`: lines it may or may
+    orchestrator saw (each must be one model_calls row); `optional_requests`: lines it may or may
     not have seen (answered right at a kill)."""
     f = Findings()
     home = Path(home)
@@ -315,7 +315,7 @@ def check(
             run_ids = [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
         f.facts["runs"] = len(run_ids)
         _check_git_and_store(f, con, Path(repo), branch, home, run_ids)
-        _check_llm_calls(f, con, run_ids, requests, optional_requests, request_timeout)
+        _check_model_calls(f, con, run_ids, requests, optional_requests, request_timeout)
     finally:
         con.close()
     _check_secret(f, home, db, Path(repo), secret, output, scan, run_ids, prefect)
@@ -376,7 +376,7 @@ def _check_git_and_store(
         landed_db = {
             r[0]
             for r in con.execute(
-                "SELECT task_id FROM tasks WHERE run_id = ? AND status = 'landed'", [run_id]
+                "SELECT task_key FROM tasks WHERE run_id = ? AND status = 'landed'", [run_id]
             ).fetchall()
         }
         landed_git = {task for (run, task) in pairs if run == run_id}
@@ -385,13 +385,13 @@ def _check_git_and_store(
                 f"run {run_id}: DuckDB says landed {sorted(landed_db - landed_git)} not on the "
                 f"branch; on the branch but not landed in DuckDB {sorted(landed_git - landed_db)}"
             )
-        for task_id, status, reason in con.execute(
-            "SELECT task_id, status, reason FROM tasks WHERE run_id = ?", [run_id]
+        for task_key, status, reason in con.execute(
+            "SELECT task_key, status, reason FROM tasks WHERE run_id = ?", [run_id]
         ).fetchall():
             if status in UNSETTLED:
-                f.problem(f"run {run_id}: task {task_id} never settled (status {status})")
+                f.problem(f"run {run_id}: task {task_key} never settled (status {status})")
             elif status not in SETTLED_WITHOUT_REASON and not (reason or "").strip():
-                f.problem(f"run {run_id}: task {task_id} ended {status} without a reason")
+                f.problem(f"run {run_id}: task {task_key} ended {status} without a reason")
         f.facts.setdefault("landed", 0)
         f.facts["landed"] += len(landed_db)
         f.facts.setdefault("tasks", 0)
@@ -400,7 +400,7 @@ def _check_git_and_store(
         ).fetchone()[0]
 
 
-def _check_llm_calls(
+def _check_model_calls(
     f: Findings,
     con: duckdb.DuckDBPyConnection,
     run_ids: list[str],
@@ -414,7 +414,7 @@ def _check_llm_calls(
     marks = ",".join("?" * len(run_ids)) or "NULL"
     rows = con.execute(
         "SELECT agent_id, step, attempt, error_type, http_status, input_tokens, output_tokens "
-        f"FROM llm_calls WHERE run_id IN ({marks})",
+        f"FROM model_calls WHERE run_id IN ({marks})",
         run_ids,
     ).fetchall()
     recorded = Counter(_row_key(*r) for r in rows)
@@ -424,15 +424,15 @@ def _check_llm_calls(
     extra = recorded - required - maybe
     if missing:
         f.problem(
-            f"{sum(missing.values())} model calls the server answered have no llm_calls "
+            f"{sum(missing.values())} model calls the server answered have no model_calls "
             f"row, e.g. {sorted(missing)[:3]}"
         )
     if extra:
         f.problem(
-            f"{sum(extra.values())} llm_calls rows match no request the server logged, "
+            f"{sum(extra.values())} model_calls rows match no request the server logged, "
             f"e.g. {sorted(extra, key=str)[:3]}"
         )
-    f.facts["llm_calls"] = len(rows)
+    f.facts["model_calls"] = len(rows)
     f.facts["input_tokens"] = sum(r[5] or 0 for r in rows)
     f.facts["output_tokens"] = sum(r[6] or 0 for r in rows)
     f.facts["failed_attempts"] = sum(1 for r in rows if r[3] or (r[4] or 200) >= 400)

@@ -100,7 +100,7 @@ class Harness:
         def call(request: dict, step: int) -> dict:
             for attempt in range(1, attempts + 1):
                 try:
-                    return client.chat(
+                    return client.call(
                         request,
                         run_id="run-1",
                         agent_id=agent_id,
@@ -663,7 +663,7 @@ def test_calls_in_flight_spread_over_connection_pools_one_pool_per_agent(h: Harn
         for step in (1, 2):
             request = {"model": "offline-model", "messages": [{"role": "user", "content": "go"}]}
             try:
-                reply = client.chat(
+                reply = client.call(
                     request, run_id="r", agent_id=agent_id, step=step, attempt=1, log=None
                 )
                 assert reply["tool_calls"][0]["name"] == "finish", reply
@@ -705,9 +705,9 @@ def test_a_200_that_is_not_a_chat_completion_is_a_transient_invalid_response(
         log = RecordLog(tmp_path / "records.jsonl")
         request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         with pytest.raises(ModelCallError) as err:
-            client.chat(request, run_id="r", agent_id="a", step=1, attempt=1, log=log)
+            client.call(request, run_id="r", agent_id="a", step=1, attempt=1, log=log)
         assert err.value.transient and err.value.error_type == "invalid_response"
-        (row,) = [r for r in read_records(log.path) if r["kind"] == "llm_call"]
+        (row,) = [r for r in read_records(log.path) if r["kind"] == "model_call"]
         assert row["error_type"] == "invalid_response" and row["http_status"] == 200
     finally:
         server.shutdown()

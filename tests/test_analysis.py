@@ -151,7 +151,7 @@ def test_role_and_agent_metrics_equal_the_request_log(demo: SimpleNamespace) -> 
 def test_task_outcomes_and_timeline_equal_git_and_the_log(demo: SimpleNamespace) -> None:
     commits = landed_commits(demo)
     assert len(commits) == 4
-    tasks = {t["task_id"]: t for t in query(demo.db, "SELECT * FROM task_outcomes")}
+    tasks = {t["task_key"]: t for t in query(demo.db, "SELECT * FROM task_outcomes")}
     landed = {k: t["commit_sha"] for k, t in tasks.items() if t["status"] == "landed"}
     assert landed == commits
     # A worker's cost, from the log: agent worker/<run>/c1/<plan path>/<id>/a1 -> task c1.<path>.<id>
@@ -223,13 +223,13 @@ def test_tool_errors_and_model_latency(demo: SimpleNamespace) -> None:
 def test_prefect_history_joins_tasks_agents_and_calls(demo: SimpleNamespace) -> None:
     works = query(
         demo.db,
-        "SELECT t.task_id, t.worker_agent_id, p.agent_id, p.state_type, p.name"
-        " FROM tasks t JOIN prefect_flow_runs p USING (run_id, task_id)",
+        "SELECT t.task_key, t.worker_agent_id, p.agent_id, p.state_type, p.name"
+        " FROM tasks t JOIN prefect_flow_runs p USING (run_id, task_key)",
     )
     assert len(works) == 4
     for w in works:
         assert w["agent_id"] == w["worker_agent_id"] and w["state_type"] == "COMPLETED"
-        assert w["name"] == f"work · {w['task_id'].rsplit('.', 1)[1]}"
+        assert w["name"] == f"work · {w['task_key'].rsplit('.', 1)[1]}"
     # Every agent recorded the flow run it ran in, and that flow run is the one joined to it.
     agents = query(
         demo.db,
@@ -241,7 +241,7 @@ def test_prefect_history_joins_tasks_agents_and_calls(demo: SimpleNamespace) -> 
     calls = query(
         demo.db,
         "SELECT p.agent_id, p.step, p.run_count, p.retries, count(l.call_id) AS attempts"
-        " FROM prefect_task_runs p LEFT JOIN llm_calls l USING (agent_id, step)"
+        " FROM prefect_task_runs p LEFT JOIN model_calls l USING (agent_id, step)"
         " WHERE p.task_name = 'model-call' GROUP BY ALL",
     )
     steps = {(r["agent"], r["step"]) for r in demo.requests}
@@ -295,7 +295,7 @@ def test_flow_runs_without_parameters_join_by_name_and_time(tmp_path: Path) -> N
                 agent_id=f"worker/r/c{i + 1}/root/a/a1",
                 run_id="r",
                 role="worker",
-                task_id=task,
+                task_key=task,
                 started_at=f"2026-01-01T{start}Z",
             )
         flows = [
@@ -319,7 +319,7 @@ def test_flow_runs_without_parameters_join_by_name_and_time(tmp_path: Path) -> N
         assert all(r.get("agent_id") is None for r in records)  # neither parameters nor step
         store.add_many(records)
         store.link_history("r")
-        rows = store.query("SELECT agent_id, task_id FROM prefect_flow_runs ORDER BY flow_run_id")[
+        rows = store.query("SELECT agent_id, task_key FROM prefect_flow_runs ORDER BY flow_run_id")[
             1
         ]
         assert rows == [
@@ -407,6 +407,10 @@ def columns(db: Path) -> dict[str, list[tuple[str, str]]]:
 
 def test_a_version_1_store_is_readable_then_migrated_on_open(tmp_path: Path) -> None:
     old = make_v1(tmp_path / "old.duckdb")
+    con = duckdb.connect(str(old), read_only=True)
+    old_keys = con.execute("SELECT task_id FROM landings").fetchall()
+    con.close()
+    assert old_keys and old_keys[0][0]
     # Read-only (not migrated): this release's views and empty Prefect tables still work.
     with open_readonly(old) as reader:
         assert reader.query("SELECT role, calls, cost_usd FROM role_metrics")[1] == [
@@ -419,15 +423,17 @@ def test_a_version_1_store_is_readable_then_migrated_on_open(tmp_path: Path) -> 
         assert direct.query("SELECT count(*) FROM prefect_flow_runs")[1] == [(0,)]
     with Store(old) as store:
         versions = store.query("SELECT version FROM schema_version ORDER BY version")[1]
-        assert versions == [(1,), (2,)] and SCHEMA_VERSION == 2
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
         assert store.query("SELECT run_id, status FROM runs")[1] == [("old", "done")]
-        assert store.query("SELECT sum(input_tokens) FROM llm_calls")[1] == [(10,)]
+        assert store.query("SELECT sum(input_tokens) FROM model_calls")[1] == [(10,)]
+        # task_id held the key: it is task_key now, the values kept
+        assert store.query("SELECT task_key FROM landings")[1] == old_keys
         store.add("prefect_task_runs", task_run_id="t1", run_id="old", retries=1)
     fresh = tmp_path / "fresh.duckdb"
     Store(fresh).close()
     assert columns(old) == columns(fresh)  # the migration makes exactly today's shape
     with Store(old) as store:  # a second open applies nothing again
-        assert len(store.query("SELECT * FROM schema_version")[1]) == 2
+        assert len(store.query("SELECT * FROM schema_version")[1]) == SCHEMA_VERSION
         assert store.query("SELECT retries FROM prefect_task_runs")[1] == [(1,)]
 
 
@@ -451,7 +457,7 @@ def test_export_to_parquet_and_read_it_back(demo: SimpleNamespace, tmp_path: Pat
             assert _rounded(theirs) == _rounded(ours), name
             assert f"{path}  {len(ours)} rows" in proc.stdout
     assert con.execute(
-        f"SELECT sum(input_tokens) FROM read_parquet('{out / 'llm_calls.parquet'}')"
+        f"SELECT sum(input_tokens) FROM read_parquet('{out / 'model_calls.parquet'}')"
     ).fetchall()[0][0] == sum(r["usage"]["prompt_tokens"] for r in demo.requests if r["usage"])
 
 
@@ -556,14 +562,14 @@ def add_run(store_path: Path, run_id: str, calls: int, *, status: str = "done") 
     with Store(store_path) as store:
         store.add("runs", run_id=run_id, status=status, started_at="2026-01-01T10:00:00Z")
         store.add_many(
-            {"kind": "llm_calls", "call_id": f"{run_id}-{i}", "run_id": run_id, "agent_id": "a"}
+            {"kind": "model_calls", "call_id": f"{run_id}-{i}", "run_id": run_id, "agent_id": "a"}
             for i in range(calls)
         )
 
 
 def calls_per_run(db: Path) -> dict[str, int]:
     with open_readonly(db) as reader:
-        return dict(reader.query("SELECT run_id, count(*) FROM llm_calls GROUP BY ALL")[1])
+        return dict(reader.query("SELECT run_id, count(*) FROM model_calls GROUP BY ALL")[1])
 
 
 def test_readers_see_the_warehouse_and_unmerged_runs_once(tmp_path: Path) -> None:
@@ -577,7 +583,9 @@ def test_readers_see_the_warehouse_and_unmerged_runs_once(tmp_path: Path) -> Non
     assert calls_per_run(warehouse) == {"a": 5, "b": 2}  # from the file, not added twice
     assert publish_run(warehouse, b)  # merges every run file that changed
     con = duckdb.connect(str(warehouse), read_only=True)
-    assert dict(con.execute("SELECT run_id, count(*) FROM llm_calls GROUP BY ALL").fetchall()) == {
+    assert dict(
+        con.execute("SELECT run_id, count(*) FROM model_calls GROUP BY ALL").fetchall()
+    ) == {
         "a": 5,
         "b": 2,
     }
@@ -632,9 +640,9 @@ for b in range(batches):
     agent = f"worker/{name}/c1/root/t{b}/a1"
     log = run.agent_log(agent)
     log.write("agent", agent_id=agent, run_id=name, cycle=1, role="worker",
-              task_id=f"c1.root.t{b}", status="finished", steps=calls)
+              task_key=f"c1.root.t{b}", status="finished", steps=calls)
     for s in range(calls):
-        log.write("llm_call", call_id=f"{agent}-{s}", run_id=name, agent_id=agent, step=s,
+        log.write("model_call", call_id=f"{agent}-{s}", run_id=name, agent_id=agent, step=s,
                   attempt=1, request_model="m", input_tokens=100, output_tokens=10,
                   cost_usd=0.001, duration_ms=5.0)
     run.records.import_now([run.dir / "records" / "swarm.jsonl", log.path])  # as on a report
@@ -656,7 +664,7 @@ db, stop = Path(sys.argv[1]), Path(sys.argv[2])
 while not stop.exists():
     try:
         with open_readonly(db) as store:
-            rows = store.query("SELECT run_id, count(*) FROM llm_calls GROUP BY ALL")[1]
+            rows = store.query("SELECT run_id, count(*) FROM model_calls GROUP BY ALL")[1]
         print(json.dumps(dict(rows)), flush=True)
     except UserError as exc:
         print("message", exc, flush=True)
@@ -714,7 +722,7 @@ def test_two_runs_at_once_keep_every_record_while_a_reader_reads(tmp_path: Path)
     # Every record of both runs is in the warehouse itself, and nothing is left to merge.
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        got = dict(con.execute("SELECT run_id, count(*) FROM llm_calls GROUP BY ALL").fetchall())
+        got = dict(con.execute("SELECT run_id, count(*) FROM model_calls GROUP BY ALL").fetchall())
         assert got == dict.fromkeys(names, full)
         status = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
         assert status == dict.fromkeys(names, "done")

@@ -175,7 +175,7 @@ def _chat(
     """The caller's retry loop (as run.plain_calls): transient errors are tried again."""
     for attempt in range(1, attempts + 1):
         try:
-            return client.chat(
+            return client.call(
                 request, run_id="r", agent_id=agent_id, step=0, attempt=attempt, log=log
             )
         except ModelCallError as exc:
@@ -200,7 +200,7 @@ def test_a_refusal_naming_a_field_is_not_retried_is_learned_and_said_in_one_warn
     assert len(srv.chats()) == 2  # one HTTP attempt each: no retries
     (line,) = [r for r in caplog.records if r.name.startswith("devswarm")]
     assert field in line.getMessage() and not line.exc_info and "sk-test" not in line.getMessage()
-    rows = [r for r in read_records(log.path) if r["kind"] == "llm_call"]
+    rows = [r for r in read_records(log.path) if r["kind"] == "model_call"]
     assert [r["http_status"] for r in rows] == [status, status]
     caps = client.book.get("m")
     learned = {
@@ -311,7 +311,7 @@ def test_missing_usage_is_estimated_marked_and_still_spends_the_budget(
     assert replies[0]["output_tokens"] == 100 and replies[0]["input_tokens"] >= 200
     assert ledger.tokens == 2 * (replies[0]["input_tokens"] + replies[0]["output_tokens"])
     assert replies[0]["cost_usd"] > 0
-    rows = [r for r in read_records(log.path) if r["kind"] == "llm_call"]
+    rows = [r for r in read_records(log.path) if r["kind"] == "model_call"]
     assert [r["usage_estimated"] for r in rows] == [True, True]
     assert len([r for r in caplog.records if "usage" in r.getMessage()]) == 1
     assert client.book.get("m").usage_reported is False
@@ -337,7 +337,7 @@ def test_the_probe_learns_json_schema_in_one_request_from_the_offline_server(
         assert caps.json_schema is accepted
         assert caps.agent_options()["structured_output"] is accepted
         assert len(chat_requests(log)) == 1  # one chat request, refused or not
-        (row,) = [r for r in read_records(records.path) if r["kind"] == "llm_call"]
+        (row,) = [r for r in read_records(records.path) if r["kind"] == "model_call"]
         assert row["agent_id"] == "preflight/offline-model"
 
 
@@ -532,5 +532,5 @@ def test_on_a_json_schema_refusing_server_a_plan_takes_two_requests_probe_includ
     assert outcome.status == "finished", outcome.reason
     assert Plan.model_validate(outcome.answer).tasks
     assert [r["status"] for r in chat_requests(log)] == [500, 200]  # today: six
-    rows = [r for r in read_records(records.path) if r["kind"] == "llm_call"]
+    rows = [r for r in read_records(records.path) if r["kind"] == "model_call"]
     assert len(rows) == 2  # one row per HTTP request

@@ -214,7 +214,7 @@ def _cancel_drains(root: Path, tmp_path: Path) -> None:
     try:
         # The flow's own ending ran: a SIGKILLed process would have left "running".
         (status,) = con.execute("SELECT status FROM runs").fetchone()
-        tasks = dict(con.execute("SELECT task_id, status FROM tasks").fetchall())
+        tasks = dict(con.execute("SELECT task_key, status FROM tasks").fetchall())
     finally:
         con.close()
     assert status == "stopped", status

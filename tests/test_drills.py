@@ -160,12 +160,12 @@ def test_run_completes_through_model_faults_and_malformed_tool_arguments(
     assert 0.08 <= failing / len(first) <= 0.35, (failing, len(first))
 
     db = d.home / "devswarm.duckdb"
-    statuses = dict(rows(db, "SELECT task_id, status FROM tasks"))
+    statuses = dict(rows(db, "SELECT task_key, status FROM tasks"))
     assert len(statuses) == len(names)
     # The scripted model recovers from every fault, so all land; the checker would accept a
     # task reported with a reason, but here none needs one.
     assert set(statuses.values()) == {"landed"}, statuses
-    retried = rows(db, "SELECT count(*) FROM llm_calls WHERE attempt > 1")[0][0]
+    retried = rows(db, "SELECT count(*) FROM model_calls WHERE attempt > 1")[0][0]
     assert retried >= faults["status:429"] + faults["status:500"] + faults["timeout"]
     assert rows(db, "SELECT count(*) FROM tool_calls WHERE error_type = 'invalid_json'")[0][0] >= 1
     facts = drill.check(d)
@@ -280,7 +280,7 @@ def test_worker_killed_mid_task_loses_nothing(drill, tmp_path: Path) -> None:
 
     db = d.home / "devswarm.duckdb"
     run = d.summary["run_id"]
-    assert dict(rows(db, "SELECT task_id, status FROM tasks")) == {
+    assert dict(rows(db, "SELECT task_key, status FROM tasks")) == {
         "c1.root.sleeper": "landed",
         "c1.root.victim": "landed",
         "c1.root.probe": "landed",
@@ -293,7 +293,7 @@ def test_worker_killed_mid_task_loses_nothing(drill, tmp_path: Path) -> None:
     victims = dict(rows(db, "SELECT agent_id, status FROM agents WHERE agent_id LIKE '%/victim/%'"))
     assert victims[f"worker/{run}/c1/root/victim/a2"] == "landed"
     assert victims[f"worker/{run}/c1/root/victim/a1"] != "landed"
-    assert rows(db, "SELECT attempts FROM tasks WHERE task_id = 'c1.root.victim'")[0][0] == 2
+    assert rows(db, "SELECT attempts FROM tasks WHERE task_key = 'c1.root.victim'")[0][0] == 2
     assert not [p for p in (d.home / "repos").glob("*/worktrees/*") if p.is_dir()]
     print("drill facts:", drill.check(d))
 
@@ -522,11 +522,11 @@ def _fake_run(tmp_path: Path, *, duplicate: bool = False, lost: bool = False,
     (home / "runs" / "r" / "transcripts").mkdir(parents=True)
     con = duckdb.connect(str(home / "devswarm.duckdb"))
     con.execute("CREATE TABLE runs (run_id VARCHAR, tip_commit VARCHAR, status VARCHAR)")
-    con.execute("CREATE TABLE tasks (run_id VARCHAR, task_id VARCHAR, status VARCHAR, "
+    con.execute("CREATE TABLE tasks (run_id VARCHAR, task_key VARCHAR, status VARCHAR, "
                 "reason VARCHAR, commit_sha VARCHAR)")  # fmt: skip
     con.execute("CREATE TABLE landings (run_id VARCHAR, status VARCHAR, commit_sha VARCHAR, "
                 "new_tip VARCHAR)")  # fmt: skip
-    con.execute("CREATE TABLE llm_calls (run_id VARCHAR, agent_id VARCHAR, step INT, attempt INT,"
+    con.execute("CREATE TABLE model_calls (run_id VARCHAR, agent_id VARCHAR, step INT, attempt INT,"
                 " error_type VARCHAR, http_status INT, input_tokens BIGINT, output_tokens BIGINT)")  # fmt: skip
     con.execute("INSERT INTO runs VALUES ('r', ?, 'done')", [landed[-1]])
     for i, n in enumerate(["t1", "t2"]):
@@ -546,9 +546,9 @@ def _fake_run(tmp_path: Path, *, duplicate: bool = False, lost: bool = False,
                 ("worker/r/c1/t1/a1", 0, 2, None, 200, 100, 7),
                 ("worker/r/c1/t2/a1", 0, 1, "timeout", None, None, None)]  # fmt: skip
     for r in recorded[: 2 if missing_row else 3]:
-        con.execute("INSERT INTO llm_calls VALUES ('r', ?, ?, ?, ?, ?, ?, ?)", list(r))
+        con.execute("INSERT INTO model_calls VALUES ('r', ?, ?, ?, ?, ?, ?, ?)", list(r))
     if leak == "duckdb":
-        con.execute("UPDATE tasks SET reason = ? WHERE task_id = 'c1.t2'", [f"key {SECRET}"])
+        con.execute("UPDATE tasks SET reason = ? WHERE task_key = 'c1.t2'", [f"key {SECRET}"])
     con.close()
     env_out = "PATH=/usr/bin\nHOME=/root\n" + (
         f"OPENAI_API_KEY={SECRET}\n" if leak == "env" else ""
@@ -574,7 +574,7 @@ def _fake_run(tmp_path: Path, *, duplicate: bool = False, lost: bool = False,
         ({}, None),
         ({"duplicate": True}, "landed more than once"),
         ({"lost": True}, "not reachable"),
-        ({"missing_row": True}, "have no llm_calls row"),
+        ({"missing_row": True}, "have no model_calls row"),
         ({"leak": "duckdb"}, "in DuckDB: devswarm.duckdb:tasks.reason"),
         ({"leak": "file"}, "report.html"),
         ({"leak": "env"}, "agent's command saw the API key"),
@@ -585,7 +585,9 @@ def test_checker_finds_each_kind_of_damage(
 ) -> None:
     found = checker.check(**_fake_run(tmp_path, **fault))
     if expected is None:
-        assert found.problems == [] and found.facts["landed"] == 2 and found.facts["llm_calls"] == 3
+        assert (
+            found.problems == [] and found.facts["landed"] == 2 and found.facts["model_calls"] == 3
+        )
     else:
         assert any(expected in p for p in found.problems), found.problems
 

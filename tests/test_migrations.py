@@ -12,7 +12,7 @@ import pytest
 from devswarm.errors import UserError
 from devswarm.store import migrations
 from devswarm.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
-from devswarm.store.schema import SQL_TYPES, TABLES, columns
+from devswarm.store.schema import RENAMED_COLUMNS, RENAMED_TABLES, SQL_TYPES, TABLES, columns
 from devswarm.store.store import Store
 from devswarm.store.upgrade import upgrade
 from devswarm.store.views import BUILDING_BLOCKS, VIEWS
@@ -93,11 +93,21 @@ def test_each_migration_keeps_the_rows_of_the_version_before(
         con.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", list(row.values()))
         rows[table] = row
     upgrade(con, db, to=migration.version)
+    now_named = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     for table, row in rows.items():
-        cursor = con.execute(f"SELECT * FROM {table}")
+        name = table if table in now_named else {o: n for n, o in RENAMED_TABLES.items()}[table]
+        cursor = con.execute(f"SELECT * FROM {name}")
         (after,) = cursor.fetchall()
         after = dict(zip([d[0] for d in cursor.description], after, strict=True))
-        assert {c: after[c] for c in row if c in after} == row  # renamed columns aside
+        renamed = {o: n for (t, n), o in RENAMED_COLUMNS.items() if t == name and n in after}
+        expected = {renamed.get(c, c): v for c, v in row.items()}
+        assert {c: after[c] for c in expected if c in after} == {
+            c: v for c, v in expected.items() if c in after
+        }
+        # A column that is gone was dropped for good: the latest shape lacks it too.
+        gone = set(expected) - set(after)
+        latest = TABLES.get({o: n for n, o in RENAMED_TABLES.items()}.get(name, name))
+        assert not (latest and gone & set(columns(latest))), (name, gone)
     con.close()
     assert shape(db) == shape(build(tmp_path / "new.duckdb", migration.version))
     with Store(db) as store:  # and on to the latest version
@@ -161,3 +171,44 @@ def test_every_view_is_a_sql_file_of_its_name() -> None:
     folder = files("devswarm.store.views")
     shipped = {p.name.removesuffix(".sql") for p in folder.iterdir() if p.name.endswith(".sql")}
     assert shipped == {*BUILDING_BLOCKS, *VIEWS}
+
+
+def _old_run_file(path: Path) -> Path:
+    """A run's own file written by a devswarm of schema version 2 (old names)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build(path, 2)
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO runs (run_id, run_name, status) VALUES ('old', 'old', 'done')")
+    con.execute("INSERT INTO tasks (run_id, task_id, status) VALUES ('old', 'c1.root.a', 'landed')")
+    con.execute(
+        "INSERT INTO llm_calls (call_id, run_id, agent_id, input_tokens) VALUES ('c1', 'old', 'w', 5)"
+    )
+    con.close()
+    return path
+
+
+def test_an_older_run_file_merges_and_reads_under_the_new_names(tmp_path: Path) -> None:
+    run_file = _old_run_file(tmp_path / "runs" / "old" / "run.duckdb")
+    warehouse = tmp_path / "devswarm.duckdb"
+    # Read while unmerged (a live run file beside the warehouse), then merged into it.
+    with open_readonly(warehouse) as reader:
+        assert reader.query("SELECT task_key, status FROM tasks")[1] == [("c1.root.a", "landed")]
+        assert reader.query("SELECT sum(input_tokens) FROM model_calls")[1] == [(5,)]
+    with Store(warehouse) as store:
+        store.import_store(run_file)
+        assert store.query("SELECT task_key FROM tasks")[1] == [("c1.root.a",)]
+        assert store.query("SELECT agent_id, input_tokens FROM model_calls")[1] == [("w", 5)]
+
+
+def test_records_an_older_devswarm_wrote_import_under_the_new_names(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.duckdb") as store:
+        store.add_many(
+            [
+                {"kind": "llm_call", "call_id": "c1", "run_id": "r", "input_tokens": 3},
+                {"kind": "tasks", "run_id": "r", "task_id": "c1.root.a", "status": "landed"},
+                {"kind": "landing", "landing_id": "l1", "task_id": "c1.root.a"},
+            ]
+        )
+        assert store.query("SELECT call_id, input_tokens FROM model_calls")[1] == [("c1", 3)]
+        assert store.query("SELECT task_key, status FROM tasks")[1] == [("c1.root.a", "landed")]
+        assert store.query("SELECT task_key FROM landings")[1] == [("c1.root.a",)]

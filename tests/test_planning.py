@@ -60,7 +60,7 @@ def test_three_level_plan_maps_tasks_to_their_owning_planners(swarm_run, tmp_pat
     owners = dict(
         rows(
             Path(summary["db"]),
-            "SELECT task_id, planner_agent_id FROM tasks WHERE status = 'landed'",
+            "SELECT task_key, planner_agent_id FROM tasks WHERE status = 'landed'",
         )
     )
     run = summary["run_id"]
@@ -90,7 +90,7 @@ def test_invalid_plan_goes_back_once_with_the_errors(swarm_run, tmp_path: Path) 
     second = [r for r in chat_requests(log) if r["agent"].startswith("planner/")][1]
     text = json.dumps(second["request"]["messages"])
     assert "That plan is invalid" in text and "repeated: a" in text and "nope" in text
-    assert sorted(rows(Path(summary["db"]), "SELECT task_id, status FROM tasks")) == [
+    assert sorted(rows(Path(summary["db"]), "SELECT task_key, status FROM tasks")) == [
         ("c1.root.a", "landed"),
         ("c1.root.b", "landed"),
     ]
@@ -131,7 +131,7 @@ def test_dependency_chain_lands_in_order_and_a_failed_dependency_skips_its_depen
     }
     summary, log = swarm_run(scenario, repo)
     db = Path(summary["db"])
-    status = dict(rows(db, "SELECT task_id, status FROM tasks"))
+    status = dict(rows(db, "SELECT task_key, status FROM tasks"))
     assert status == {
         "c1.root.first": "landed",
         "c1.root.second": "landed",
@@ -140,12 +140,12 @@ def test_dependency_chain_lands_in_order_and_a_failed_dependency_skips_its_depen
     }
     order = [
         r[0]
-        for r in rows(db, "SELECT task_id FROM landings WHERE status = 'landed' ORDER BY ended_at")
+        for r in rows(db, "SELECT task_key FROM landings WHERE status = 'landed' ORDER BY ended_at")
     ]
     assert order == ["c1.root.first", "c1.root.second"]
     second = [r for r in chat_requests(log) if "/second/" in r["agent"]]
     assert "not_found" not in json.dumps(second[1]["request"]["messages"][-1])
-    reason = rows(db, "SELECT reason FROM tasks WHERE task_id = 'c1.root.after-broken'")[0][0]
+    reason = rows(db, "SELECT reason FROM tasks WHERE task_key = 'c1.root.after-broken'")[0][0]
     assert "c1.root.broken" in reason
     assert not [r for r in chat_requests(log) if "/after-broken/" in r["agent"]]
 
@@ -166,13 +166,13 @@ def test_followup_task_from_a_handoff_runs_in_the_same_cycle(swarm_run, tmp_path
     }
     summary, log = swarm_run(scenario, repo)
     db = Path(summary["db"])
-    assert dict(rows(db, "SELECT task_id, status FROM tasks")) == {
+    assert dict(rows(db, "SELECT task_key, status FROM tasks")) == {
         "c1.root.part": "landed",
         "c1.root.rest": "landed",
     }
     followup = [r for r in chat_requests(log) if r["agent"].endswith("followup-part")][0]
     assert "rest.txt is still missing" in json.dumps(followup["request"]["messages"])
-    assert rows(db, "SELECT planner_agent_id, cycle FROM tasks WHERE task_id = 'c1.root.rest'")[
+    assert rows(db, "SELECT planner_agent_id, cycle FROM tasks WHERE task_key = 'c1.root.rest'")[
         0
     ] == (
         f"planner/{summary['run_id']}/c1/root/followup-part",
@@ -184,7 +184,7 @@ def test_followup_task_from_a_handoff_runs_in_the_same_cycle(swarm_run, tmp_path
 def _spend(db: Path) -> tuple[int, float]:
     return rows(
         db,
-        "SELECT coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0) FROM llm_calls",
+        "SELECT coalesce(sum(input_tokens + output_tokens), 0), coalesce(sum(cost_usd), 0) FROM model_calls",
     )[0]
 
 
@@ -212,13 +212,13 @@ def test_token_budget_drains_the_swarm_without_overspending(swarm_run, tmp_path:
     assert summary["status"] == "budget_exhausted"
     tokens, _ = _spend(db)
     assert 0 < tokens <= cap
-    statuses = dict(rows(db, "SELECT task_id, status FROM tasks"))
+    statuses = dict(rows(db, "SELECT task_key, status FROM tasks"))
     assert "budget_exhausted" in statuses.values() or "skipped" in statuses.values()
     # nothing lost: every task is accounted for, every landed commit is on the branch
     assert len(statuses) == 6
     for sha in [r[0] for r in rows(db, "SELECT commit_sha FROM tasks WHERE status = 'landed'")]:
         git(repo, "merge-base", "--is-ancestor", sha, summary["branch"])
-    assert rows(db, "SELECT count(*) FROM llm_calls")[0][0] == len(chat_requests(log))
+    assert rows(db, "SELECT count(*) FROM model_calls")[0][0] == len(chat_requests(log))
 
 
 def test_dollar_budget_drains_the_swarm_without_overspending(swarm_run, tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_no_barrier_fast_workers_report_and_follow_up_before_the_slow_one_ends(
     }
     summary, _ = swarm_run(scenario, repo, max_workers=4)
     db = Path(summary["db"])
-    ended = dict(rows(db, "SELECT task_id, ended_at FROM tasks"))
+    ended = dict(rows(db, "SELECT task_key, ended_at FROM tasks"))
     slow_end = ended["c1.root.slow"]
     assert all(ended[f"c1.root.fast{i}"] < slow_end for i in range(3))
     fu_start = rows(db, "SELECT started_at FROM agents WHERE agent_id LIKE '%followup-fast0'")[0][0]

@@ -106,11 +106,11 @@ def test_killed_run_resumes_without_redoing_or_repaying(tmp_path: Path) -> None:
         assert git(repo, "show", f"devswarm/resumeme:{n}.txt") == f"{n} 2"
 
     db = home / "devswarm.duckdb"
-    assert sorted(r[0] for r in rows(db, "SELECT task_id FROM tasks WHERE status = 'landed'")) == [
+    assert sorted(r[0] for r in rows(db, "SELECT task_key FROM tasks WHERE status = 'landed'")) == [
         f"c1.root.{n}" for n in names
     ]
     # One row per HTTP attempt the orchestrator saw: before the kill and after the resume.
-    assert rows(db, "SELECT count(*) FROM llm_calls")[0][0] == len(before) + len(after)
+    assert rows(db, "SELECT count(*) FROM model_calls")[0][0] == len(before) + len(after)
     assert rows(db, "SELECT count(*) FROM runs")[0][0] == 1
     assert rows(db, "SELECT status FROM runs")[0][0] == "done"
     # The crashed process's worktrees are gone.

@@ -170,7 +170,7 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
 
         # Both tasks landed, by worker processes, through the remote, and were published.
         db = Path(summary["db"])
-        assert rows(db, "SELECT task_id, status FROM tasks ORDER BY task_id") == [
+        assert rows(db, "SELECT task_key, status FROM tasks ORDER BY task_key") == [
             ("c1.root.a", "landed"),
             ("c1.root.b", "landed"),
         ]
@@ -180,7 +180,7 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
         assert git(repo, "show", f"{tip}:a.py") == "A = 1"
         assert git(repo, "show", f"{tip}:b.py") == "B = 2"
         assert snapshot(repo) == before  # only the landing branch moved
-        landings = rows(db, "SELECT status, cas_retries FROM landings ORDER BY task_id")
+        landings = rows(db, "SELECT status, cas_retries FROM landings ORDER BY task_key")
         assert [s for s, _ in landings] == ["landed", "landed"]
 
         # Each worker ran as a flow run of the worker deployment, a child of the swarm flow
@@ -188,7 +188,7 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
         works = {r.name: r for r in roots if r.name.startswith("work · ")}
         assert sorted(works) == ["work · a", "work · b"]
         assert all(r.deployment_id is not None and r.state.is_completed() for r in works.values())
-        agent_runs = dict(rows(db, "SELECT task_id, flow_run_id FROM agents WHERE role='worker'"))
+        agent_runs = dict(rows(db, "SELECT task_key, flow_run_id FROM agents WHERE role='worker'"))
         assert agent_runs == {
             "c1.root.a": str(works["work · a"].id),
             "c1.root.b": str(works["work · b"].id),
@@ -197,7 +197,9 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
         assert a.created < b.end_time and b.created < a.end_time  # dispatched together
         assert a.start_time < b.end_time and b.start_time < a.end_time, "workers did not overlap"
         # Their records came back: every model call of a worker is a row in the orchestrator's store.
-        assert rows(db, "SELECT count(*) FROM llm_calls WHERE agent_id LIKE 'worker/%'")[0][0] == 8
+        assert (
+            rows(db, "SELECT count(*) FROM model_calls WHERE agent_id LIKE 'worker/%'")[0][0] == 8
+        )
 
         # The global limit on model calls exists with the configured cap, was used, and no two
         # calls of the two worker processes were ever in flight at once.
@@ -279,7 +281,7 @@ def test_reports_and_records_travel_through_a_storage_block(
     ws.remove_worktree(wt)
     agent = f"worker/{run.run_id}/c1/root/a/a1"
     worker.agent_log(agent).write(
-        "llm_call",
+        "model_call",
         call_id="call-1",
         run_id=run.run_id,
         agent_id=agent,
@@ -303,7 +305,7 @@ def test_reports_and_records_travel_through_a_storage_block(
     assert usage(Path(got.records)) == (120, 0.5)
     assert usage(Path(got.records), since="9999") == (0, 0.0)
     assert run.records.import_now([Path(got.records)]) == 1
-    assert rows(run.store_path, "SELECT agent_id, input_tokens FROM llm_calls") == [(agent, 100)]
+    assert rows(run.store_path, "SELECT agent_id, input_tokens FROM model_calls") == [(agent, 100)]
     assert collect(run, f"worker/{run.run_id}/c1/root/b/a1", "fr-2") is None  # never reported
 
     assert run.workspace.pull_remote(remote)

@@ -45,7 +45,7 @@ def write_agent(path: Path, agent_id: str, *, calls: int, tools: int, task_statu
             run_id=RUN,
             cycle=1,
             role="worker",
-            task_id=f"task-{agent_id}",
+            task_key=f"task-{agent_id}",
             request_model="m-small",
             status="running",
             started_at="2026-01-01T10:00:00.000000Z",
@@ -53,7 +53,7 @@ def write_agent(path: Path, agent_id: str, *, calls: int, tools: int, task_statu
         )
         for step in range(calls):
             log.write(
-                "llm_calls",
+                "model_calls",
                 call_id=f"{agent_id}-{step}",
                 run_id=RUN,
                 agent_id=agent_id,
@@ -89,7 +89,7 @@ def write_agent(path: Path, agent_id: str, *, calls: int, tools: int, task_statu
         log.write(
             "tasks",
             run_id=RUN,
-            task_id=f"task-{agent_id}",
+            task_key=f"task-{agent_id}",
             cycle=1,
             worker_agent_id=agent_id,
             title="do it",
@@ -103,7 +103,7 @@ def write_agent(path: Path, agent_id: str, *, calls: int, tools: int, task_statu
             landing_id=f"land-{agent_id}",
             run_id=RUN,
             cycle=1,
-            task_id=f"task-{agent_id}",
+            task_key=f"task-{agent_id}",
             agent_id=agent_id,
             status="conflict",
             conflict_files=["a.py"],
@@ -139,15 +139,15 @@ def test_import_is_idempotent(tmp_path: Path, two_agents: tuple[Path, Path]) -> 
     with Store(tmp_path / "runs.duckdb") as store:
         assert store.import_jsonl(a) == 1 + 7 + 4 + 1 + 1
         assert store.import_jsonl(b) == 1 + 5 + 2 + 1 + 1
-        expected = {"agents": 2, "llm_calls": 12, "tool_calls": 6, "tasks": 2, "landings": 2}
+        expected = {"agents": 2, "model_calls": 12, "tool_calls": 6, "tasks": 2, "landings": 2}
         assert {t: count(store, t) for t in expected} == expected
         store.import_jsonl(a)
         store.import_jsonl(b)
         assert {t: count(store, t) for t in expected} == expected
         # JSON-text columns hold JSON, whichever path (VALUES or read_json) imported them.
-        row = one(store, "SELECT files FROM tasks WHERE task_id = 'task-w1'")
+        row = one(store, "SELECT files FROM tasks WHERE task_key = 'task-w1'")
         assert json.loads(row["files"]) == ["a.py", "b.py"]
-        reasons = store.query("SELECT DISTINCT finish_reasons FROM llm_calls")[1]
+        reasons = store.query("SELECT DISTINCT finish_reasons FROM model_calls")[1]
         assert reasons == [('["tool_calls"]',)]
 
 
@@ -168,9 +168,9 @@ def test_a_later_status_line_updates_the_row(tmp_path: Path, two_agents: tuple[P
 def test_newest_record_wins_in_any_import_order(tmp_path: Path) -> None:
     planner, worker = tmp_path / "planner.jsonl", tmp_path / "worker.jsonl"
     with RecordLog(planner) as log:
-        log.write("tasks", run_id=RUN, task_id="t1", title="Add x", status="pending", attempts=0)
+        log.write("tasks", run_id=RUN, task_key="t1", title="Add x", status="pending", attempts=0)
     with RecordLog(worker) as log:
-        log.write("tasks", run_id=RUN, task_id="t1", status="landed", commit_sha="abc", attempts=1)
+        log.write("tasks", run_id=RUN, task_key="t1", status="landed", commit_sha="abc", attempts=1)
     results = []
     for order in ([planner, worker], [worker, planner], [planner, worker, planner]):
         with Store(tmp_path / f"s{len(results)}.duckdb") as store:
@@ -184,18 +184,18 @@ def test_newest_record_wins_in_any_import_order(tmp_path: Path) -> None:
 def test_torn_last_line_is_skipped_and_a_resumed_writer_is_not_glued_to_it(tmp_path: Path) -> None:
     path = tmp_path / "w.jsonl"
     with RecordLog(path) as log:
-        log.write("llm_calls", call_id="c1", agent_id="w", input_tokens=1)
-        log.write("llm_calls", call_id="c2", agent_id="w", input_tokens=2)
+        log.write("model_calls", call_id="c1", agent_id="w", input_tokens=1)
+        log.write("model_calls", call_id="c2", agent_id="w", input_tokens=2)
     with path.open("ab") as f:  # the process was killed mid-line
-        f.write(b'{"kind": "llm_calls", "call_id": "c3", "input_tok')
+        f.write(b'{"kind": "model_calls", "call_id": "c3", "input_tok')
     assert [r["call_id"] for r in read_records(path)] == ["c1", "c2"]
     with Store(tmp_path / "runs.duckdb") as store:
         assert store.import_jsonl(path) == 2
         with RecordLog(path) as log:  # the resumed agent appends to the same file
-            log.write("llm_calls", call_id="c4", agent_id="w", input_tokens=4)
+            log.write("model_calls", call_id="c4", agent_id="w", input_tokens=4)
         assert [r["call_id"] for r in read_records(path)] == ["c1", "c2", "c4"]
         store.import_jsonl(path)
-        assert store.query("SELECT call_id FROM llm_calls ORDER BY call_id")[1] == [
+        assert store.query("SELECT call_id FROM model_calls ORDER BY call_id")[1] == [
             ("c1",),
             ("c2",),
             ("c4",),
@@ -217,7 +217,7 @@ def test_agent_metrics_equal_sums_of_the_records(
         # An extra landing that did land must not count as a conflict (nor multiply rows).
         store.add("landings", landing_id="land-w1-b", run_id=RUN, agent_id="w1", status="landed")
         for agent in ("w1", "w2"):
-            calls = [r for r in records if r["kind"] == "llm_calls" and r["agent_id"] == agent]
+            calls = [r for r in records if r["kind"] == "model_calls" and r["agent_id"] == agent]
             tools = [r for r in records if r["kind"] == "tool_calls" and r["agent_id"] == agent]
             tasks = [r for r in records if r["kind"] == "tasks" and r["worker_agent_id"] == agent]
             m = one(store, "SELECT * FROM agent_metrics WHERE agent_id = ?", [agent])
@@ -236,11 +236,11 @@ def test_agent_metrics_equal_sums_of_the_records(
             assert (m["role"], m["status"], m["run_id"]) == ("worker", "done", RUN)
         assert count(store, "agent_metrics") == 2
 
-        store.add("runs", run_id=RUN, run_name="demo", status="done")
+        store.add("runs", run_id=RUN, goal="demo", status="done")
         s = one(store, "SELECT * FROM run_summary")
-        calls = [r for r in records if r["kind"] == "llm_calls"]
+        calls = [r for r in records if r["kind"] == "model_calls"]
         assert (s["agents"], s["tasks"], s["tasks_landed"], s["tasks_failed"]) == (2, 2, 1, 1)
-        assert s["llm_calls"] == len(calls) == 12
+        assert s["model_calls"] == len(calls) == 12
         assert s["input_tokens"] == sum(r["input_tokens"] for r in calls)
         assert s["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in calls))
         assert (s["tool_calls"], s["landings"], s["conflicts"]) == (6, 1, 2)
@@ -250,13 +250,13 @@ def test_timestamps_are_utc_timestamp_columns(tmp_path: Path) -> None:
     with Store(tmp_path / "runs.duckdb") as store:
         types = {
             (table, name): kind
-            for table in ("agents", "llm_calls")
+            for table in ("agents", "model_calls")
             for name, kind, *_ in store.query(f"DESCRIBE {table}")[1]
         }
         assert types["agents", "started_at"] == types["agents", "ended_at"] == "TIMESTAMP"
-        assert types["llm_calls", "started_at"] == "TIMESTAMP"
+        assert types["model_calls", "started_at"] == "TIMESTAMP"
         assert types["agents", "steps"] == "INTEGER"
-        assert types["llm_calls", "input_tokens"] == "BIGINT"
+        assert types["model_calls", "input_tokens"] == "BIGINT"
         stamp = now()
         store.add(
             "agents",
@@ -358,14 +358,14 @@ def test_open_writer_waits_while_another_process_holds_the_store(tmp_path: Path)
 def test_reopening_keeps_data_and_schema_version(tmp_path: Path) -> None:
     db = tmp_path / "runs.duckdb"
     with Store(db) as store:
-        store.add("runs", run_id="r1", run_name="first", config={"workers": 4})
+        store.add("runs", run_id="r1", goal="first", config={"workers": 4})
     with Store(db) as store:
         assert store.query("SELECT version FROM schema_version")[1] == [
             (m.version,)
             for m in MIGRATIONS  # a new store replays every migration
         ]
-        row = one(store, "SELECT run_name, config FROM runs")
-        assert row == {"run_name": "first", "config": '{"workers": 4}'}
+        row = one(store, "SELECT goal, config FROM runs")
+        assert row == {"goal": "first", "config": '{"workers": 4}'}
         store.query("INSERT INTO schema_version (version, applied_at) VALUES (99, now())")
     with pytest.raises(UserError, match="schema version 99"):
         Store(db)
@@ -394,8 +394,8 @@ def test_bad_input_is_ignored_or_nulled_not_fatal(tmp_path: Path) -> None:
             json.dumps(r)
             for r in [
                 {"kind": "mystery", "x": 1},
-                {"kind": "llm_calls", "input_tokens": 5},  # no key
-                {"kind": "llm_call", "call_id": "c", "input_tokens": "lots", "surprise": 1},
+                {"kind": "model_calls", "input_tokens": 5},  # no key
+                {"kind": "model_call", "call_id": "c", "input_tokens": "lots", "surprise": 1},
                 [1, 2],
             ]
         )
@@ -403,7 +403,7 @@ def test_bad_input_is_ignored_or_nulled_not_fatal(tmp_path: Path) -> None:
     )
     with Store(tmp_path / "runs.duckdb") as store:
         assert store.import_jsonl(path) == 1
-        assert one(store, "SELECT call_id, input_tokens FROM llm_calls") == {
+        assert one(store, "SELECT call_id, input_tokens FROM model_calls") == {
             "call_id": "c",
             "input_tokens": None,
         }
@@ -436,18 +436,18 @@ def test_import_store_merges_a_finished_run(tmp_path: Path, two_agents: tuple[Pa
         store.add("runs", run_id="older-run")
         assert store.import_store(run_db) == 24
         assert store.import_store(run_db) == 24
-        assert count(store, "llm_calls") == 12 and count(store, "agents") == 2
+        assert count(store, "model_calls") == 12 and count(store, "agents") == 2
         assert count(store, "runs") == 1
 
 
-def test_import_of_50k_llm_calls_is_fast(tmp_path: Path) -> None:
+def test_import_of_50k_model_calls_is_fast(tmp_path: Path) -> None:
     path = tmp_path / "many.jsonl"
     stamp = now()
     # Written in one go (RecordLog's flush per line is not what this measures); same line shape.
     lines = (
         json.dumps(
             {
-                "kind": "llm_calls",
+                "kind": "model_calls",
                 "recorded_at": stamp,
                 "call_id": f"c{i}",
                 "run_id": RUN,
@@ -483,7 +483,7 @@ def test_import_of_50k_llm_calls_is_fast(tmp_path: Path) -> None:
         started = time.perf_counter()
         assert store.import_jsonl(path) == 50_000
         again = time.perf_counter() - started
-        print(f"import 50k llm_calls: {first:.2f} s, re-import (all updates) {again:.2f} s")
-        assert count(store, "llm_calls") == 50_000
-        assert store.query("SELECT sum(input_tokens) FROM llm_calls")[1] == [(50_000_000,)]
+        print(f"import 50k model_calls: {first:.2f} s, re-import (all updates) {again:.2f} s")
+        assert count(store, "model_calls") == 50_000
+        assert store.query("SELECT sum(input_tokens) FROM model_calls")[1] == [(50_000_000,)]
     assert first < 10 and again < 10

@@ -67,14 +67,14 @@ def test_model_call_retries_429_with_retry_after_then_lands(swarm_run, tmp_path:
     assert summary["status"] == "done"
     planner_calls = rows(
         db,
-        "SELECT attempt, http_status, error_type FROM llm_calls WHERE agent_id LIKE 'planner/%' ORDER BY started_at",
+        "SELECT attempt, http_status, error_type FROM model_calls WHERE agent_id LIKE 'planner/%' ORDER BY started_at",
     )
     assert planner_calls[0][:2] == (1, 429)
     assert planner_calls[1][:2] == (2, 200)
     reqs = chat_requests(log)
     assert [r["status"] for r in reqs if r["agent"].startswith("planner/")] == [429, 200]
     # every HTTP attempt is one row, and the log agrees
-    assert rows(db, "SELECT count(*) FROM llm_calls")[0][0] == len(reqs)
+    assert rows(db, "SELECT count(*) FROM model_calls")[0][0] == len(reqs)
     assert rows(db, "SELECT status FROM tasks")[0][0] == "landed"
     assert "def mul" in git(repo, "show", f"{summary['branch']}:calc.py")
     # The retry is visible in Prefect as a second run of the same task run.
@@ -211,8 +211,8 @@ def test_demo_end_to_end_offline(tmp_path: Path) -> None:
     assert rows(db, "SELECT count(*) FROM runs")[0][0] == 1
     assert rows(db, "SELECT count(*) FROM tasks WHERE status = 'landed'")[0][0] >= 4
     reqs = chat_requests(demo / "data" / "model-requests.jsonl")
-    assert rows(db, "SELECT count(*) FROM llm_calls")[0][0] == len(reqs)
-    assert rows(db, "SELECT sum(input_tokens) FROM llm_calls")[0][0] == sum(
+    assert rows(db, "SELECT count(*) FROM model_calls")[0][0] == len(reqs)
+    assert rows(db, "SELECT sum(input_tokens) FROM model_calls")[0][0] == sum(
         r["usage"]["prompt_tokens"] for r in reqs if r["usage"]
     )
     tool_calls_in_log = sum(
@@ -227,7 +227,7 @@ def test_demo_end_to_end_offline(tmp_path: Path) -> None:
         rows(db, "SELECT count(DISTINCT plan_path) FROM agents WHERE role = 'planner'")[0][0] == 2
     )
     # The demo's fake key never reaches the store.
-    dump = json.dumps(rows(db, "SELECT * FROM llm_calls"), default=str) + json.dumps(
+    dump = json.dumps(rows(db, "SELECT * FROM model_calls"), default=str) + json.dumps(
         rows(db, "SELECT * FROM runs"), default=str
     )
     assert "sk-offline-demo-key" not in dump

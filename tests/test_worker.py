@@ -277,7 +277,7 @@ def test_a_conflict_is_resolved_by_the_agent_and_lands(tmp_path: Path) -> None:
     told = chat_requests(log)[-2]["request"]["messages"][-1]["content"]
     assert "greet.py" in told and "do first" in told  # the file, and the other side's commit
     landings = rows(
-        db, "SELECT task_id, status, resolved FROM landings ORDER BY started_at, status"
+        db, "SELECT task_key, status, resolved FROM landings ORDER BY started_at, status"
     )
     assert landings == [
         ("c1.root.first", "landed", False),
@@ -377,7 +377,7 @@ def test_a_failing_setup_is_a_task_status_and_runs_once_per_base_commit(tmp_path
     assert "cannot build" in (reports[1].reason or "")  # the cached result, with its output
     assert counter.read_text() == "run\nrun\n"  # once for each base commit
     assert chat_requests(log) == []  # no agent started
-    assert rows(db, "SELECT status FROM tasks ORDER BY task_id") == [("setup_failed",)] * 3
+    assert rows(db, "SELECT status FROM tasks ORDER BY task_key") == [("setup_failed",)] * 3
     assert left == []
 
 
@@ -511,7 +511,7 @@ def test_a_killed_worker_leaves_no_worktree_and_its_records_import(tmp_path: Pat
     assert [c["function"]["name"] for c in messages[2]["tool_calls"]] == ["write_file", "run"]
     assert rows(db, "SELECT status FROM tasks") == [("running",)]
     assert rows(db, "SELECT role, status FROM agents") == [("worker", "running")]
-    assert rows(db, "SELECT count(*), sum(input_tokens) > 0 FROM llm_calls") == [(1, True)]
+    assert rows(db, "SELECT count(*), sum(input_tokens) > 0 FROM model_calls") == [(1, True)]
     assert rows(db, "SELECT tool_name FROM tool_calls") == [("write_file",)]
 
 

@@ -109,8 +109,8 @@ def _run_row(cfg: SwarmConfig, name: str) -> list[str]:
         try:
             cols, rows = store.query(
                 "SELECT r.status, r.cycles, (SELECT count(*) FROM tasks t WHERE t.run_id = r.run_id AND t.status = 'landed'),"
-                " (SELECT count(*) FROM llm_calls c WHERE c.run_id = r.run_id),"
-                " (SELECT round(coalesce(sum(cost_usd), 0), 4) FROM llm_calls c WHERE c.run_id = r.run_id), r.started_at"
+                " (SELECT count(*) FROM model_calls c WHERE c.run_id = r.run_id),"
+                " (SELECT round(coalesce(sum(cost_usd), 0), 4) FROM model_calls c WHERE c.run_id = r.run_id), r.started_at"
                 " FROM runs r WHERE r.run_id = ?",
                 [name],
             )

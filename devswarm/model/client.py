@@ -157,7 +157,7 @@ class ModelClient:
         self.remember(model, self.book.get(model).model_copy(update=free))
         request = probe_request(model, self.book.get(model).output_limit)
         try:
-            self.chat(
+            self.call(
                 request, run_id=run_id, agent_id=f"preflight/{model}", step=0, attempt=1, log=log
             )
         except ModelCallError as exc:
@@ -187,7 +187,7 @@ class ModelClient:
         except (openai.APIError, ValueError):
             return {}
 
-    def chat(
+    def call(
         self,
         request: dict[str, Any],
         *,
@@ -313,4 +313,4 @@ class ModelClient:
                 ended = now()
                 row.update(ended_at=ended, duration_ms=round((time.perf_counter() - t0) * 1000, 3))
                 if log is not None:
-                    log.write("llm_call", **row)
+                    log.write("model_call", **row)

@@ -23,14 +23,14 @@ def run_numbers(db: Path, run_id: str) -> dict[str, Any]:
         return {
             "tasks": one("SELECT count(*) FROM tasks WHERE run_id = ?"),
             "landed": one("SELECT count(*) FROM tasks WHERE run_id = ? AND status = 'landed'"),
-            "model_calls": one("SELECT count(*) FROM llm_calls WHERE run_id = ?"),
+            "model_calls": one("SELECT count(*) FROM model_calls WHERE run_id = ?"),
             "input_tokens": one(
-                "SELECT coalesce(sum(input_tokens), 0) FROM llm_calls WHERE run_id = ?"
+                "SELECT coalesce(sum(input_tokens), 0) FROM model_calls WHERE run_id = ?"
             ),
             "output_tokens": one(
-                "SELECT coalesce(sum(output_tokens), 0) FROM llm_calls WHERE run_id = ?"
+                "SELECT coalesce(sum(output_tokens), 0) FROM model_calls WHERE run_id = ?"
             ),
-            "cost_usd": one("SELECT coalesce(sum(cost_usd), 0) FROM llm_calls WHERE run_id = ?"),
+            "cost_usd": one("SELECT coalesce(sum(cost_usd), 0) FROM model_calls WHERE run_id = ?"),
             "tool_calls": one("SELECT count(*) FROM tool_calls WHERE run_id = ?"),
             "conflicts": one(
                 "SELECT count(*) FROM landings WHERE run_id = ? AND status = 'conflict'"
@@ -87,11 +87,11 @@ def load_report(store: Any, run_id: str | None = None) -> RunReport:
             p,
         ),
         tasks=_rows(
-            store, "SELECT * FROM task_outcomes WHERE run_id = ? ORDER BY cycle, task_id", p
+            store, "SELECT * FROM task_outcomes WHERE run_id = ? ORDER BY cycle, task_key", p
         ),
         landings=_rows(
             store,
-            "SELECT l.task_id, l.status, l.conflict_files, l.ended_at,"
+            "SELECT l.task_key, l.status, l.conflict_files, l.ended_at,"
             " date_diff('microsecond', r.started_at, l.ended_at) / 1e6 AS seconds"
             " FROM landings l JOIN runs r USING (run_id)"
             " WHERE l.run_id = ? AND l.ended_at IS NOT NULL ORDER BY l.ended_at",

@@ -74,7 +74,7 @@ def render_html(report: RunReport) -> str:
             money(r["cost_per_landed_task"]) if r["cost_per_landed_task"] is not None else "n/a",
         ),
         ("tokens in / out", f"{thousands(r['input_tokens'])} / {thousands(r['output_tokens'])}"),
-        ("model calls", f"{r['llm_calls']} ({r['failed_calls']} failed)"),
+        ("model calls", f"{r['model_calls']} ({r['failed_calls']} failed)"),
         ("tool calls", str(r["tool_calls"])),
         ("conflicts", str(r["conflicts"])),
         ("wall time", seconds(r["wall_seconds"]) or "?"),
@@ -156,7 +156,7 @@ def render_html(report: RunReport) -> str:
         ["task", "title", "status", "attempts", "to land", "conflicts", "calls", "cost", "reason"],
         [
             [
-                t["task_id"],
+                t["task_key"],
                 t["title"] or "",
                 t["status"] or "",
                 t["attempts"] or 0,

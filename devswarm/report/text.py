@@ -13,10 +13,10 @@ EXAMPLE_QUERIES = [
         "tokens and cost per agent",
         "SELECT agent_id, role, calls, input_tokens, output_tokens, round(cost_usd, 4) AS cost_usd FROM agent_metrics ORDER BY cost_usd DESC",
     ),
-    ("task outcomes", "SELECT task_id, status, attempts, commit_sha FROM tasks ORDER BY task_id"),
+    ("task outcomes", "SELECT task_key, status, attempts, commit_sha FROM tasks ORDER BY task_key"),
     (
         "landings and conflicts",
-        "SELECT task_id, status, cas_retries, conflict_files, resolved FROM landings ORDER BY started_at",
+        "SELECT task_key, status, cas_retries, conflict_files, resolved FROM landings ORDER BY started_at",
     ),
 ]
 
@@ -70,7 +70,7 @@ def report_lines(report: RunReport) -> list[str]:
         f" on {r['branch']}",
         f"  tasks      {r['tasks_landed']} landed of {r['tasks']} ({r['tasks_failed']} failed);"
         f" cost per landed task {money(r['cost_per_landed_task']) if r['cost_per_landed_task'] is not None else 'n/a'}",
-        f"  model      {r['llm_calls']} calls ({r['failed_calls']} failed),"
+        f"  model      {r['model_calls']} calls ({r['failed_calls']} failed),"
         f" {thousands(r['input_tokens'])} tokens in / {thousands(r['output_tokens'])} out, {money(r['cost_usd'])}",
         f"  tools      {r['tool_calls']} calls, {sum(e['errors'] for e in report.tool_errors)} errors",
         f"  landings   {r['landings']}, conflicts {r['conflicts']}",
@@ -103,7 +103,7 @@ def report_lines(report: RunReport) -> list[str]:
             ["task", "status", "attempts", "to land", "conflicts", "cost"],
             [
                 [
-                    t["task_id"],
+                    t["task_key"],
                     t["status"] or "",
                     str(t["attempts"] or 0),
                     seconds(t["seconds_to_land"]),

@@ -31,7 +31,7 @@ def agent_started(
         cycle=cycle,
         role=role,
         plan_path=plan_path,
-        task_id=task_key,
+        task_key=task_key,
         parent_agent_id=planner_id(run.run_id, cycle, plan_path) if role == "worker" else None,
         request_model=model,
         status="running",
@@ -72,7 +72,7 @@ def task_row(
     log = run.agent_log(worker) if worker else run.agent_log(task.planner_agent_id)
     fields: dict[str, Any] = {
         "run_id": run.run_id,
-        "task_id": task.key,
+        "task_key": task.key,
         "cycle": task.cycle,
         "planner_agent_id": task.planner_agent_id,
         "worker_agent_id": worker,
@@ -103,7 +103,7 @@ def landing_row(
         landing_id=span_id(agent_id, "landing", started),
         run_id=run.run_id,
         cycle=task.cycle,
-        task_id=task.key,
+        task_key=task.key,
         agent_id=agent_id,
         branch=run.branch,
         commit_sha=result.new_tip if result.status == "landed" else result.commit,

@@ -190,7 +190,6 @@ class Run:
         self.log.write(
             "run",
             run_id=self.run_id,
-            run_name=self.run_id,
             goal=self.config.goal,
             repo_path=str(self.workspace.user_repo),
             branch=self.branch,
@@ -251,7 +250,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
     def call(request: dict[str, Any], step: int) -> dict[str, Any]:
         for attempt in range(1, attempts + 1):
             try:
-                return run.client.chat(
+                return run.client.call(
                     request,
                     run_id=run.run_id,
                     agent_id=agent_id,

@@ -24,7 +24,9 @@ SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH(?!OR)|CREDENTIA
 MIN_SECRET_LEN = 6  # shorter values (a "1", a "true") would redact ordinary text
 
 
-def process_secrets(extra: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> set[str]:
+def process_secrets(
+    extra: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> set[str]:
     """The secrets this process knows: `extra` (the model API key, an auth string) and the
     values of its environment variables named like credentials."""
     env = os.environ if environ is None else environ

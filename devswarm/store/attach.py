@@ -112,15 +112,3 @@ def attached_version(con: duckdb.DuckDBPyConnection, alias: str, path: Path) -> 
     """
     applied = upgrade.read_applied(con, alias)
     return upgrade.check_applied(applied, path) if applied else None
-
-
-def attached_columns(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str, set[str]]:
-    """The tables of an attached file and their columns."""
-    out: dict[str, set[str]] = {}
-    for table, column in con.execute(
-        "SELECT table_name, column_name FROM duckdb_columns()"
-        " WHERE database_name = ? AND schema_name = 'main'",
-        [alias],
-    ).fetchall():
-        out.setdefault(table, set()).add(column)
-    return out

@@ -93,6 +93,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             " fingerprint VARCHAR, run_ids VARCHAR, row_count BIGINT, merged_at TIMESTAMP)",
         ),
     ),
+    Migration(
+        3,
+        "one name per concept",
+        (
+            # A model call is a model call everywhere (it was llm_call in the store).
+            "ALTER TABLE llm_calls RENAME TO model_calls",
+            # task_id held the task's key (c1.root.alpha), not the planner's task id (alpha).
+            "ALTER TABLE agents RENAME COLUMN task_id TO task_key",
+            "ALTER TABLE tasks RENAME COLUMN task_id TO task_key",
+            "ALTER TABLE landings RENAME COLUMN task_id TO task_key",
+            "ALTER TABLE prefect_flow_runs RENAME COLUMN task_id TO task_key",
+            # run_name was always run_id's value.
+            "ALTER TABLE runs DROP COLUMN run_name",
+        ),
+    ),
+    Migration(
+        4,
+        "estimated usage",
+        (
+            # Servers that report no usage: tokens estimated from the text, and marked so.
+            "ALTER TABLE model_calls ADD COLUMN usage_estimated BOOLEAN",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

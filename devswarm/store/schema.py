@@ -42,6 +42,9 @@ def _cols(spec: str) -> dict[str, str]:
 
 
 _SPAN = " span_id parent_span_id"
+# Columns added by a migration come after recorded_at (ALTER TABLE appends), so a table that
+# has them names recorded_at before them.
+_LATER_COLUMNS = " recorded_at:timestamp"
 
 TABLES: dict[str, Table] = {
     t.name: t
@@ -50,7 +53,7 @@ TABLES: dict[str, Table] = {
             "runs",
             ("run_id",),
             _cols(
-                "run_id run_name goal repo_path branch base_commit tip_commit status"
+                "run_id goal repo_path branch base_commit tip_commit status"
                 " started_at:timestamp ended_at:timestamp cycles:int flow_run_id config:json"
             ),
         ),
@@ -66,29 +69,32 @@ TABLES: dict[str, Table] = {
             "agents",
             ("agent_id",),
             _cols(
-                "agent_id run_id cycle:int role plan_path task_id parent_agent_id request_model"
+                "agent_id run_id cycle:int role plan_path task_key parent_agent_id request_model"
                 " status steps:int started_at:timestamp ended_at:timestamp handoff flow_run_id"
                 + _SPAN
             ),
         ),
         Table(
             "tasks",
-            ("run_id", "task_id"),
+            ("run_id", "task_key"),
             _cols(
-                "run_id task_id cycle:int planner_agent_id worker_agent_id title description"
+                "run_id task_key cycle:int planner_agent_id worker_agent_id title description"
                 " acceptance files:json check_command depends_on:json status reason attempts:int"
                 " base_commit commit_sha started_at:timestamp ended_at:timestamp"
             ),
         ),
         Table(
-            "llm_calls",
+            "model_calls",
             ("call_id",),
             _cols(
                 "call_id run_id agent_id step:int attempt:int operation_name provider_name"
                 " request_model response_model response_id input_tokens:bigint"
                 " output_tokens:bigint cache_read_input_tokens:bigint cost_usd:double"
                 " finish_reasons:json error_type http_status:int started_at:timestamp"
-                " ended_at:timestamp duration_ms:double cache_key" + _SPAN
+                " ended_at:timestamp duration_ms:double cache_key"
+                + _SPAN
+                + _LATER_COLUMNS
+                + " usage_estimated:bool"
             ),
         ),
         Table(
@@ -103,18 +109,18 @@ TABLES: dict[str, Table] = {
             "landings",
             ("landing_id",),
             _cols(
-                "landing_id run_id cycle:int task_id agent_id branch commit_sha old_tip new_tip"
+                "landing_id run_id cycle:int task_key agent_id branch commit_sha old_tip new_tip"
                 " status cas_retries:int conflict_files:json resolved:bool started_at:timestamp"
                 " ended_at:timestamp duration_ms:double" + _SPAN
             ),
         ),
         # Prefect's view of a run, copied from its API by `devswarm history import`. Keyed by
-        # Prefect's ids; run_id, agent_id and task_id are ours, so both sides join.
+        # Prefect's ids; run_id, agent_id and task_key are ours, so both sides join.
         Table(
             "prefect_flow_runs",
             ("flow_run_id",),
             _cols(
-                "flow_run_id run_id name flow_name role agent_id task_id cycle:int"
+                "flow_run_id run_id name flow_name role agent_id task_key cycle:int"
                 " parent_flow_run_id parent_task_run_id state_type state_name run_count:int"
                 " started_at:timestamp ended_at:timestamp total_run_time_s:double"
                 " created_at:timestamp deployment_id work_pool_name tags:json" + _SPAN
@@ -136,8 +142,18 @@ TABLES: dict[str, Table] = {
 # Every table also has this column: when the line was written (newest wins on import).
 RECORDED_AT = "recorded_at"
 
-# Singular spellings are accepted too ("llm_call" -> "llm_calls"); the table name is canonical.
+# Names an older devswarm used ("one name per concept", migration 3). Records and files written
+# by it are read under the new names: a record kind or table, and a column of a table.
+RENAMED_TABLES = {"model_calls": "llm_calls"}
+RENAMED_COLUMNS = {
+    (table, "task_key"): "task_id" for table in ("agents", "tasks", "landings", "prefect_flow_runs")
+}
+
+# Singular spellings are accepted too ("model_call" -> "model_calls"); the table name is
+# canonical. Old names of renamed tables stay known.
 _ALIASES = {name.removesuffix("s"): name for name in TABLES} | {name: name for name in TABLES}
+_ALIASES |= {o.removesuffix("s"): n for n, o in RENAMED_TABLES.items()}
+_ALIASES |= {o: n for n, o in RENAMED_TABLES.items()}
 
 # Bytes kept of long text columns, so one chatty tool cannot bloat every record file.
 TEXT_LIMITS: dict[tuple[str, str], int] = {
@@ -150,6 +166,35 @@ def table_for(kind: str) -> Table | None:
     """The table a record kind goes to (plural table name or singular), or None if unknown."""
     name = _ALIASES.get(kind)
     return TABLES[name] if name else None
+
+
+def renamed_fields(table: Table) -> dict[str, str]:
+    """Old field name -> new, for records of this table written by an older devswarm."""
+    return {old: new for (t, new), old in RENAMED_COLUMNS.items() if t == table.name}
+
+
+def source_table(table: Table, present: dict[str, set[str]]) -> str | None:
+    """The name under which a file (its tables: `present`) holds `table`: its own, or the
+    older name; None if it has neither."""
+    for name in (table.name, RENAMED_TABLES.get(table.name)):
+        if name and name in present:
+            return name
+    return None
+
+
+def source_select(table: Table, have: set[str], source: str) -> str:
+    """SELECT every column of `table` from `source`, a file's table whose columns are `have`:
+    each by its name, or its older name, or NULL if the file predates it."""
+    items = []
+    for c, kind in columns(table).items():
+        old = RENAMED_COLUMNS.get((table.name, c))
+        if c in have:
+            items.append(c)
+        elif old and old in have:
+            items.append(f"{old} AS {c}")
+        else:
+            items.append(f"CAST(NULL AS {SQL_TYPES[kind]}) AS {c}")
+    return f"SELECT {', '.join(items)} FROM {source}"
 
 
 def columns(table: Table) -> dict[str, str]:

@@ -25,10 +25,18 @@ from devswarm.errors import UserError
 from devswarm.history import LINK_STATEMENTS
 from devswarm.records import RECORDED_AT, now, read_records
 from devswarm.store import upgrade
-from devswarm.store.attach import attached_columns, attached_version, fingerprint, sql_literal
+from devswarm.store.attach import attached_version, fingerprint, sql_literal
 from devswarm.store.coerce import Coercion
 from devswarm.store.failures import busy_error, is_busy, is_lock_error, one_line
-from devswarm.store.schema import TABLES, columns, table_for
+from devswarm.store.schema import (
+    RENAMED_COLUMNS,
+    TABLES,
+    columns,
+    source_select,
+    source_table,
+    table_for,
+)
+from devswarm.store.upgrade import attached_columns
 from devswarm.store.upsert import merge_by_key, upsert_sql, write_rows
 from devswarm.store.views import VIEWS
 
@@ -280,12 +288,14 @@ def _merge_attached(
     one's; returns the rows read."""
     total = 0
     for table in TABLES.values():
-        have = present.get(table.name)
-        if not have:
+        name = source_table(table, present)
+        if name is None or not present[name]:
             continue
-        cols = [c for c in columns(table) if c in have]
-        source = f"{alias}.main.{table.name}"
-        total += con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
+        have = present[name]
+        renamed = {c for c in columns(table) if RENAMED_COLUMNS.get((table.name, c)) in have}
+        cols = [c for c in columns(table) if c in have or c in renamed]
+        source = f"({source_select(table, have, f'{alias}.main.{name}')})"
+        total += con.execute(f"SELECT count(*) FROM {alias}.main.{name}").fetchall()[0][0]
         con.execute(upsert_sql(table, cols, source))
     return total
 

@@ -22,7 +22,7 @@ from devswarm.errors import UserError
 from devswarm.records import now
 from devswarm.store import migrations
 from devswarm.store.migrations import Migration
-from devswarm.store.schema import TABLES, empty_select
+from devswarm.store.schema import TABLES, columns, empty_select, source_select, source_table
 from devswarm.store.views import create_views
 
 _VERSION_TABLE = (
@@ -83,16 +83,17 @@ def adapt_readonly(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if applied is None:
         raise UserError(f"{path} is not a devswarm store")
     check_applied(applied, path)
-    present = {
-        name
-        for (name,) in con.execute(
-            "SELECT table_name FROM information_schema.tables"
-            " WHERE table_schema = 'main' AND table_catalog = current_database()"
-        ).fetchall()
-    }
+    db = _database(con)
+    present = attached_columns(con, db)
     for table in TABLES.values():
-        if table.name not in present:
+        name = source_table(table, present)
+        if name is None:
             con.execute(f"CREATE TEMP VIEW {table.name} AS {empty_select(table)}")
+        elif name != table.name or present[name] != set(columns(table)):
+            # An older shape (a table or a column under its old name, or a column it lacks):
+            # this release's shape over the file's table.
+            source = source_select(table, present[name], f'"{db}".main.{name}')
+            con.execute(f"CREATE TEMP VIEW {table.name} AS {source}")
     create_views(con, temp=True)
 
 
@@ -145,3 +146,15 @@ def _version_columns(con: duckdb.DuckDBPyConnection, db: str) -> set[str]:
             [db],
         ).fetchall()
     }
+
+
+def attached_columns(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str, set[str]]:
+    """The tables of an attached file and their columns."""
+    out: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns()"
+        " WHERE database_name = ? AND schema_name = 'main'",
+        [alias],
+    ).fetchall():
+        out.setdefault(table, set()).add(column)
+    return out

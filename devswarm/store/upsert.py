@@ -21,7 +21,15 @@ from typing import Any
 import duckdb
 
 from devswarm.store.coerce import COERCERS, KEY_TYPES, Coercion
-from devswarm.store.schema import RECORDED_AT, SQL_TYPES, Table, columns, table_for
+from devswarm.store.schema import (
+    RECORDED_AT,
+    SQL_TYPES,
+    TABLES,
+    Table,
+    columns,
+    renamed_fields,
+    table_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,9 @@ log = logging.getLogger(__name__)
 _VALUES_MAX_ROWS = 100
 
 Rows = dict[str, dict[tuple, dict]]  # table name -> key -> the merged record
+
+
+RENAMED = {name: renamed_fields(table) for name, table in TABLES.items()}
 
 
 def merge_by_key(records: Iterable[dict], coercion: Coercion, *, source: str) -> Rows:
@@ -45,6 +56,10 @@ def merge_by_key(records: Iterable[dict], coercion: Coercion, *, source: str) ->
         if table is None:
             unknown += 1
             continue
+        for old, new in RENAMED[table.name].items():
+            if old in record and new not in record:  # written by an older devswarm
+                record = dict(record)
+                record[new] = record.pop(old)
         key = tuple(record.get(c) for c in table.key)
         if not all(type(v) is t for v, t in zip(key, KEY_TYPES[table.name], strict=True)):
             convert = COERCERS[table.name]

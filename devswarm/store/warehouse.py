@@ -17,10 +17,11 @@ from pathlib import Path
 import duckdb
 
 from devswarm.errors import UserError
-from devswarm.store.attach import attach, attached_columns, attached_version, fingerprint
+from devswarm.store.attach import attach, attached_version, fingerprint
 from devswarm.store.failures import is_busy
-from devswarm.store.schema import SQL_TYPES, TABLES, Table, columns, empty_select
+from devswarm.store.schema import TABLES, Table, empty_select, source_select, source_table
 from devswarm.store.store import Store, open_writer
+from devswarm.store.upgrade import attached_columns
 from devswarm.store.views import create_views
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,10 @@ def _union_views(con: duckdb.DuckDBPyConnection, warehouse: str | None, live: li
     }
 
     def select(alias: str, table: Table) -> str | None:
-        have = present[alias].get(table.name)
-        if have is None:
+        name = source_table(table, present[alias])
+        if name is None:
             return None
-        items = [
-            c if c in have else f"CAST(NULL AS {SQL_TYPES[kind]}) AS {c}"
-            for c, kind in columns(table).items()
-        ]
-        return f"SELECT {', '.join(items)} FROM {alias}.main.{table.name}"
+        return source_select(table, present[alias][name], f"{alias}.main.{name}")
 
     for table in TABLES.values():
         live_parts = [(a, q) for a in live if (q := select(a, table))]
@@ -147,8 +144,7 @@ def _union_views(con: duckdb.DuckDBPyConnection, warehouse: str | None, live: li
             if live_parts:
                 # A live file holds all of its run's rows so far: they replace the warehouse's.
                 newer = " UNION ALL ".join(
-                    f"SELECT run_id FROM {a}.main.{table.name} WHERE run_id IS NOT NULL"
-                    for a, _ in live_parts
+                    f"SELECT run_id FROM ({q}) WHERE run_id IS NOT NULL" for _, q in live_parts
                 )
                 q += f" WHERE run_id IS NULL OR run_id NOT IN ({newer})"
             parts.insert(0, q)

@@ -12,7 +12,7 @@ from importlib.resources import files
 import duckdb
 
 # Views other views read: created first, not exported (they are steps, not results).
-BUILDING_BLOCKS: tuple[str, ...] = ("llm_usage_by_agent",)
+BUILDING_BLOCKS: tuple[str, ...] = ("model_usage_by_agent",)
 
 # The views a user reads, in the order they are created and exported.
 VIEWS: tuple[str, ...] = (

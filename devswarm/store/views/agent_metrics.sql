@@ -1,5 +1,5 @@
 -- One row per agent: its model calls, tokens, cost, tool calls, tasks and landing conflicts.
-SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_id, a.request_model, a.status, a.steps,
+SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_key, a.request_model, a.status, a.steps,
     coalesce(l.calls, 0) AS calls,
     coalesce(l.failed_calls, 0) AS failed_calls,
     coalesce(l.input_tokens, 0) AS input_tokens,
@@ -14,7 +14,7 @@ SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_id, a.request_model, a.stat
     date_diff('microsecond', a.started_at, a.ended_at) / 1e6 AS wall_seconds
 FROM agents a
 -- each side is aggregated per agent first, so the joins cannot multiply rows
-LEFT JOIN llm_usage_by_agent l USING (agent_id)
+LEFT JOIN model_usage_by_agent l USING (agent_id)
 LEFT JOIN (
     SELECT agent_id, count(*) AS tool_calls, count(error_type) AS tool_errors
     FROM tool_calls GROUP BY agent_id

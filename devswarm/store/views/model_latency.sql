@@ -11,4 +11,4 @@ SELECT run_id, request_model, count(*) AS calls,
     sum(output_tokens) FILTER (WHERE error_type IS NULL)
         / nullif(sum(duration_ms) FILTER (WHERE error_type IS NULL) / 1000, 0)
         AS output_tokens_per_second
-FROM llm_calls GROUP BY run_id, request_model
+FROM model_calls GROUP BY run_id, request_model

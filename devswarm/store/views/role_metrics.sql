@@ -17,6 +17,6 @@ FROM (
         coalesce(sum(l.cost_usd), 0) AS cost_usd,
         coalesce(sum(a.steps), 0)::BIGINT AS steps
     FROM agents a
-    FULL OUTER JOIN llm_usage_by_agent l ON a.agent_id = l.agent_id
+    FULL OUTER JOIN model_usage_by_agent l ON a.agent_id = l.agent_id
     GROUP BY ALL
 )
