@@ -60,7 +60,7 @@ def child(params: dict) -> None:
     cfg = SwarmConfig(
         goal="bench", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
         home=work / "home", max_cycles=1, max_workers=workers, max_tasks_per_plan=n,
-        max_model_calls_at_once=max(conc, 1), run_name="bench-efficiency",
+        max_model_calls_at_once=max(conc, 1), run_id="bench-efficiency",
         request_timeout=params["latency"] + 60,
     )  # fmt: skip
     os.environ["OPENAI_API_KEY"] = "sk-bench"

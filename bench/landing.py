@@ -323,7 +323,7 @@ def child(params: dict) -> None:
     cfg = SwarmConfig(
         goal="land", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
         home=work / "home", max_cycles=1, max_workers=workers, max_tasks_per_plan=tasks,
-        max_model_calls_at_once=max(32, workers), run_name="bench-landing", branch=BRANCH,
+        max_model_calls_at_once=max(32, workers), run_id="bench-landing", branch=BRANCH,
     )  # fmt: skip
     os.environ["OPENAI_API_KEY"] = "sk-bench"
     summary, meter, started = c.run_swarm_measured(cfg)

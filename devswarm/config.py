@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from devswarm.model.pricing import KNOWN_PRICES, Price
 
@@ -50,15 +50,38 @@ def default_home() -> Path:
     return (Path(xdg) / "devswarm").resolve()
 
 
+# Settings an older devswarm named otherwise: old name -> new name. Still read (config files,
+# a resumed run's config.json, deployment parameters), each with one line naming the new one.
+RENAMED_SETTINGS = {"run_name": "run_id", "use_bwrap": "sandbox"}
+
+
+def renamed_settings(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`data` with old setting names replaced by the new ones, and a note for each replaced."""
+    out, notes = dict(data), []
+    for old, new in RENAMED_SETTINGS.items():
+        if old in out:
+            value = out.pop(old)
+            if old == "use_bwrap":  # None meant "where it works": the sandbox is on now
+                value = value is not False
+            out.setdefault(new, value)
+            notes.append(f"the setting {old} is now called {new}")
+    return out, notes
+
+
 class SwarmConfig(BaseModel):
     """Everything one swarm run needs. Secrets stay in SecretStr and never reach records."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_settings(data)[0] if isinstance(data, dict) else data
+
     goal: str
     repo: Path
-    branch: str | None = None  # default devswarm/<run name>
+    branch: str | None = None  # default devswarm/<run id>
     check: str | None = None  # repository check; a landing may not turn it from passing to failing
     setup: str | None = None  # runs in each fresh worktree before the agent starts
-    run_name: str | None = None
+    run_id: str | None = None  # default <repo>-<UTC time>-<4 hex>
 
     base_url: str | None = None
     api_key: SecretStr = SecretStr("")
@@ -78,7 +101,9 @@ class SwarmConfig(BaseModel):
     conflict_turns: int = 2
     check_turns: int = 2
     command_timeout: float = 300.0
-    use_bwrap: bool | None = None
+    # Agents' commands, checks and setup run in a sandbox (bubblewrap); False only when the user
+    # says --no-sandbox: then agents can read the key and write the user's files.
+    sandbox: bool = True
 
     # Scale-out (docs/scale-out.md): "local" runs workers as subflows in this process;
     # "deployment" runs each on a Prefect work pool and lands through a shared git remote.

@@ -2,9 +2,10 @@
 plain dicts, so nothing here imports Prefect) -> ``prefect_flow_runs`` / ``prefect_task_runs``
 records, and the SQL that joins them to our agents once stored (LINK_STATEMENTS).
 
-Prefect run names say what runs ("work · <task id>", "plan · cycle 2 · root.api",
-"judge · cycle 2", "swarm · <run id>", "<agent id> · step 3" for a model call); a flow run's
-parameters name the task and cycle exactly, so they are read first and the name is the fallback.
+Prefect run names say what runs ("work: <task key>", "plan: cycle 2, root.api", "judge: cycle 2",
+"swarm: <run id>", "<agent id>: step 3" for a model call; devswarm.ids); a flow run's parameters
+name the task and cycle exactly, so they are read first and the name is the fallback. Names an
+older devswarm gave ("work · <task id>", "plan · cycle 2 · root.api", ...) are read too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import sys
 from typing import Any
 
+from devswarm.ids import followup_id, judge_id, planner_id, worker_id
 from devswarm.records import RECORDED_AT, now
 
 _FLOW_ROLES = {
@@ -21,11 +23,14 @@ _FLOW_ROLES = {
     "plan": "planner",
     "followup": "planner",
     "work": "worker",
+    "work-remote": "worker",
     "judge": "judge",
 }
-_PLAN_NAME = re.compile(r"^plan · cycle (\d+) · (.+)$")
-_JUDGE_NAME = re.compile(r"^judge · cycle (\d+)$")
-_STEP_NAME = re.compile(r"^(.+) · step (\d+)$")
+# Today's names (devswarm.ids) and an older devswarm's, which had " · " between the parts.
+_PLAN_NAME = re.compile(r"^plan(?::| ·) cycle (\d+)(?:,| ·) (.+)$")
+_JUDGE_NAME = re.compile(r"^judge(?::| ·) cycle (\d+)$")
+_STEP_NAME = re.compile(r"^(.+?)(?::| ·) step (\d+)$")
+_TASK_NAME = re.compile(r"^(.+?)(?:: | · )(.*)$")  # "land: <agent id>" -> ("land", "<agent id>")
 
 
 def prefect_span_id(uuid: Any) -> str | None:
@@ -50,26 +55,24 @@ def _flow_agent(
     """(agent_id, task key, cycle) of one of our flow runs, from its parameters or its name."""
     task = params.get("task") if isinstance(params.get("task"), dict) else {}
     spec = task.get("spec") if isinstance(task.get("spec"), dict) else {}
-    if flow_name == "work" and task.get("key") and spec.get("id"):
+    if flow_name in ("work", "work-remote") and task.get("key") and spec.get("id"):
         attempt = params.get("attempt") or 1
-        agent = (
-            f"worker/{run_id}/c{task.get('cycle')}/{task.get('plan_path')}/{spec['id']}/a{attempt}"
-        )
+        agent = worker_id(run_id, task.get("cycle"), task.get("plan_path"), spec["id"], attempt)
         return agent, task["key"], task.get("cycle")
     if flow_name == "followup" and task.get("planner_agent_id") and spec.get("id"):
-        return f"{task['planner_agent_id']}/followup-{spec['id']}", None, task.get("cycle")
+        return followup_id(task["planner_agent_id"], spec["id"]), None, task.get("cycle")
     if flow_name == "plan":
         cycle, path = params.get("cycle"), params.get("plan_path")
         if cycle is None and (m := _PLAN_NAME.match(name)):
             cycle, path = int(m[1]), m[2]
         if cycle is not None:
-            return f"planner/{run_id}/c{cycle}/{path or 'root'}", None, int(cycle)
+            return planner_id(run_id, int(cycle), path or "root"), None, int(cycle)
     if flow_name == "judge":
         cycle = params.get("cycle")
         if cycle is None and (m := _JUDGE_NAME.match(name)):
             cycle = int(m[1])
         if cycle is not None:
-            return f"judge/{run_id}/c{cycle}", None, int(cycle)
+            return judge_id(run_id, int(cycle)), None, int(cycle)
     return None, None, None
 
 
@@ -113,9 +116,9 @@ def task_run_record(
 ) -> dict[str, Any]:
     """A ``prefect_task_runs`` record from a Prefect TaskRun (as a dict) of our run ``run_id``.
 
-    A model call's task run is named "<agent id> · step N", which gives agent_id and step; other
-    task runs get their agent when imported (Store.link_history: a subflow's stand-in the subflow's,
-    any other its flow run's).
+    A model call's task run is named "<agent id>: step N", which gives agent_id and step, and a
+    landing's "land: <agent id>"; other task runs get their agent when imported
+    (Store.link_history: a subflow's stand-in the subflow's, any other its flow run's).
     """
     name = task_run.get("name") or ""
     agent_id, step = None, None
@@ -125,7 +128,10 @@ def task_run_record(
     elif subflow_run_id:  # the stand-in a parent flow run holds for a subflow run
         task_name = "subflow"
     else:
-        task_name = name.split(" · ")[0]
+        parts = _TASK_NAME.match(name)
+        task_name = parts[1] if parts else name
+        if task_name == "land" and parts and parts[2].startswith("worker/"):
+            agent_id = parts[2]  # today's landings name their worker (older ones a worktree)
     run_count = task_run.get("run_count") or 0
     policy = task_run.get("empirical_policy") or {}
     max_retries = policy.get("retries", policy.get("max_retries"))
@@ -203,11 +209,11 @@ FROM (
         arg_min(a.agent_id, abs(epoch(a.started_at) - epoch(p2.started_at))) AS agent_id
     FROM prefect_flow_runs p2
     JOIN agents a ON a.run_id = p2.run_id AND a.role = 'worker'
-        AND (a.task_key = regexp_replace(p2.name, '^work · ', '')
-            OR a.task_key LIKE '%.' || regexp_replace(p2.name, '^work · ', ''))
+        AND (a.task_key = regexp_replace(p2.name, '^work(: | · )', '')
+            OR a.task_key LIKE '%.' || regexp_replace(p2.name, '^work(: | · )', ''))
         AND a.started_at BETWEEN p2.started_at - INTERVAL 5 SECOND
             AND coalesce(p2.ended_at, p2.started_at + INTERVAL 1 DAY)
-    WHERE p2.run_id = $run AND p2.agent_id IS NULL AND p2.flow_name = 'work'
+    WHERE p2.run_id = $run AND p2.agent_id IS NULL AND p2.flow_name IN ('work', 'work-remote')
     GROUP BY p2.flow_run_id
 ) m
 JOIN agents a ON a.agent_id = m.agent_id

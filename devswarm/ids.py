@@ -27,15 +27,18 @@ _FILE_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Commit trailers: git history joins DuckDB through them (field name -> trailer key).
 TRAILERS = {"run": "Devswarm-Run", "task": "Devswarm-Task", "agent": "Devswarm-Agent"}
 
-# Prefect run names (templates over the flow's parameters; Prefect fills them in). They are
-# lookup keys too: history import and crash marking find a run's flow runs by them.
-SWARM_RUN_NAME = "swarm · {config.run_name}"
-PLAN_RUN_NAME = "plan · cycle {cycle} · {plan_path}"
-FOLLOWUP_RUN_NAME = "followup · {task.spec.id}"
-WORK_RUN_NAME = "work · {task.spec.id}"
-JUDGE_RUN_NAME = "judge · cycle {cycle}"
-LAND_RUN_NAME = "land · {worktree.name}"
-MODEL_CALL_RUN_NAME = "{agent_id} · step {step}"
+# Prefect run names (templates over the flow's parameters; Prefect fills them in), in ASCII:
+# the Prefect UI's older run graph drops every other character. They are lookup keys too:
+# history import and crash marking find a run's flow runs by them, and read the names an older
+# devswarm gave (with " · " where ": " and ", " are now) as well.
+SWARM_RUN_NAME = "swarm: {config.run_id}"
+PLAN_RUN_NAME = "plan: cycle {cycle}, {plan_path}"
+FOLLOWUP_RUN_NAME = "followup: {task.key}"
+WORK_RUN_NAME = "work: {task.key}"
+JUDGE_RUN_NAME = "judge: cycle {cycle}"
+LAND_RUN_NAME = "land: {agent_id}"
+MODEL_CALL_RUN_NAME = "{agent_id}: step {step}"
+OLD_SEPARATOR = " · "
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -48,7 +51,7 @@ def is_slug(text: str, limit: int = 80) -> bool:
     return bool(text) and len(text) <= limit and slug(text, limit) == text
 
 
-def new_run_name(repo: Path) -> str:
+def new_run_id(repo: Path) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{slug(repo.name, 24)}-{stamp}-{secrets.token_hex(2)}"
 
@@ -88,8 +91,9 @@ def trailers(run_id: str, task: str, agent_id: str) -> dict[str, str]:
     return {TRAILERS["run"]: run_id, TRAILERS["task"]: task, TRAILERS["agent"]: agent_id}
 
 
-def swarm_run_name(run_id: str) -> str:
-    return SWARM_RUN_NAME.replace("{config.run_name}", run_id)
+def swarm_run_names(run_id: str) -> list[str]:
+    """The names the swarm flow run of `run_id` has, or had under an older devswarm."""
+    return [SWARM_RUN_NAME.replace("{config.run_id}", run_id), f"swarm{OLD_SEPARATOR}{run_id}"]
 
 
 def model_call_cache_key(run_id: str, agent_id: str, step: int, request_hash: str) -> str:

@@ -8,14 +8,17 @@ is never part of a layer: it comes from the environment or a provider block, as 
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from devswarm.config import SwarmConfig
+from devswarm.config import SwarmConfig, renamed_settings
 from devswarm.errors import UserError
+
+_log = logging.getLogger("devswarm")
 
 
 def read_goal(goal: str | None, goal_file: Path | str | None, *, base: Path | None = None) -> str:
@@ -42,6 +45,9 @@ def read_file(path: Path | None) -> dict[str, Any]:
         raise UserError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path}: {exc}") from None
+    data, notes = renamed_settings(data)
+    for note in notes:
+        _log.warning("devswarm: config file %s: %s", path, note)
     if "api_key" in data:
         raise UserError(
             f"config file {path}: keep the API key out of files; use OPENAI_API_KEY or a block"
@@ -69,7 +75,7 @@ def merge(*layers: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def build(
-    settings: dict[str, Any], *, goal: str, api_key: SecretStr | None, run_name: str | None = None
+    settings: dict[str, Any], *, goal: str, api_key: SecretStr | None, run_id: str | None = None
 ) -> SwarmConfig:
     """The run's SwarmConfig from merged settings, the goal and the key; one line on bad input."""
     if not settings.get("repo"):
@@ -77,7 +83,7 @@ def build(
     if not Path(settings["repo"]).expanduser().exists():
         raise UserError(f"repository {settings['repo']} does not exist")
     try:
-        cfg = SwarmConfig.model_validate({**settings, "goal": goal, "run_name": run_name})
+        cfg = SwarmConfig.model_validate({**settings, "goal": goal, "run_id": run_id})
     except ValidationError as exc:
         raise UserError(_first_error(exc)) from None
     cfg.api_key = api_key or SecretStr("")

@@ -1,6 +1,6 @@
 """Prefect's view of a run → DuckDB: its flow and task runs, read from Prefect's API.
 
-A run's flow runs are every `swarm · <run id>` root (a resumed run has several) and all their
+A run's flow runs are every `swarm: <run id>` root (a resumed run has several) and all their
 descendants; devswarm.history turns them into records, joined to our agents by the store.
 """
 
@@ -27,7 +27,7 @@ from prefect.states import Crashed
 
 from devswarm.errors import UserError
 from devswarm.history import flow_run_record, task_run_record
-from devswarm.ids import swarm_run_name
+from devswarm.ids import swarm_run_names
 from devswarm.report.data import latest_run
 from devswarm.store.store import open_writer
 from devswarm.store.warehouse import open_readonly
@@ -60,8 +60,8 @@ def flow_run_tree(client: SyncPrefectClient, roots: Iterable[Any]) -> list[UUID]
 
 
 def swarm_roots(client: SyncPrefectClient, run_id: str, **filters: Any) -> list[Any]:
-    """The run's `swarm · <run id>` flow runs."""
-    name = FlowRunFilterName(any_=[swarm_run_name(run_id)])
+    """The run's swarm flow runs (a resumed run has several), found by their names."""
+    name = FlowRunFilterName(any_=swarm_run_names(run_id))
     return _paged(client.read_flow_runs, flow_run_filter=FlowRunFilter(name=name, **filters))
 
 
@@ -153,6 +153,16 @@ def _write_history(db: Path, run_id: str, records: list[dict], timeout: float = 
         )[1][0][0]
 
 
+def rename_flow_run(flow_run_id: Any, name: str) -> None:
+    """Give a flow run the name it has in devswarm (a deployment's run, once its run id is
+    known). Best effort: the name is a convenience; the run's records hold its id."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run_id, name=name)
+    except Exception as exc:
+        logging.getLogger("devswarm").warning("flow run %s not renamed: %s", flow_run_id, exc)
+
+
 def wait_for_history(flow_run_id: Any, timeout: float = 20.0) -> None:
     """Block until the server has recorded every task run of the flow run tree as final.
 
@@ -179,19 +189,22 @@ def wait_for_history(flow_run_id: Any, timeout: float = 20.0) -> None:
             time.sleep(0.5)
 
 
-def mark_crashed(run_name: str) -> int:
-    """Flow runs of this run that a dead process left Running are marked Crashed."""
+def mark_crashed(run_id: str, flow_run_ids: Iterable[str] = ()) -> int:
+    """Flow runs of this run that a dead process left Running are marked Crashed: those found
+    by the run's name, and `flow_run_ids` (the swarm flow runs the run recorded: a deployment's
+    run carries another name until the swarm knows its id)."""
     marked = 0
     live = FlowRunFilterState(
         type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
     )
     with get_client(sync_client=True) as client:
-        for root in swarm_roots(client, run_name, state=live):
-            for flow_run_id in flow_run_tree(client, [root.id]):
-                fr = client.read_flow_run(flow_run_id)
-                if fr.state is not None and not fr.state.is_final():
-                    client.set_flow_run_state(
-                        flow_run_id, Crashed(message="its process died; resumed"), force=True
-                    )
-                    marked += 1
+        roots = {r.id for r in swarm_roots(client, run_id, state=live)}
+        roots |= {UUID(str(i)) for i in flow_run_ids}
+        for flow_run_id in flow_run_tree(client, roots):
+            fr = client.read_flow_run(flow_run_id)
+            if fr.state is not None and not fr.state.is_final():
+                client.set_flow_run_state(
+                    flow_run_id, Crashed(message="its process died; resumed"), force=True
+                )
+                marked += 1
     return marked

@@ -14,6 +14,7 @@ from devswarm.ids import LAND_RUN_NAME
 
 
 @task(name="land", task_run_name=LAND_RUN_NAME, cache_policy=NO_CACHE, retries=0)
-def land(workspace: Workspace, worktree: Path) -> LandResult:
-    """Land a worker's commit on the branch through the process's landing lane."""
+def land(workspace: Workspace, worktree: Path, agent_id: str) -> LandResult:
+    """Land a worker's commit on the branch through the process's landing lane (`agent_id`,
+    the worker's, names the Prefect task run)."""
     return workspace.land(worktree)

@@ -28,7 +28,7 @@ from typing import Any
 
 from devswarm.errors import UserError
 from devswarm.git.remote import init_bare_remote, remote_url
-from devswarm.ids import file_safe
+from devswarm.ids import WORK_RUN_NAME, file_safe
 from devswarm.model.ledger import Reservation
 from devswarm.records import now, read_records
 from devswarm.roles.worker import task_worker_id
@@ -150,7 +150,7 @@ def worker_config(run: Run, remote: str) -> dict[str, Any]:
         }
     )
     config = run.config.model_copy(
-        update={"remote": remote, "budget": budget, "run_name": run.run_id}
+        update={"remote": remote, "budget": budget, "run_id": run.run_id}
     )
     return config.model_dump(mode="json", exclude={"api_key"})
 
@@ -234,7 +234,7 @@ def _run_and_wait(
             "task": task.model_dump(mode="json"),
             "attempt": attempt,
         },
-        flow_run_name=f"work · {task.spec.id}",
+        flow_run_name=WORK_RUN_NAME.format(task=task),
         timeout=0,
         job_variables={"env": env} if env else None,
     )

@@ -119,7 +119,7 @@ class Harness:
             role="planner" if agent_id.startswith("planner/") else "worker",
             model="offline-model",
             call=(lambda r, s: wrap(call, r, s)) if wrap else call,
-            toolbox=toolbox or Toolbox(self.repo, use_bwrap=False),
+            toolbox=toolbox or Toolbox(self.repo, sandbox=False),
             system="You are a test agent.",
             user="Do the test task.",
             limits=limits or AgentLimits(),
@@ -222,7 +222,7 @@ def test_unknown_tool_bad_json_and_schema_errors_go_back_to_the_model_which_reco
 
 
 def test_a_bug_inside_a_tool_is_a_tool_error_not_a_dead_worker(h: Harness) -> None:
-    box = Toolbox(h.repo, use_bwrap=False)
+    box = Toolbox(h.repo, sandbox=False)
     shutil.rmtree(h.repo)  # `run` now raises inside devswarm (no working directory)
     agent = h.agent(
         {"agents": [{"match": "worker/*", "steps": [calls(tc("run", command="true")), FINISH]}]},

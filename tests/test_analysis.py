@@ -229,7 +229,7 @@ def test_prefect_history_joins_tasks_agents_and_calls(demo: SimpleNamespace) -> 
     assert len(works) == 4
     for w in works:
         assert w["agent_id"] == w["worker_agent_id"] and w["state_type"] == "COMPLETED"
-        assert w["name"] == f"work · {w['task_key'].rsplit('.', 1)[1]}"
+        assert w["name"] == f"work: {w['task_key']}"
     # Every agent recorded the flow run it ran in, and that flow run is the one joined to it.
     agents = query(
         demo.db,
@@ -634,7 +634,7 @@ from devswarm.run.run import Run
 
 repo, home, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 batches, calls = int(sys.argv[4]), int(sys.argv[5])
-run = Run(SwarmConfig(goal="g", repo=repo, home=home, run_name=name))
+run = Run(SwarmConfig(goal="g", repo=repo, home=home, run_id=name))
 run.record_run("running", 0)
 for b in range(batches):
     agent = f"worker/{name}/c1/root/t{b}/a1"

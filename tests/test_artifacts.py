@@ -51,7 +51,7 @@ def test_each_kind_of_artifact_is_readable_with_a_stable_key(swarm_run, tmp_path
     with get_client(sync_client=True) as client:
         [root] = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=[f"swarm · {summary['run_id']}"])
+                name=FlowRunFilterName(any_=[f"swarm: {summary['run_id']}"])
             )
         )
         ids = flow_run_tree(client, [root.id])

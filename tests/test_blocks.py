@@ -113,8 +113,10 @@ def test_swarm_from_blocks_completes_and_keeps_the_key_out_of_parameters(
         )
     assert run.parameters["repository"] == "calc"
     assert KEY not in json.dumps(run.parameters, default=str)
-    names = sorted(c.name.split(" · ")[0] for c in children)
+    names = sorted(c.name.split(": ")[0] for c in children)
     assert names == ["judge", "plan", "work"]
+    # The deployment's run is the swarm's: it carries the run's name, as `devswarm run`'s does.
+    assert run.name == f"swarm: {summary['run_id']}"
     assert all(c.state.is_completed() for c in children)
 
 

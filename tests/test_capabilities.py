@@ -284,7 +284,7 @@ def test_a_prompt_longer_than_the_context_ends_the_agent_in_one_clear_error(
         role="worker",
         model="m",
         call=lambda request, step: _chat(client, request),
-        toolbox=Toolbox(repo, use_bwrap=False),
+        toolbox=Toolbox(repo, sandbox=False),
         system="s",
         user="u",
         limits=AgentLimits(),
@@ -443,7 +443,7 @@ def test_a_server_refusing_tools_gets_them_in_the_prompt_and_the_agent_carries_o
         role="worker",
         model="m",
         call=lambda request, step: _chat(client, request),
-        toolbox=Toolbox(repo, use_bwrap=False),
+        toolbox=Toolbox(repo, sandbox=False),
         system="s",
         user="u",
         limits=AgentLimits(),
@@ -476,7 +476,7 @@ def test_a_refusal_inside_the_prefect_task_is_one_http_attempt_and_no_traceback(
                 base_url=server.url,
                 models=Models.single("offline-model"),
                 home=tmp_path / "data",
-                run_name="refusal-run",
+                run_id="refusal-run",
             )
         )
         request = {**PLAN_REQUEST, "model": "offline-model"}

@@ -125,7 +125,7 @@ def _deploy_and_run(root: Path, tmp_path: Path) -> None:
             )
     worker_output = (tmp_path / "worker.log").read_text()
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{worker_output[-3000:]}"
-    assert sorted(c.name.split(" · ")[0] for c in children) == ["judge", "plan", "work"]
+    assert sorted(c.name.split(": ")[0] for c in children) == ["judge", "plan", "work"]
     assert all(c.state.is_completed() for c in children)
     assert "def mul" in git(repo, "show", "devswarm/nightly:calc.py")
     assert log.read_text().count('"agent": "worker/') == 2  # the offline model did the work

@@ -148,7 +148,7 @@ def test_run_completes_through_model_faults_and_malformed_tool_arguments(
         {"match": "planner/*", "steps": [plan_reply(*[task(n, [f"{n}.txt"]) for n in names])]},
         JUDGE_DONE,
     ]
-    d = drill(scenario, repo, request_timeout=2.0, run_name="drill-faults", max_workers=4)
+    d = drill(scenario, repo, request_timeout=2.0, run_id="drill-faults", max_workers=4)
     assert d.summary["status"] == "done"
 
     reqs = d.requests
@@ -270,7 +270,7 @@ def test_worker_killed_mid_task_loses_nothing(drill, tmp_path: Path) -> None:
     killer = threading.Thread(target=_killer, args=(done, did), daemon=True)
     killer.start()
     try:
-        d = drill(scenario, repo, run_name="drill-kill", max_workers=3)
+        d = drill(scenario, repo, run_id="drill-kill", max_workers=3)
     finally:
         done.set()
         killer.join(5)
@@ -679,7 +679,7 @@ def test_deployment_worker_process_killed_mid_task_loses_nothing(
                         goal="Write the files.", repo=repo, base_url=ms.url,
                         models=Models.single("offline-model"), home=tmp_path / "data",
                         max_cycles=1, max_workers=2, executor="deployment", remote=str(remote),
-                        run_name="drill-deploy",
+                        run_id="drill-deploy",
                     )
                 )  # fmt: skip
             finally:

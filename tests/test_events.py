@@ -140,7 +140,7 @@ from prefect.flow_engine import run_flow
 from tasks.events import emit
 
 
-@flow(name="swarm", flow_run_name="swarm · {run_id}")
+@flow(name="swarm", flow_run_name="swarm: {run_id}")
 def swarm(run_id: str, status: str) -> None:
     emit("run.finished", run_id, status=status, branch="devswarm/nightly",
          payload={"cycles": 1, "tasks_landed": 1})

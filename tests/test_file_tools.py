@@ -29,7 +29,7 @@ def root(tmp_path) -> Path:
 
 @pytest.fixture
 def tb(root) -> Toolbox:
-    return Toolbox(root, use_bwrap=False)
+    return Toolbox(root, sandbox=False)
 
 
 def ok(result: ToolResult) -> str:

@@ -160,7 +160,7 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
                             any_=[
                                 r.id
                                 for r in client.read_flow_runs()
-                                if r.name == f"swarm · {summary['run_id']}"
+                                if r.name == f"swarm: {summary['run_id']}"
                             ]
                         )
                     )
@@ -185,15 +185,15 @@ def test_deployment_executor_lands_two_concurrent_workers_through_a_bare_remote(
 
         # Each worker ran as a flow run of the worker deployment, a child of the swarm flow
         # run, in its own process (its records carry that flow run's id), and the two overlapped.
-        works = {r.name: r for r in roots if r.name.startswith("work · ")}
-        assert sorted(works) == ["work · a", "work · b"]
+        works = {r.name: r for r in roots if r.name.startswith("work: ")}
+        assert sorted(works) == ["work: c1.root.a", "work: c1.root.b"]
         assert all(r.deployment_id is not None and r.state.is_completed() for r in works.values())
         agent_runs = dict(rows(db, "SELECT task_key, flow_run_id FROM agents WHERE role='worker'"))
         assert agent_runs == {
-            "c1.root.a": str(works["work · a"].id),
-            "c1.root.b": str(works["work · b"].id),
+            "c1.root.a": str(works["work: c1.root.a"].id),
+            "c1.root.b": str(works["work: c1.root.b"].id),
         }
-        a, b = works["work · a"], works["work · b"]
+        a, b = works["work: c1.root.a"], works["work: c1.root.b"]
         assert a.created < b.end_time and b.created < a.end_time  # dispatched together
         assert a.start_time < b.end_time and b.start_time < a.end_time, "workers did not overlap"
         # Their records came back: every model call of a worker is a row in the orchestrator's store.
@@ -264,7 +264,7 @@ def test_reports_and_records_travel_through_a_storage_block(
     assert remote.startswith(str(tmp_path / "orchestrator" / "remotes"))
     params = worker_config(run, remote)
     assert "api_key" not in params and KEY not in json.dumps(params)
-    assert params["remote"] == remote and params["run_name"] == run.run_id
+    assert params["remote"] == remote and params["run_id"] == run.run_id
     assert params["budget"]["max_tokens"] == run.config.budget.max_tokens  # nothing spent yet
 
     # "Another machine": its own data folder; the key from its environment.

@@ -255,7 +255,7 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
 
         root = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=[f"swarm · {summary['run_id']}"])
+                name=FlowRunFilterName(any_=[f"swarm: {summary['run_id']}"])
             )
         )
         assert len(root) == 1
@@ -263,10 +263,10 @@ def test_flows_appear_as_parent_with_plan_subplan_work_and_judge_children(
         names = sorted(
             r.name for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}))
         )
-    assert "plan · cycle 1 · root" in names
-    assert "plan · cycle 1 · root.extras" in names
-    assert sum(n.startswith("work · ") for n in names) == 4
-    assert "judge · cycle 1" in names
+    assert "plan: cycle 1, root" in names
+    assert "plan: cycle 1, root.extras" in names
+    assert sum(n.startswith("work: c1.") for n in names) == 4
+    assert "judge: cycle 1" in names
 
 
 @pytest.mark.parametrize(

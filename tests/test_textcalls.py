@@ -60,7 +60,7 @@ def test_call_ids_are_deterministic_and_distinct() -> None:
 
 
 def test_the_prompt_describes_our_tools_in_the_format_the_parser_reads(tmp_path: Path) -> None:
-    specs = Toolbox(make_repo(tmp_path / "r", {"a.txt": "a\n"}), use_bwrap=False).specs()
+    specs = Toolbox(make_repo(tmp_path / "r", {"a.txt": "a\n"}), sandbox=False).specs()
     prompt = tools_prompt(specs)
     for spec in specs:
         assert json.dumps(spec["function"], sort_keys=True) in prompt

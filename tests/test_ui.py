@@ -6,9 +6,9 @@ What is asserted is what the rendered pages say today; screenshots go to the tes
 Found on Prefect 3.9.1, for whoever extends this test:
 - "/" opens v2 (PREFECT_SERVER_UI_V2_ENABLED defaults to true); v1 keeps its own paths (UI
   below); both keep the login in localStorage ("prefect-password").
-- Run graphs are canvases (no page text). v2 draws "plan / plan · cycle 1 · root"; v1 drops
-  every character outside printable ASCII ("plan / plan  cycle 1  root"): its bitmap font is
-  built from ASCII only.
+- Run graphs are canvases (no page text). v1 drops every character outside printable ASCII
+  (its bitmap font is ASCII only): "plan · cycle 1 · root" showed as "plan  cycle 1  root",
+  which is why devswarm's run names are ASCII ("plan: cycle 1, root"; devswarm/ids.py).
 - A run's Logs tab lists level, message (newlines kept), time and logger name; without logs
   v2 says "This run did not produce any logs.", v1 "This run didn't generate logs".
 """
@@ -34,12 +34,12 @@ pytestmark = [
 
 # The demo's flow runs under the swarm run (the sub-planner runs under the root planner).
 CHILDREN = [
-    "plan · cycle 1 · root",
-    "work · slugify",
-    "work · word-count",
-    "work · caesar",
-    "work · stats",
-    "judge · cycle 1",
+    "plan: cycle 1, root",
+    "work: c1.root.slugify",
+    "work: c1.root.word-count",
+    "work: c1.root.extras.caesar",
+    "work: c1.root.extras.stats",
+    "judge: cycle 1",
 ]
 ARTIFACTS = [
     "plan-root",
@@ -131,9 +131,9 @@ def test_ui_shows_the_swarm_run_its_children_a_work_run_and_the_artifacts(
         log_in(page, run, ui)
 
         page.open(run.url + ui.runs)
-        page.wait_for_text(f"swarm · {run.run_id}", *CHILDREN)
+        page.wait_for_text(f"swarm: {run.run_id}", *CHILDREN)
         page.screenshot(f"{ui.name}-runs")
-        swarm = href(page, f"swarm · {run.run_id}")
+        swarm = href(page, f"swarm: {run.run_id}")
         assert swarm.startswith(ui.flow_run), swarm
 
         # The swarm run: completed, its direct children listed by name.
@@ -145,8 +145,8 @@ def test_ui_shows_the_swarm_run_its_children_a_work_run_and_the_artifacts(
         page.screenshot(f"{ui.name}-swarm-run")
 
         # A work run and its worker report.
-        page.click(text="work · word-count")
-        page.wait_for_text("work · word-count", "Logs", "Artifacts")
+        page.click(text="work: c1.root.word-count")
+        page.wait_for_text("work: c1.root.word-count", "Logs", "Artifacts")
         assert page.url.startswith(run.url + ui.flow_run), page.url
         page.screenshot(f"{ui.name}-work-run")
         page.click(text="Artifacts")

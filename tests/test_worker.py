@@ -36,7 +36,7 @@ KEY = "sk-test-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_MODES = [
     pytest.param(
-        None,
+        True,
         id="bwrap",
         marks=pytest.mark.skipif(not sandbox_works(), reason="bubblewrap does not work here"),
     ),
@@ -71,7 +71,7 @@ def running(
             api_key=SecretStr(KEY),
             models=Models.single("offline-model"),
             home=options.pop("home", tmp_path / "data"),
-            run_name=options.pop("run_name", "t1"),
+            run_id=options.pop("run_id", "t1"),
             **options,
         )
         run = Run(cfg)
@@ -123,9 +123,9 @@ def worktrees_left(run: Run) -> list[str]:
 # -- the user's repository ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("use_bwrap", SANDBOX_MODES)
+@pytest.mark.parametrize("sandbox", SANDBOX_MODES)
 def test_agents_git_commands_leave_the_users_repository_untouched(
-    tmp_path: Path, use_bwrap: bool | None
+    tmp_path: Path, sandbox: bool
 ) -> None:
     repo = make_repo(tmp_path / "user", {"a.txt": "one\n"})
     (repo / "a.txt").write_text("two\n")
@@ -153,7 +153,7 @@ def test_agents_git_commands_leave_the_users_repository_untouched(
             }
         ]
     }
-    with running(tmp_path, scenario, repo, use_bwrap=use_bwrap) as (run, _log):
+    with running(tmp_path, scenario, repo, sandbox=sandbox) as (run, _log):
         task = planned(run, "attack")
         report = work(run, task)
         outputs = tool_outputs(run, task)
@@ -167,9 +167,9 @@ def test_agents_git_commands_leave_the_users_repository_untouched(
     assert git(repo, "show", f"{run.branch}:b.txt") == "work"
 
 
-@pytest.mark.parametrize("use_bwrap", SANDBOX_MODES)
+@pytest.mark.parametrize("sandbox", SANDBOX_MODES)
 def test_run_commands_never_see_the_api_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_bwrap: bool | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: bool
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("HARMLESS_LOOKING", f"Bearer {KEY}")
@@ -188,7 +188,7 @@ def test_run_commands_never_see_the_api_key(
             }
         ]
     }
-    with running(tmp_path, scenario, repo, use_bwrap=use_bwrap) as (run, _log):
+    with running(tmp_path, scenario, repo, sandbox=sandbox) as (run, _log):
         task = planned(run, "env")
         report = work(run, task)
         outputs = tool_outputs(run, task)
@@ -384,7 +384,7 @@ def test_a_failing_setup_is_a_task_status_and_runs_once_per_base_commit(tmp_path
 # -- the sandbox notice ------------------------------------------------------------------------
 
 
-def test_a_run_without_bubblewrap_says_so_once(
+def test_a_run_without_a_sandbox_says_so_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
@@ -393,12 +393,12 @@ def test_a_run_without_bubblewrap_says_so_once(
     }
     with (
         caplog.at_level(logging.WARNING, logger="devswarm"),
-        running(tmp_path, scenario, repo, use_bwrap=False, run_name="notice") as (run, _log),
+        running(tmp_path, scenario, repo, sandbox=False, run_id="notice") as (run, _log),
     ):
         work(run, planned(run, "x"))
         work(run, planned(run, "y"))
         Run(run.config).close()  # the CLI's probe and the flow each build a Run
-    notices = [r.getMessage() for r in caplog.records if "bubblewrap" in r.getMessage()]
+    notices = [r.getMessage() for r in caplog.records if "sandbox" in r.getMessage()]
     assert len(notices) == 1 and "turned off" in notices[0], notices
 
 
@@ -412,7 +412,7 @@ def test_a_run_with_bubblewrap_says_nothing_about_it(
         running(tmp_path, {}, repo) as (run, _log),
     ):
         assert run.sandbox_notice is None
-    assert not [r for r in caplog.records if "bubblewrap" in r.getMessage()]
+    assert not [r for r in caplog.records if "sandbox" in r.getMessage()]
 
 
 def test_a_machine_without_bwrap_is_refused_with_the_cause(tmp_path: Path) -> None:
@@ -458,7 +458,7 @@ from devswarm.run.run import Run, plain_calls
 
 args = json.loads(sys.argv[1])
 run = Run(SwarmConfig(goal="g", repo=Path(args["repo"]), home=Path(args["home"]),
-                      base_url=args["url"], api_key=SecretStr("sk-x"), run_name="killed",
+                      base_url=args["url"], api_key=SecretStr("sk-x"), run_id="killed",
                       models=Models.single("offline-model")))
 task = PlannedTask(spec=TaskSpec(id="slow", title="slow", description="Slow."), key="c1.root.slow",
                    cycle=1, plan_path="root", planner_agent_id="planner/killed/c1/root",
@@ -499,7 +499,7 @@ def test_a_killed_worker_leaves_no_worktree_and_its_records_import(tmp_path: Pat
     assert proc.returncode == -signal.SIGKILL
     assert (worktree / "half.txt").exists()  # the dead worker's worktree is still there
 
-    with running(tmp_path / "next", {}, repo, home=home, run_name="killed") as (run, _log):
+    with running(tmp_path / "next", {}, repo, home=home, run_id="killed") as (run, _log):
         assert worktrees_left(run) == []  # pruned when the next run started
         assert not worktree.exists()
         transcript = run.transcript("worker/killed/c1/root/slow/a1")

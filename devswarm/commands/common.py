@@ -53,14 +53,14 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     Ctrl-C or SIGTERM drains the swarm (no new workers, running ones stop at their next step,
     everything recorded); a second one aborts.
     """
-    from devswarm.ids import new_run_name
+    from devswarm.ids import new_run_id
     from devswarm.live import watch
     from devswarm.model.client import ModelClient
     from devswarm.run.registry import drain_on_signals
     from devswarm.run.run import Run
 
     cfg.repo = cfg.repo.expanduser().resolve()
-    cfg.run_name = cfg.run_name or new_run_name(cfg.repo)
+    cfg.run_id = cfg.run_id or new_run_id(cfg.repo)
     if cfg.base_url is None and not cfg.api_key.get_secret_value():
         raise UserError("no model endpoint: set OPENAI_BASE_URL/--base-url or OPENAI_API_KEY")
     ModelClient(cfg.base_url, cfg.api_key, timeout=10).preflight()
@@ -86,7 +86,9 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     from tasks.history import mark_crashed
 
     if resume:
-        mark_crashed(cfg.run_name)
+        from devswarm.run.state import recorded_flow_runs
+
+        mark_crashed(cfg.run_id, recorded_flow_runs(cfg.home / "runs" / cfg.run_id))
     with watch(), drain_on_signals(lambda msg: typer.echo(f"devswarm: {msg}", err=True)):
         return run_swarm(cfg)
 

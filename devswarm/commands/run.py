@@ -59,9 +59,18 @@ def run(
     home: Annotated[Path | None, typer.Option(help="Data folder (default $DEVSWARM_HOME)")] = None,
     max_cost: Annotated[float | None, typer.Option(help="Dollar cap for the whole run")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Token cap for the whole run")] = None,
-    run_name: Annotated[
-        str | None, typer.Option(help="Name of the run (default <repo>-<time>)")
+    run_id: Annotated[
+        str | None, typer.Option(help="The run's id, its name everywhere (default <repo>-<time>)")
     ] = None,
+    run_name: Annotated[str | None, typer.Option(hidden=True, help="Old name of --run-id")] = None,
+    no_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--no-sandbox",
+            help="Run agents' commands without a sandbox: they can read the API key and write "
+            "your files (docs/sandbox.md)",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(help="TOML file with any run settings (models, prices, limits, budget, ...)"),
@@ -80,6 +89,9 @@ def run(
     """Run a swarm on a repository against any OpenAI-compatible endpoint."""
     from devswarm import settings
 
+    if run_name is not None:
+        typer.echo("devswarm: --run-name is now called --run-id", err=True)
+        run_id = run_id or run_name
     try:
         text = settings.read_goal(goal, goal_file)
         blocks_layer, key = _blocks(repository_block, provider_block, warehouse_block)
@@ -101,6 +113,7 @@ def run(
             "db": db,
             "executor": executor,
             "remote": remote,
+            "sandbox": False if no_sandbox else None,
             "models": settings.models_layer(model, planner_model, worker_model, judge_model),
             "budget": {"max_cost_usd": max_cost, "max_tokens": max_tokens},
         }
@@ -110,7 +123,7 @@ def run(
             merged,
             goal=text,
             api_key=key or SecretStr(os.environ.get("OPENAI_API_KEY", "")),
-            run_name=run_name,
+            run_id=run_id,
         )
         summary = execute(cfg)
     except UserError as exc:

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from devswarm.config import SwarmConfig
-from devswarm.ids import new_run_name
+from devswarm.ids import new_run_id
 from devswarm.report.html import write_html_report
 from devswarm.run.registry import hand_over_key
 from flows.swarm import swarm
@@ -20,11 +20,11 @@ from tasks.history import import_history, wait_for_history
 
 def run_swarm(config: SwarmConfig) -> dict[str, Any]:
     """Run the swarm flow in this process and return its summary."""
-    if not config.run_name:
-        config = config.model_copy(update={"run_name": new_run_name(config.repo)})
+    if not config.run_id:
+        config = config.model_copy(update={"run_id": new_run_id(config.repo)})
     # The key never travels as a flow parameter (Prefect stores parameters): it is handed to the
     # flow inside this process (or read from the environment or a provider block).
-    hand_over_key(config.run_name, config.api_key)
+    hand_over_key(config.run_id, config.api_key)
     params = config.model_copy(update={"api_key": config.api_key.__class__("")})
     state = swarm(params, return_state=True)
     flow_run_id = state.state_details.flow_run_id
@@ -39,10 +39,10 @@ def import_history_quietly(config: SwarmConfig, flow_run_id: Any) -> None:
     Best effort: `devswarm history import --run ID` does the same later.
     """
     try:
-        import_history(config.db_path, config.run_name, wait=5.0, flow_run_id=str(flow_run_id))
-        report = config.home / "runs" / str(config.run_name) / "report.html"
+        import_history(config.db_path, config.run_id, wait=5.0, flow_run_id=str(flow_run_id))
+        report = config.home / "runs" / str(config.run_id) / "report.html"
         if report.exists():
-            write_html_report(config.db_path, config.run_name, report)
+            write_html_report(config.db_path, config.run_id, report)
     except Exception as exc:
         logging.getLogger("devswarm").warning(
             "Prefect history not imported (try: devswarm history import): %s", exc

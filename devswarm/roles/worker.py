@@ -24,14 +24,14 @@ from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, WorkerReport
 from devswarm.tools.toolbox import Toolbox
 
-LandFn = Callable[[Workspace, Path], LandResult]
+LandFn = Callable[[Workspace, Path, str], LandResult]  # (workspace, worktree, agent id)
 
 
 def task_worker_id(run: Run, task: PlannedTask, attempt: int = 1) -> str:
     return worker_id(run.run_id, task.cycle, task.plan_path, task.spec.id, attempt)
 
 
-def _land_plain(workspace: Workspace, worktree: Path) -> LandResult:
+def _land_plain(workspace: Workspace, worktree: Path, _agent_id: str) -> LandResult:
     return workspace.land(worktree)
 
 
@@ -92,7 +92,7 @@ def _work(
             wt,
             command_timeout=cfg.command_timeout,
             env=run.env(),
-            use_bwrap=cfg.use_bwrap,
+            sandbox=cfg.sandbox,
             secrets=run.secrets,
             hidden=[cfg.home],
         )
@@ -173,7 +173,7 @@ def _finish(
             report.status, report.reason = "failed", "the worker finished without changing anything"
             return None
         started = now()
-        result = land(ws, wt)
+        result = land(ws, wt, report.agent_id)
         landing_row(run, task, report.agent_id, result, started, resolved=conflict_turns > 0)
         if result.status == "landed":
             report.status, report.commit, report.reason = "landed", result.new_tip, None

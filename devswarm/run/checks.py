@@ -37,7 +37,7 @@ class Checks:
             cwd,
             timeout=self.config.command_timeout,
             env=self._env(),
-            sandbox=self.config.use_bwrap is not False and sandboxed,
+            sandbox=self.config.sandbox and sandboxed,
             hidden=[self.config.home],
         )
         return CheckResult(

@@ -26,9 +26,12 @@ def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
     """The Run of a swarm flow run: its key from the process that started it (never a flow
     parameter), or the environment; its start recorded and announced."""
     if not config.api_key.get_secret_value():
-        key = take_key(config.run_name) or SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+        key = take_key(config.run_id) or SecretStr(os.environ.get("OPENAI_API_KEY", ""))
         config = config.model_copy(update={"api_key": key})
     run = Run(config)
+    if flow_run_id and flow_run_id not in run.state.flow_runs:
+        run.state.flow_runs.append(flow_run_id)
+        run.save_state()
     run.record_run("running", len(run.state.cycles), flow_run_id)
     for model in run.unpriced:
         run.progress.emit(

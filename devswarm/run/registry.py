@@ -79,16 +79,16 @@ def first_time(run_id: str, what: str) -> bool:
         return True
 
 
-def hand_over_key(run_name: str | None, key: SecretStr) -> None:
+def hand_over_key(run_id: str | None, key: SecretStr) -> None:
     """Give a run's API key to its flow without making it a (stored) flow parameter."""
-    if run_name and key.get_secret_value():
+    if run_id and key.get_secret_value():
         with _LOCK:
-            _KEYS[run_name] = key
+            _KEYS[run_id] = key
 
 
-def take_key(run_name: str | None) -> SecretStr | None:
+def take_key(run_id: str | None) -> SecretStr | None:
     with _LOCK:
-        return _KEYS.pop(run_name, None) if run_name else None
+        return _KEYS.pop(run_id, None) if run_id else None
 
 
 @contextlib.contextmanager

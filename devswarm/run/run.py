@@ -20,7 +20,7 @@ from devswarm.errors import UserError
 from devswarm.git.plumbing import check_branch_name
 from devswarm.git.remote import RemoteWorkspace
 from devswarm.git.workspace import Workspace
-from devswarm.ids import file_safe, new_run_name, repo_key
+from devswarm.ids import file_safe, new_run_id, repo_key
 from devswarm.model.client import ModelClient
 from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import Ledger
@@ -47,7 +47,7 @@ class Run:
             raise UserError("the goal is empty; give --goal TEXT or --goal-file FILE")
         repo = config.repo.expanduser().resolve()
         self.config = config
-        self.run_id = config.run_name or new_run_name(repo)
+        self.run_id = config.run_id or new_run_id(repo)
         self.branch = check_branch_name(config.branch or f"devswarm/{self.run_id}")
         self.dir = config.home / "runs" / self.run_id
         self.workspace: Workspace
@@ -60,7 +60,7 @@ class Run:
                 config.remote, worker_clones / repo_key(Path(config.remote)), self.branch
             )
         self.workspace.prune()
-        self.sandbox_notice = _sandbox_notice(config.use_bwrap)
+        self.sandbox_notice = _sandbox_notice(config.sandbox)
         if self.sandbox_notice and registry.first_time(self.run_id, "sandbox"):
             _log.warning(self.sandbox_notice)  # once per run (stderr; Prefect's console)
         self.ledger = Ledger(
@@ -267,14 +267,14 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
     return call
 
 
-def _sandbox_notice(use_bwrap: bool | None) -> str | None:
+def _sandbox_notice(sandbox: bool) -> str | None:
     """What to say once per run when agents' commands run without a sandbox (only when turned
     off); a sandbox that does not work here is refused with its cause and fix."""
-    if use_bwrap is not False:
+    if sandbox:
         require_sandbox()
         return None
     return (
-        "bubblewrap is turned off (use_bwrap=False): agents' commands run without a sandbox, "
+        "the sandbox is turned off (--no-sandbox): agents' commands run without one, "
         "with network access and write access to everything this user can write "
         "(see docs/sandbox.md)"
     )

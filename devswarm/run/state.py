@@ -12,12 +12,14 @@ from pydantic import BaseModel
 
 
 class RunState(BaseModel):
-    """The tips each cycle planned from, the finished cycles, the last green tip, hot files."""
+    """The tips each cycle planned from, the finished cycles, the last green tip, hot files,
+    and the swarm flow runs that ran it (crash marking finds them by id)."""
 
     cycle_tips: dict[int, str] = {}
     cycles: list[dict[str, Any]] = []
     last_green: str | None = None
     hot_files: dict[str, int] = {}
+    flow_runs: list[str] = []
 
     @classmethod
     def load(cls, path: Path) -> RunState:
@@ -29,6 +31,14 @@ class RunState(BaseModel):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(self.model_dump_json(indent=1))
         os.replace(tmp, path)
+
+
+def recorded_flow_runs(run_dir: Path) -> list[str]:
+    """The swarm flow runs a run recorded in its state (none if it has no state yet)."""
+    try:
+        return RunState.load(run_dir / "state.json").flow_runs
+    except (OSError, ValueError):
+        return []
 
 
 def earlier_hot_files(db: Path, repo: Path) -> Counter[str]:

@@ -204,7 +204,7 @@ class Store:
         """Join imported Prefect runs of a run to our agents where Prefect's side lacks it.
 
         Precedence: an agent row that recorded its flow run id (exact); then, for a work flow
-        run, the worker of the task its name gives ("work · <task id>") that started while it
+        run, the worker of the task its name gives ("work: <task key>", or an older devswarm's "work · <task id>") that started while it
         ran. A task run without an agent gets its subflow's (a stand-in for a subflow run) or
         else its flow run's (a landing).
         """

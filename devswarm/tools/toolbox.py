@@ -52,7 +52,7 @@ class Toolbox:
         command_timeout: float = 120,
         output_limit: int = 20_000,
         env: Mapping[str, str] | None = None,
-        use_bwrap: bool | None = None,
+        sandbox: bool = True,
         limits: ResourceLimits | None = None,
         secrets: Iterable[str] = (),
         hidden: Sequence[Path] = (),
@@ -68,7 +68,7 @@ class Toolbox:
         self.command_timeout = command_timeout
         self.output_limit = output_limit
         self.env = command_env(os.environ if env is None else env, secrets=secrets)
-        self.use_bwrap = use_bwrap
+        self.sandbox = sandbox
         self.limits = limits
         self.hidden = tuple(hidden)
         self.pcre = True  # search uses git grep -P until git says it was built without PCRE
@@ -131,7 +131,7 @@ class Toolbox:
             output_limit=self.output_limit,
             env=self.env,
             limits=self.limits,
-            sandbox=self.use_bwrap is not False,  # None: the default, sandboxed
+            sandbox=self.sandbox,
             hidden=self.hidden,
         )
         if result.timed_out:
