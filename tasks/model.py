@@ -1,6 +1,6 @@
 """The model call as a Prefect task: visible retries on transient errors, a cached result.
 
-The cache key is deterministic (run name, agent id, step, request hash) and the prompts hold
+The cache key is deterministic (run id, agent id, step, request hash) and the prompts hold
 nothing volatile, so re-running a crashed run replays answered calls without paying again.
 """
 

@@ -199,7 +199,7 @@ def secret_in_files(roots: Iterable[Path], secret: str) -> list[str]:
 
 
 def prefect_flow_runs(run_ids: list[str]) -> list[Any]:
-    """Flow runs named `swarm · <run id>` and all their descendants, through Prefect's client."""
+    """Flow runs named `swarm: <run id>` (or an older devswarm's `swarm · <run id>`) and all their descendants, through Prefect's client."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -210,7 +210,9 @@ def prefect_flow_runs(run_ids: list[str]) -> list[Any]:
     with get_client(sync_client=True) as client:
         frontier = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=[f"swarm · {r}" for r in run_ids])
+                name=FlowRunFilterName(
+                    any_=[n for r in run_ids for n in (f"swarm: {r}", f"swarm · {r}")]
+                )
             )
         )
         found = {fr.id: fr for fr in frontier}
@@ -465,7 +467,7 @@ def _check_secret(
         flow_runs = prefect_flow_runs(run_ids)
         f.facts["prefect_flow_runs"] = len(flow_runs)
         if not flow_runs:
-            f.problem(f"Prefect has no flow run named swarm · {run_ids}")
+            f.problem(f"Prefect has no flow run named swarm: {run_ids}")
         texts = prefect_texts(flow_runs)
         f.facts["prefect_artifacts"] = len(texts["artifacts"])
         f.facts["prefect_logs"] = len(texts["logs"])

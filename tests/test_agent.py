@@ -327,14 +327,14 @@ LIMITS = {
     "steps": AgentLimits(max_steps=2),
     "tokens": AgentLimits(max_tokens=50),
     "cost": AgentLimits(max_cost_usd=1e-7),
-    "wall_time": AgentLimits(max_wall_seconds=0.5),
+    "wall_seconds": AgentLimits(max_wall_seconds=0.5),
 }
 
 
 @pytest.mark.parametrize("name", list(LIMITS))
 def test_each_limit_ends_the_agent_with_its_status(h: Harness, name: str) -> None:
     steps = [
-        calls(tc("run", command="sleep 0.6" if name == "wall_time" else "true")),
+        calls(tc("run", command="sleep 0.6" if name == "wall_seconds" else "true")),
         calls(tc("read_file", path="b.txt")),
         calls(tc("list_files")),
         FINISH,

@@ -44,7 +44,7 @@ def test_runs_lists_a_run_and_logs_shows_an_agents_transcript(swarm_run, tmp_pat
     assert "planner/" not in logs.output  # only the agent asked for
 
     missing = runner.invoke(app, ["logs", "no-such-run", "--home", home])
-    assert missing.exit_code == 2 and "no run named no-such-run" in missing.output
+    assert missing.exit_code == 2 and "no run no-such-run" in missing.output
 
     stop = runner.invoke(app, ["stop", summary["run_id"], "--home", home], catch_exceptions=False)
     assert stop.exit_code == 0

@@ -232,7 +232,7 @@ def test_dollar_budget_drains_the_swarm_without_overspending(swarm_run, tmp_path
     assert 0 < cost <= cap
 
 
-def test_wall_time_budget_drains_the_swarm(swarm_run, tmp_path: Path) -> None:
+def test_wall_seconds_budget_drains_the_swarm(swarm_run, tmp_path: Path) -> None:
     from devswarm.config import Budget
 
     repo = make_repo(tmp_path / "user", FILES)

@@ -340,7 +340,7 @@ class Agent:
         if o.cost_usd >= lim.max_cost_usd:
             return "limit:cost", f"spent ${o.cost_usd:.4f} (cap ${lim.max_cost_usd})"
         if time.monotonic() - self.started >= lim.max_wall_seconds:
-            return "limit:wall_time", f"ran {lim.max_wall_seconds:g} s (cap)"
+            return "limit:wall_seconds", f"ran {lim.max_wall_seconds:g} s (cap)"
         return None
 
     def _usage(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ HomeOpt = Annotated[Path | None, typer.Option(help="Data folder (default $DEVSWA
 def _run_dir(home: Path | None, run: str) -> Path:
     path = (home or default_home()) / "runs" / run
     if not (path / "config.json").exists():
-        raise UserError(f"no run named {run} in {path.parent}")
+        raise UserError(f"no run {run} in {path.parent}")
     return path
 
 
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(
-        run: Annotated[str, typer.Argument(help="Run name")],
+        run: Annotated[str, typer.Argument(help="Run id")],
         agent: Annotated[
             str | None, typer.Option(help="Only agents whose id contains this")
         ] = None,
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
             time.sleep(1)
 
     @app.command()
-    def stop(run: Annotated[str, typer.Argument(help="Run name")], home: HomeOpt = None) -> None:
+    def stop(run: Annotated[str, typer.Argument(help="Run id")], home: HomeOpt = None) -> None:
         """Drain a running swarm: no new workers; running ones stop at their next step."""
         try:
             folder = _run_dir(home, run)
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"stop requested for {run}: it drains at the agents' next step")
 
     @app.command()
-    def resume(run: Annotated[str, typer.Argument(help="Run name")], home: HomeOpt = None) -> None:
+    def resume(run: Annotated[str, typer.Argument(help="Run id")], home: HomeOpt = None) -> None:
         """Continue a crashed or stopped run: landed tasks are kept, answered model calls replay free."""
         import os
 

@@ -41,7 +41,7 @@ class Ledger:
             if self.exhausted:
                 raise BudgetExhausted(self.exhausted)
             if time.monotonic() > self.deadline:
-                self.exhausted = "wall_time"
+                self.exhausted = "wall_seconds"
             elif self.tokens + self._reserved_tokens + tokens > self.max_tokens:
                 self.exhausted = "tokens"
             elif self.cost + self._reserved_cost + cost > self.max_cost_usd + 1e-12:

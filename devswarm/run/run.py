@@ -146,7 +146,7 @@ class Run:
         }
 
     def final_status(self, verdict: Verdict | None) -> str:
-        if self.ledger.exhausted in {"tokens", "cost", "wall_time", "cycles"} and (
+        if self.ledger.exhausted in {"tokens", "cost", "wall_seconds", "cycles"} and (
             verdict is None or verdict.decision != "done"
         ):
             return "budget_exhausted"
