@@ -104,7 +104,9 @@ class WorkerReport(BaseModel):
 
     task_key: str
     agent_id: str
-    status: str  # landed | failed | abandoned | stuck | limit:<name> | setup_failed | error
+    # landed | failed | abandoned | stuck | limit:<name> | setup_failed | error | skipped |
+    # stopped | budget_exhausted | crashed (the scheduler's, when a work subflow died twice)
+    status: str
     commit: str | None = None
     handoff: str = ""
     reason: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -46,3 +47,27 @@ def test_a_cycle_is_caught(tmp_path: Path) -> None:
     assert any(
         v.startswith("import cycle: devswarm.errors -> devswarm.ids") for v in violations(root)
     )
+
+
+def test_no_module_over_400_lines_and_flow_modules_stay_thin() -> None:
+    too_big = {
+        str(p.relative_to(ROOT)): n
+        for package in ("devswarm", "flows", "tasks", "blocks")
+        for p in (ROOT / package).rglob("*.py")
+        if "demo" not in p.parts and (n := len(p.read_text().splitlines())) > 400
+    }
+    assert too_big == {}
+    fat_flows = {
+        p.name: n
+        for p in (ROOT / "flows").glob("*.py")
+        if p.name != "__init__.py" and (n := len(p.read_text().splitlines())) > 80
+    }
+    assert fat_flows == {}
+
+
+def test_every_module_the_architecture_page_names_exists() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`((?:devswarm|flows|tasks|blocks)/[\w/]+\.(?:py|sql))`", page))
+    assert len(named) > 20, "docs/architecture.md should name the modules it describes"
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert missing == []

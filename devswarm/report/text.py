@@ -97,49 +97,42 @@ def report_lines(report: RunReport) -> list[str]:
             for x in report.roles
         ],
     )
-    lines += ["", "tasks"]
-    lines += (
-        _table(
-            ["task", "status", "attempts", "to land", "conflicts", "cost"],
+    lines += _section(
+        "tasks",
+        ["task", "status", "attempts", "to land", "conflicts", "cost"],
+        [
             [
-                [
-                    t["task_key"],
-                    t["status"] or "",
-                    str(t["attempts"] or 0),
-                    seconds(t["seconds_to_land"]),
-                    str(t["conflicts"]),
-                    money(t["cost_usd"]),
-                ]
-                for t in report.tasks
-            ],
-        )
-        if report.tasks
-        else ["  (none)"]
+                t["task_key"],
+                t["status"] or "",
+                str(t["attempts"] or 0),
+                seconds(t["seconds_to_land"]),
+                str(t["conflicts"]),
+                money(t["cost_usd"]),
+            ]
+            for t in report.tasks
+        ],
     )
     lines += ["", "hot files"]
     lines += [
         f"  {f['file']}: {f['conflicts']} conflict(s), planned by {f['planned_tasks']} task(s)"
         for f in report.hot_files
     ] or ["  (none)"]
-    lines += ["", "model latency (answered calls)"]
-    lines += (
-        _table(
-            ["model", "calls", "retries", "p50 ms", "p90 ms", "p99 ms"],
+    lines += _section(
+        "model latency (answered calls)",
+        ["model", "calls", "retries", "p50 ms", "p90 ms", "p99 ms"],
+        [
             [
-                [
-                    m["request_model"] or "?",
-                    str(m["calls"]),
-                    str(m["retries"]),
-                    *(
-                        f"{m[k]:.0f}" if m[k] is not None else ""
-                        for k in ("p50_ms", "p90_ms", "p99_ms")
-                    ),
-                ]
-                for m in report.latency
-            ],
-        )
-        if report.latency
-        else ["  (no calls)"]
+                m["request_model"] or "?",
+                str(m["calls"]),
+                str(m["retries"]),
+                *(
+                    f"{m[k]:.0f}" if m[k] is not None else ""
+                    for k in ("p50_ms", "p90_ms", "p99_ms")
+                ),
+            ]
+            for m in report.latency
+        ],
+        empty="(no calls)",
     )
     lines += ["", "tool errors"]
     lines += [
@@ -147,3 +140,10 @@ def report_lines(report: RunReport) -> list[str]:
         for e in report.tool_errors
     ] or ["  (none)"]
     return lines
+
+
+def _section(
+    title: str, header: list[str], rows: list[list[str]], empty: str = "(none)"
+) -> list[str]:
+    """A blank line, the title, then the rows as a table (or one line saying there are none)."""
+    return ["", title, *(_table(header, rows) if rows else [f"  {empty}"])]

@@ -1,15 +1,10 @@
 -- One row per agent: its model calls, tokens, cost, tool calls, tasks and landing conflicts.
 SELECT a.agent_id, a.run_id, a.cycle, a.role, a.task_key, a.request_model, a.status, a.steps,
-    coalesce(l.calls, 0) AS calls,
-    coalesce(l.failed_calls, 0) AS failed_calls,
-    coalesce(l.input_tokens, 0) AS input_tokens,
-    coalesce(l.output_tokens, 0) AS output_tokens,
-    coalesce(l.cache_read_input_tokens, 0) AS cache_read_input_tokens,
+    -- an agent without rows on one side counts 0 there (each COLUMNS keeps its columns' names)
+    coalesce(COLUMNS(l.* EXCLUDE (agent_id, run_id, cost_usd)), 0),
     l.cost_usd,
-    coalesce(tc.tool_calls, 0) AS tool_calls,
-    coalesce(tc.tool_errors, 0) AS tool_errors,
-    coalesce(tk.tasks_landed, 0) AS tasks_landed,
-    coalesce(tk.tasks_failed, 0) AS tasks_failed,
+    coalesce(COLUMNS(tc.* EXCLUDE (agent_id)), 0),
+    coalesce(COLUMNS(tk.* EXCLUDE (agent_id)), 0),
     coalesce(ld.conflicts, 0) AS conflicts,
     date_diff('microsecond', a.started_at, a.ended_at) / 1e6 AS wall_seconds
 FROM agents a

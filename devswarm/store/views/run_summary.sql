@@ -2,19 +2,13 @@
 SELECT r.run_id, r.goal, r.branch, r.status, r.started_at, r.ended_at,
     date_diff('microsecond', r.started_at, r.ended_at) / 1e6 AS wall_seconds,
     r.cycles,
+    -- a run without rows on one side counts 0 there (each COLUMNS keeps its columns' names)
     coalesce(a.agents, 0) AS agents,
-    coalesce(tk.tasks, 0) AS tasks,
-    coalesce(tk.tasks_landed, 0) AS tasks_landed,
-    coalesce(tk.tasks_failed, 0) AS tasks_failed,
-    coalesce(l.model_calls, 0) AS model_calls,
-    coalesce(l.failed_calls, 0) AS failed_calls,
-    coalesce(l.input_tokens, 0) AS input_tokens,
-    coalesce(l.output_tokens, 0) AS output_tokens,
-    coalesce(l.cache_read_input_tokens, 0) AS cache_read_input_tokens,
+    coalesce(COLUMNS(tk.* EXCLUDE (run_id)), 0),
+    coalesce(COLUMNS(l.* EXCLUDE (run_id, cost_usd)), 0),
     l.cost_usd,
     coalesce(tc.tool_calls, 0) AS tool_calls,
-    coalesce(ld.landings, 0) AS landings,
-    coalesce(ld.conflicts, 0) AS conflicts,
+    coalesce(COLUMNS(ld.* EXCLUDE (run_id)), 0),
     l.cost_usd / nullif(tk.tasks_landed, 0) AS cost_per_landed_task
 FROM runs r
 LEFT JOIN (SELECT run_id, count(*) AS agents FROM agents GROUP BY run_id) a USING (run_id)

@@ -4,13 +4,9 @@ SELECT t.run_id, t.task_key, t.cycle, t.title, t.status, t.attempts, t.reason, t
     date_diff('microsecond', p.ended_at, t.started_at) / 1e6 AS queued_seconds,
     date_diff('microsecond', t.started_at, t.ended_at) / 1e6 AS wall_seconds,
     date_diff('microsecond', t.started_at, ld.landed_at) / 1e6 AS seconds_to_land,
-    coalesce(ld.landing_attempts, 0) AS landing_attempts,
-    coalesce(ld.conflicts, 0) AS conflicts,
-    coalesce(c.workers, 0) AS workers,
-    coalesce(c.calls, 0) AS calls,
-    coalesce(c.input_tokens, 0) AS input_tokens,
-    coalesce(c.output_tokens, 0) AS output_tokens,
-    coalesce(c.cost_usd, 0) AS cost_usd,
+    -- a task without landings or calls counts 0 there (each COLUMNS keeps its columns' names)
+    coalesce(COLUMNS(ld.* EXCLUDE (run_id, task_key, landed_at)), 0),
+    coalesce(COLUMNS(c.* EXCLUDE (run_id, task_key)), 0),
     CASE WHEN t.status = 'landed' THEN coalesce(c.cost_usd, 0) END AS landed_cost_usd
 FROM tasks t
 LEFT JOIN agents p ON p.agent_id = t.planner_agent_id
