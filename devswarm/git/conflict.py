@@ -16,9 +16,9 @@ from devswarm.git.plumbing import (
     git,
     git_out,
     rev,
-    worktree_git_dir,
     zsplit,
 )
+from devswarm.git.refs import worktree_git_dir
 
 _MARKER_RE = re.compile(rb"^(?:<{7}|>{7}|\|{7})(?: |\r?$)", re.MULTILINE)
 # The conflicted paths of the open turn, kept in the worktree's git folder: git forgets them

@@ -22,7 +22,8 @@ from pydantic import BaseModel
 
 from devswarm.errors import UserError
 from devswarm.git.conflict import in_conflict, unmerged_paths
-from devswarm.git.plumbing import GitError, first_line, git, git_out, worktree_head
+from devswarm.git.plumbing import GitError, first_line, git, git_out
+from devswarm.git.refs import worktree_head
 
 MAX_CAS_RETRIES = 50
 

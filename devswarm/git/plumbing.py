@@ -1,15 +1,14 @@
-"""Running git: devswarm's identity and safety config, a clean environment, errors, refs.
+"""Running git: devswarm's identity and safety config, a clean environment, errors.
 
 Every git command devswarm runs goes through `git()` (or `run_git()` underneath it): the `-c`
 settings below win over the user's global and system config, the variables that point git
-elsewhere are dropped, and each command runs in its own process group. Reading a ref or a
-worktree's HEAD from its file costs no process (`read_sha`, `worktree_head`).
+elsewhere are dropped, and each command runs in its own process group. (Reading a ref or a
+worktree's HEAD from its file costs no process: refs.py.)
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -94,7 +93,6 @@ _RACE_MESSAGES = (
     "failed to update ref",
     "incorrect old value",
 )
-_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 class GitError(RuntimeError):
@@ -214,31 +212,3 @@ def check_branch_name(name: str) -> str:
     if proc.returncode != 0 or proc.stdout.strip() != name:
         raise UserError(f"invalid branch name: {name!r}")
     return name
-
-
-# -- refs read from their files ----------------------------------------------------------------
-
-
-def read_sha(path: Path) -> str | None:
-    """The object id a loose ref or a detached HEAD file holds; None when it holds anything
-    else (a symbolic ref, a packed or reftable ref: ask git). git replaces these files by
-    rename, so a read sees the old or the new id, never half of one. No process: a landing
-    reads its tips several times, and each `git rev-parse` costs ~2 ms of CPU."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text if _SHA_RE.fullmatch(text) else None
-
-
-def worktree_git_dir(worktree: Path) -> Path:
-    """The git folder of a worktree (a linked one's `<clone>/.git/worktrees/<id>`)."""
-    dot_git = worktree / ".git"
-    if dot_git.is_file():  # a linked worktree: "gitdir: <clone>/.git/worktrees/<id>"
-        return worktree / dot_git.read_text().split(":", 1)[1].strip()
-    return dot_git
-
-
-def worktree_head(worktree: Path) -> str:
-    """The commit a worktree's (detached) HEAD is at."""
-    return read_sha(worktree_git_dir(worktree) / "HEAD") or git_out(worktree, "rev-parse", "HEAD")

@@ -6,24 +6,25 @@ by a `git fetch` run in the user's repository (publish.py). Everything else happ
 and rerere, so neither devswarm nor an agent's own `git` command can be tripped up by the
 user's global config.
 
-Workspace is the facade; its rooms are the modules beside it: plumbing (running git), repo
-(GitPython, opened safely, for the user's repository), locks, worktrees (`with
-workspace.worktree(name, base) as path:`), landing (the lane: replay one commit with
-merge-tree, else rebase, then compare-and-swap), conflict (turns for the worker's agent),
-publish (to the user's repository and the shared remote) and remote (RemoteWorkspace, a worker
-process's workspace in remote mode, where `git push` is the compare-and-swap).
+Workspace is the facade; its rooms are the modules beside it: plumbing (running git), refs
+(read from their files), repo (GitPython, opened safely, for the user's repository), locks,
+worktrees (`with workspace.worktree(name, base) as path:`), commits (a worker's commit and
+diffs), trailers (what landed), landing (the lane: replay one commit with merge-tree, else
+rebase, then compare-and-swap), conflict (turns for the worker's agent), publish (to the
+user's repository and the shared remote) and remote (RemoteWorkspace, a worker process's
+workspace in remote mode, where `git push` is the compare-and-swap).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from devswarm.errors import UserError
+from devswarm.git.commits import Commits
 from devswarm.git.conflict import ConflictError, ConflictTurns
 from devswarm.git.landing import LandingLane, LandResult
 from devswarm.git.locks import (
@@ -41,13 +42,12 @@ from devswarm.git.plumbing import (
     first_line,
     git,
     git_out,
-    read_sha,
     rev,
-    worktree_head,
-    zsplit,
 )
 from devswarm.git.publish import Publishing
+from devswarm.git.refs import read_sha
 from devswarm.git.repo import read_user_repository
+from devswarm.git.trailers import LandedTasks
 from devswarm.git.worktrees import Worktrees
 
 __all__ = [
@@ -58,11 +58,8 @@ __all__ = [
     "check_branch_name",
 ]
 
-_TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_TRAILERS = {"run": "Devswarm-Run", "task": "Devswarm-Task", "agent": "Devswarm-Agent"}
 
-
-class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
+class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Publishing):
     """A private clone of the user's repository, its worktrees, and the landing branch."""
 
     _publishes = True  # a landing fast-forwards the user's branch (not so in a worker process)
@@ -180,80 +177,3 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         return read_sha(self.clone / ".git" / self.ref) or git_out(
             self.clone, "rev-parse", "--verify", self.ref
         )
-
-    # -- commits ------------------------------------------------------------------------------
-
-    def commit(self, worktree: Path, message: str, trailers: dict[str, str]) -> str | None:
-        """Commit everything in the worktree with `message` and a trailer block; None if unchanged.
-
-        During a conflict turn it first finishes the rebase (continue_conflict, which raises
-        ConflictError if markers are left) and returns the resolved HEAD if nothing else changed.
-        """
-        resolved = self.continue_conflict(worktree) if self.in_conflict(worktree) else None
-        git(worktree, "add", "-A")
-        proc = git(
-            worktree,
-            "commit",
-            "--no-verify",
-            "--quiet",
-            "--cleanup=whitespace",
-            "-F",
-            "-",
-            input=_message_with_trailers(message, trailers),
-            check=False,
-        )
-        if proc.returncode != 0:
-            if git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
-                return resolved  # nothing staged: nothing to commit
-            raise GitError(f"git commit failed: {first_line(proc.stderr)}", proc.stderr)
-        return worktree_head(worktree)
-
-    def changed_files(self, worktree: Path, base: str) -> list[str]:
-        """Paths that differ between `base` and the worktree's files, untracked ones included."""
-        tracked = git(worktree, "diff", "--name-only", "--no-renames", "-z", base, "--").stdout
-        untracked = git(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
-        return sorted(set(zsplit(tracked)) | set(zsplit(untracked)))
-
-    def diff_stat(self, worktree: Path, base: str, commit: str | None = None) -> str:
-        """`git diff --stat` from `base` to `commit`, or else to the worktree's files plus its
-        untracked files."""
-        if commit is not None:
-            return git(worktree, "diff", "--stat=120", base, commit, "--").stdout.rstrip()
-        stat = git(worktree, "diff", "--stat=120", base, "--").stdout.rstrip()
-        untracked = zsplit(git(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout)
-        lines = [stat] if stat else []
-        lines += [f" {p} | new file (untracked)" for p in untracked]
-        return "\n".join(lines)
-
-    def landed_trailers(self, rev_range: str | None = None) -> list[dict]:
-        """Commits in `rev_range` (default base..branch), oldest first, with their devswarm
-        trailers: {"commit", "subject", "run", "task", "agent"} (None when a trailer is absent)."""
-        fields = ["%H", "%s"] + [
-            f"%(trailers:key={k},valueonly,unfold)" for k in _TRAILERS.values()
-        ]
-        fmt = "%x1f".join(fields) + "%x1e"
-        rng = rev_range or f"{self.base_commit}..{self.ref}"
-        out = git(
-            self.clone, "log", "--reverse", f"--format={fmt}", "--end-of-options", rng, "--"
-        ).stdout
-        rows = []
-        for record in out.split("\x1e"):
-            parts = record.strip("\n").split("\x1f")
-            if len(parts) != 2 + len(_TRAILERS):
-                continue
-            row: dict[str, str | None] = {"commit": parts[0], "subject": parts[1]}
-            for key, value in zip(_TRAILERS, parts[2:], strict=True):
-                row[key] = value.strip().split("\n")[0] or None
-            rows.append(row)
-        return rows
-
-
-def _message_with_trailers(message: str, trailers: dict[str, str]) -> str:
-    """The message, a blank line, and one `Key: value` line per trailer (values on one line)."""
-    body = message.strip() or "devswarm task"
-    lines = []
-    for key, value in trailers.items():
-        if not _TRAILER_KEY_RE.fullmatch(key):
-            raise ValueError(f"invalid trailer key: {key!r}")
-        lines.append(f"{key}: {' '.join(str(value).split())}")
-    return f"{body}\n\n" + "\n".join(lines) + "\n" if lines else f"{body}\n"
