@@ -131,6 +131,7 @@ class RemoteWorkspace(Workspace):
             self.url,
             f"{candidate}:{self.ref}",
             check=False,
+            user_config=True,
         )
         if proc.returncode == 0:
             return None

@@ -9,10 +9,11 @@ user's global config.
 Workspace is the facade; its rooms are the modules beside it: plumbing (running git), refs
 (read from their files), repo (GitPython, opened safely, for the user's repository), locks,
 worktrees (`with workspace.worktree(name, base) as path:`), commits (a worker's commit and
-diffs), trailers (what landed), landing (the lane: replay one commit with merge-tree, else
-rebase, then compare-and-swap), conflict (turns for the worker's agent), publish (to the
-user's repository and the shared remote) and remote (RemoteWorkspace, a worker process's
-workspace in remote mode, where `git push` is the compare-and-swap).
+diffs; staging refuses an embedded repository), trailers (what landed), landing (the lane:
+replay one commit with merge-tree, else rebase, then compare-and-swap), conflict (turns for
+the worker's agent), publish (to the user's repository and the shared remote) and remote
+(RemoteWorkspace, a worker process's workspace in remote mode, where `git push` is the
+compare-and-swap).
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ from devswarm.git.plumbing import (
 from devswarm.git.publish import Publishing
 from devswarm.git.refs import read_sha
 from devswarm.git.repo import read_user_repository
+from devswarm.git.staging import CommitRefused
 from devswarm.git.trailers import LandedTasks
 from devswarm.git.worktrees import Worktrees
 
 __all__ = [
+    "CommitRefused",
     "ConflictError",
     "GitError",
     "LandResult",
@@ -113,7 +116,7 @@ class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Pub
         # zeros, and fetch refuses to run while it exists: drop dead processes' worktrees.
         self.prune()
         fetch = ("fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin")
-        proc = git(self.clone, *fetch, check=False)
+        proc = git(self.clone, *fetch, check=False, user_config=True)
         if proc.returncode != 0:
             raise UserError(f"cannot refresh {self.clone}: {first_line(proc.stderr)}")
 
@@ -156,6 +159,7 @@ class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Pub
             source,
             str(tmp),
             check=False,
+            user_config=True,
         )
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
