@@ -1,17 +1,17 @@
 """The landing lane: a worker's commits onto the branch's tip, then a compare-and-swap.
 
 Landing is mechanical: read the tip, put the worker's commits onto it (one commit is replayed
-with merge-tree + commit-tree, leaving the worktree alone; several, or a conflict, go through
-`git rebase`), compare-and-swap the branch with `git update-ref <ref> <new> <old>`. Inside one
-process a lane (a lock per clone and branch) does this serially so workers don't thrash; the
-compare-and-swap still guards against other processes. Every step here is plain git: the
-number of git processes per landing is what the lane's throughput is measured in.
+with merge-tree + commit-tree, leaving the worktree alone: replay.py; several, a conflict, or
+merge attributes on a file both sides changed go through `git rebase`), compare-and-swap the
+branch with `git update-ref <ref> <new> <old>`. Inside one process a lane (a lock per clone
+and branch) does this serially so workers don't thrash; the compare-and-swap still guards
+against other processes. Every step here is plain git: the number of git processes per
+landing is what the lane's throughput is measured in.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -22,8 +22,9 @@ from pydantic import BaseModel
 
 from devswarm.errors import UserError
 from devswarm.git.conflict import in_conflict, unmerged_paths
-from devswarm.git.plumbing import GitError, first_line, git, git_out
+from devswarm.git.plumbing import GitError, first_line, git
 from devswarm.git.refs import worktree_head
+from devswarm.git.replay import replay
 
 MAX_CAS_RETRIES = 50
 
@@ -164,44 +165,14 @@ class LandingLane:
         return None if cas.returncode == 0 else cas.stderr
 
     def _replay(self, tip: str, mb: str, head: str) -> str | None:
-        """A worker's one commit on `mb`, put on `tip` without touching its worktree: the
-        commit `git rebase` would make (same merge, author, message; committer devswarm), or
-        `tip` if it changes nothing there. None when `head` is not one plain commit on `mb` or
-        does not merge cleanly: the rebase then lands it or reports the conflict.
-
-        Three small git processes (cat-file, merge-tree, commit-tree) instead of a rebase's
-        checkout and state files: under load a rebase costs ~18 ms of CPU, these ~7. mb is the
-        only merge base of tip and head (head's parent is their best common ancestor), so the
-        merge is exactly the cherry-pick a rebase does."""
-        raw = git(self.clone, "cat-file", "commit", head, check=False)
-        header, sep, message = raw.stdout.partition("\n\n")
-        fields = [line.split(" ", 1) for line in header.splitlines()]
-        keys = [f[0] for f in fields]
-        if raw.returncode != 0 or not sep or keys[1:] != ["parent", "author", "committer"]:
-            return None  # not one parent, or signed, or another encoding: let rebase decide
-        if fields[1][1] != mb or not (
-            author := re.fullmatch(r"(.*) <(.*)> (\d+ [+-]\d{4})", fields[2][1])
-        ):
-            return None
-        merged = git(
-            self.clone, "merge-tree", "--write-tree", "--no-messages", tip, head, check=False
-        )
-        if merged.returncode != 0:  # 1: conflicts; older git: no --write-tree
-            return None
-        tree = merged.stdout.split("\n", 1)[0].strip()
+        """The worker's one commit replayed onto `tip` without touching its worktree
+        (replay.py), or None: the rebase decides."""
         known_tip, known_tree = self._replayed
-        tip_tree = (
-            known_tree if known_tip == tip else git_out(self.clone, "rev-parse", f"{tip}^{{tree}}")
-        )
-        if tree == tip_tree:
-            return tip
-        name, email, date = author.groups()
-        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": f"@{date}"}
-        new = git(
-            self.clone, "commit-tree", tree, "-p", tip, "-F", "-", input=message, env=env
-        ).stdout.strip()
-        self._replayed = (new, tree)  # most landings go onto the one before: its tree is known
-        return new
+        done = replay(self.clone, tip, mb, head, known_tree if known_tip == tip else None)
+        if done is None:
+            return None
+        self._replayed = done  # most landings go onto the one before: its tree is known
+        return done[0]
 
     def _rebase_for_landing(self, wt: Path, tip: str, mb: str, head: str) -> LandResult | None:
         """Rebase the worktree onto `tip` (what _replay cannot do); None when it went through,

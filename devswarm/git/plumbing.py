@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from devswarm.errors import UserError
 
@@ -199,15 +200,32 @@ def git(
     return proc
 
 
+def git_bytes(
+    cwd: Path | str,
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """As git(), in bytes: objects keep their exact size and their carriage returns."""
+    proc = run_git(cwd, args, input, env, binary=True)
+    if check and proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace")
+        raise GitError(f"git {' '.join(args[:3])} failed: {first_line(stderr)}", stderr)
+    return proc
+
+
 def run_git(
     cwd: Path | str,
     args: tuple[str, ...],
-    input: str | None,
+    input: str | bytes | None,
     env: dict[str, str] | None = None,
     *,
     user_config: bool = False,
-) -> subprocess.CompletedProcess[str]:
-    """The one place devswarm starts a git process (benchmarks wrap it to time each command)."""
+    binary: bool = False,
+) -> subprocess.CompletedProcess[Any]:
+    """The one place devswarm starts a git process (benchmarks wrap it to time each command).
+    Text in and out unless `binary`."""
     isolation = {} if user_config else ISOLATED_ENV
     return subprocess.run(
         git_argv(args, user_config=user_config),
@@ -215,9 +233,9 @@ def run_git(
         env=git_env() | isolation | (env or {}),
         input=input,
         capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="surrogateescape",  # paths round-trip to the file system unchanged
+        text=not binary,
+        encoding=None if binary else "utf-8",
+        errors=None if binary else "surrogateescape",  # paths round-trip unchanged
         stdin=None if input is not None else subprocess.DEVNULL,
         # Its own process group: a signal to ours (Ctrl-C in a terminal, Prefect's runner
         # cancelling a deployment's run with SIGTERM to the group) must not kill git halfway
