@@ -1,7 +1,8 @@
-"""No landed work lost, and the lane as fast as before (issue #14, part 3).
+"""No landed work lost, no task landed twice, and the lane as fast as before (issue #14, part 3).
 
-The replay (merge-tree) merges as `git rebase` does where `.gitattributes` sets merge
-attributes, and a landing costs no more git processes than before. Real git in tmp_path.
+A task already on the branch is not landed again; the replay (merge-tree) merges as `git
+rebase` does where `.gitattributes` sets merge attributes; and a landing costs no more git
+processes than before. Real git in tmp_path.
 """
 
 from __future__ import annotations
@@ -79,6 +80,47 @@ def work(ws: Workspace, name: str, files: dict[str, str], *, task: str | None = 
 
 def user_tip(repo: Path) -> str:
     return git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{BRANCH}", check=False)
+
+
+# -- a task lands once ------------------------------------------------------------------------
+
+
+def test_a_task_already_on_the_branch_is_not_landed_again(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    first = ws.land(work(ws, "one", {"a.txt": "first try\n"}, task="t1"))
+    assert first.status == "landed"
+    assert ws.landed_commit("run1", "t1") == first.new_tip
+    assert ws.landed_commit("run1", "t2") is None
+    assert ws.landed_commit("run2", "t1") is None
+    # The same task again (a worker run again after a crash), with other content.
+    again = ws.land(work(ws, "two", {"a.txt": "second try\n"}, task="t1"))
+    assert again.status == "landed" and again.commit == first.new_tip
+    assert again.new_tip == again.old_tip == ws.tip() == first.new_tip
+    assert "already on the branch" in (again.reason or "")
+
+
+def test_a_resumed_run_still_knows_its_landed_tasks(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    landed = ws.land(work(ws, "one", {"a.txt": "a\n"}, task="t1")).new_tip
+    ws.land(work(ws, "two", {"b.txt": "b\n"}, task="t2"))
+    resumed = Workspace(repo, tmp_path / "home", BRANCH)
+    assert resumed.base_commit == resumed.tip()  # its base is past the earlier landings
+    assert resumed.landed_commit("run1", "t1") == landed
+    assert resumed.land(work(resumed, "three", {"a.txt": "c\n"}, task="t1")).commit == landed
+    # Landings by another workspace object (another process) are seen too.
+    other = Workspace(repo, tmp_path / "home", BRANCH)
+    third = other.land(work(other, "four", {"d.txt": "d\n"}, task="t4")).new_tip
+    assert resumed.landed_commit("run1", "t4") == third
+
+
+def test_a_landed_commit_no_longer_on_the_branch_does_not_count(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    start = ws.tip()
+    ws.land(work(ws, "one", {"a.txt": "a\n"}, task="t1"))
+    assert ws.landed_commit("run1", "t1") is not None
+    # Another process moves the branch back (devswarm's own lane only moves it forward).
+    git(ws.clone, "update-ref", f"refs/heads/{BRANCH}", start)
+    assert ws.landed_commit("run1", "t1") is None
 
 
 # -- the replay merges as the rebase does -----------------------------------------------------
@@ -180,7 +222,7 @@ def test_a_landing_costs_no_more_git_processes_than_before(
     (shim / "git").write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
     (shim / "git").chmod(0o755)
     ws = Workspace(repo, tmp_path / "home", BRANCH)
-    ws.land(work(ws, "warm", {"warm.txt": "w\n"}))
+    ws.land(work(ws, "warm", {"warm.txt": "w\n"}))  # builds the task index once
     monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
 
     def counted(fn) -> Counter[str]:
@@ -213,3 +255,6 @@ def test_a_landing_costs_no_more_git_processes_than_before(
     apart = work(ws, "apart", {"f.txt": LINES.replace("line 10\n", "ten\n")})
     ws.land(work(ws, "first", {"f.txt": LINES.replace("line 1\n", "one\n")}))
     assert counted(lambda: ws.land(apart)) == replay
+    # The worker's question before landing ("is my task on the branch?"): no process while the
+    # index is current (a yes is checked against the branch: one, on that rare path).
+    assert counted(lambda: ws.landed_commit("run1", "not-yet")) == {}

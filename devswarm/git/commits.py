@@ -25,6 +25,8 @@ class Commits:
 
         def continue_conflict(self, worktree: Path) -> str: ...
 
+        def _note_commit(self, sha: str, trailers: dict[str, str]) -> None: ...
+
     def commit(self, worktree: Path, message: str, trailers: dict[str, str]) -> str | None:
         """Commit everything in the worktree with `message` and a trailer block; None if unchanged.
 
@@ -48,9 +50,14 @@ class Commits:
         if proc.returncode != 0:
             staged = git(worktree, "diff", "--cached", "--quiet", *DIFF_SAFE, check=False)
             if staged.returncode == 0:
-                return resolved  # nothing staged: nothing to commit
-            raise GitError(f"git commit failed: {first_line(proc.stderr)}", proc.stderr)
-        return worktree_head(worktree)
+                sha = resolved  # nothing staged: nothing to commit
+            else:
+                raise GitError(f"git commit failed: {first_line(proc.stderr)}", proc.stderr)
+        else:
+            sha = worktree_head(worktree)
+        if sha is not None:
+            self._note_commit(sha, trailers)
+        return sha
 
     def changed_files(self, worktree: Path, base: str) -> list[str]:
         """Paths that differ between `base` and the worktree's files, untracked ones included."""

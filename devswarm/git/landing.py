@@ -60,6 +60,10 @@ class LandingLane:
 
         def publish(self) -> None: ...
 
+        def _task_landed(self, head: str, tip: str) -> str | None: ...
+
+        def _note_landing(self, head: str, old_tip: str, new_tip: str) -> None: ...
+
     def land(
         self, worktree: Path, *, gate: Callable[[str], str | None] | None = None
     ) -> LandResult:
@@ -96,16 +100,11 @@ class LandingLane:
         last_err = ""
         for _ in range(MAX_CAS_RETRIES + 1):
             tip, head = self._read_tips(wt)
+            if landed := self._task_landed(head, tip):  # a worker run again after a crash
+                return _unmoved(landed, tip, retries, "the task is already on the branch")
             mb = git(wt, "merge-base", head, tip, check=False).stdout.strip()
             if mb == head:  # nothing new, or landed by an earlier attempt
-                return LandResult(
-                    status="landed",
-                    commit=head,
-                    old_tip=tip,
-                    new_tip=tip,
-                    cas_retries=retries,
-                    reason="already on the branch",
-                )
+                return _unmoved(head, tip, retries, "already on the branch")
             if mb == tip:
                 candidate = head
             elif replayed := self._replay(tip, mb, head):
@@ -117,13 +116,7 @@ class LandingLane:
                     return failed
                 candidate = worktree_head(wt)
             if candidate == tip:  # every change was already on the branch
-                return LandResult(
-                    status="landed",
-                    old_tip=tip,
-                    new_tip=tip,
-                    cas_retries=retries,
-                    reason="the changes were already on the branch",
-                )
+                return _unmoved(None, tip, retries, "the changes were already on the branch")
             if gate is not None:
                 refusal = gate(candidate)
                 if refusal is not None:
@@ -136,6 +129,7 @@ class LandingLane:
                     )
             failure = self._swap(candidate, tip)
             if failure is None:
+                self._note_landing(head, tip, candidate)
                 return LandResult(
                     status="landed",
                     commit=candidate,
@@ -199,3 +193,10 @@ class LandingLane:
             their_commits=[line for line in log.splitlines() if line],
             reason=f"rebase onto {tip[:12]} conflicts in {', '.join(files)}",
         )
+
+
+def _unmoved(commit: str | None, tip: str, retries: int, reason: str) -> LandResult:
+    """Landed, with nothing new for the branch: it stays at `tip`."""
+    return LandResult(
+        status="landed", commit=commit, old_tip=tip, new_tip=tip, cas_retries=retries, reason=reason
+    )

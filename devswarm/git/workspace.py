@@ -9,11 +9,11 @@ user's global config.
 Workspace is the facade; its rooms are the modules beside it: plumbing (running git), refs
 (read from their files), repo (GitPython, opened safely, for the user's repository), locks,
 worktrees (`with workspace.worktree(name, base) as path:`), commits (a worker's commit and
-diffs; staging refuses an embedded repository), trailers (what landed), landing (the lane:
-replay one commit with merge-tree, else rebase, then compare-and-swap), conflict (turns for
-the worker's agent), publish (to the user's repository and the shared remote) and remote
-(RemoteWorkspace, a worker process's workspace in remote mode, where `git push` is the
-compare-and-swap).
+diffs; staging refuses an embedded repository), trailers (what landed, and whether a task
+already did), landing (the lane: replay one commit with merge-tree, replay.py, else rebase,
+then compare-and-swap), conflict (turns for the worker's agent), publish (to the user's
+repository and the shared remote) and remote (RemoteWorkspace, a worker process's workspace
+in remote mode, where `git push` is the compare-and-swap).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from devswarm.git.publish import Publishing
 from devswarm.git.refs import read_sha
 from devswarm.git.repo import read_user_repository
 from devswarm.git.staging import CommitRefused
-from devswarm.git.trailers import LandedTasks
+from devswarm.git.trailers import LandedTasks, TaskIndex
 from devswarm.git.worktrees import Worktrees
 
 __all__ = [
@@ -92,6 +92,7 @@ class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Pub
         self._publisher: Publisher = registered(
             PUBLISHERS, (str(self._user_git_dir), self.branch), Publisher
         )
+        self._tasks = TaskIndex()
         with file_lock(self.home / ".clone.lock"), self._lane:
             self._open_clone()
             self._set_branch(user_tip)
