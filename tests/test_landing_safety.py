@@ -1,8 +1,9 @@
 """No landed work lost, no task landed twice, and the lane as fast as before (issue #14, part 3).
 
-A task already on the branch is not landed again; the replay (merge-tree) merges as `git
-rebase` does where `.gitattributes` sets merge attributes; and a landing costs no more git
-processes than before. Real git in tmp_path.
+A landing that cannot be published says so and is published by the next opening; a diverged
+branch is backed up, never dropped; a task already on the branch is not landed again; the
+replay (merge-tree) merges as `git rebase` does where `.gitattributes` sets merge attributes;
+and a landing costs no more git processes than before. Real git in tmp_path.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from devswarm.errors import UserError
 from devswarm.git.refs import worktree_head
-from devswarm.git.workspace import Workspace
+from devswarm.git.workspace import BACKUP_REFS, Workspace
 
 BRANCH = "devswarm/run1"
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
@@ -80,6 +82,80 @@ def work(ws: Workspace, name: str, files: dict[str, str], *, task: str | None = 
 
 def user_tip(repo: Path) -> str:
     return git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{BRANCH}", check=False)
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+
+def test_a_landing_that_cannot_be_published_says_so_and_the_next_opening_publishes_it(
+    repo: Path, tmp_path: Path
+) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    before = user_tip(repo)
+    lock = repo / ".git" / "refs" / "heads" / f"{BRANCH}.lock"
+    lock.write_text("")  # another git holds the user's branch: the fetch cannot move it
+    result = ws.land(work(ws, "t", {"n.txt": "n\n"}))
+    assert result.status == "landed" and result.published is False
+    assert result.publish_error and "could not publish" in result.publish_error
+    assert ws.tip() == result.new_tip != user_tip(repo) == before  # in the clone only
+    lock.unlink()
+    again = Workspace(repo, tmp_path / "home", BRANCH)  # the next run, or a resume
+    assert user_tip(repo) == again.tip() == result.new_tip
+
+
+def test_a_published_landing_says_published(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    result = ws.land(work(ws, "t", {"n.txt": "n\n"}))
+    assert result.published is True and result.publish_error is None
+
+
+def test_diverged_branches_stop_with_a_backup_and_the_next_run_follows_the_user(
+    repo: Path, tmp_path: Path
+) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    lock = repo / ".git" / "refs" / "heads" / f"{BRANCH}.lock"
+    lock.write_text("")
+    unpublished = ws.land(work(ws, "t", {"n.txt": "n\n"})).new_tip
+    lock.unlink()
+    # Meanwhile the user commits on the branch: the two have diverged.
+    tree = git(repo, "rev-parse", f"{user_tip(repo)}^{{tree}}")
+    theirs = git(repo, "commit-tree", tree, "-p", user_tip(repo), "-m", "user's own")
+    git(repo, "update-ref", f"refs/heads/{BRANCH}", theirs)
+
+    with pytest.raises(UserError, match="diverged") as stopped:
+        Workspace(repo, tmp_path / "home", BRANCH)
+    backups = git(ws.clone, "for-each-ref", "--format=%(refname) %(objectname)", BACKUP_REFS)
+    [(backup, kept)] = [line.split() for line in backups.splitlines()]
+    assert kept == unpublished and backup.startswith(f"{BACKUP_REFS}/{BRANCH}/")
+    assert backup in str(stopped.value) and "\n" not in str(stopped.value)
+    assert user_tip(repo) == theirs  # nothing forced
+    # The user's way back to the swarm's commits, as the message says.
+    git(repo, "fetch", "-q", str(ws.clone), f"{backup}:refs/heads/rescued")
+    assert git(repo, "rev-parse", "rescued") == unpublished
+    again = Workspace(repo, tmp_path / "home", BRANCH)  # continues from the user's branch
+    assert again.tip() == theirs
+
+
+def test_a_deleted_user_branch_is_recreated_and_the_clones_commits_kept_aside(
+    repo: Path, tmp_path: Path
+) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    landed = ws.land(work(ws, "t", {"n.txt": "n\n"})).new_tip
+    git(repo, "branch", "-D", BRANCH)
+    again = Workspace(repo, tmp_path / "home", BRANCH)
+    head = git(repo, "rev-parse", "HEAD")
+    assert again.tip() == head == user_tip(repo)
+    kept = git(ws.clone, "for-each-ref", "--format=%(objectname)", BACKUP_REFS)
+    assert kept == landed
+
+
+def test_a_clone_behind_the_user_follows_without_a_backup(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    tree = git(repo, "rev-parse", "HEAD^{tree}")
+    ahead = git(repo, "commit-tree", tree, "-p", user_tip(repo), "-m", "user's own")
+    git(repo, "update-ref", f"refs/heads/{BRANCH}", ahead)
+    assert Workspace(repo, tmp_path / "home", BRANCH).tip() == ahead
+    assert git(ws.clone, "for-each-ref", BACKUP_REFS) == ""
 
 
 # -- a task lands once ------------------------------------------------------------------------

@@ -40,7 +40,12 @@ class LandResult(BaseModel):
     conflict_files: list[str] = []
     their_commits: list[str] = []  # "<short sha> <subject>" of tip-side commits touching them
     reason: str | None = None
-    published: bool = False  # the user's refs/heads/<branch> reached new_tip
+    # Landed in the clone; did the user's refs/heads/<branch> reach new_tip? True; False with
+    # publish_error ("landed in the clone, not published": the next run or resume publishes
+    # it first); None where this workspace does not publish (a worker process in remote mode,
+    # or nothing landed).
+    published: bool | None = None
+    publish_error: str | None = None
     wait_ms: float = 0.0  # time spent waiting for the landing lane
     duration_ms: float = 0.0
 
@@ -87,6 +92,7 @@ class LandingLane:
                 self.publish()
                 result.published = True
             except UserError as exc:
+                result.published, result.publish_error = False, str(exc)
                 result.reason = str(exc)
         result.duration_ms = (time.perf_counter() - start) * 1000
         return result

@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from devswarm.errors import UserError
@@ -61,6 +62,8 @@ __all__ = [
     "check_branch_name",
 ]
 
+BACKUP_REFS = "refs/devswarm/backup"  # <BACKUP_REFS>/<branch>/<UTC time>: commits kept aside
+
 
 class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Publishing):
     """A private clone of the user's repository, its worktrees, and the landing branch."""
@@ -96,8 +99,7 @@ class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Pub
         with file_lock(self.home / ".clone.lock"), self._lane:
             self._open_clone()
             self._set_branch(user_tip)
-        if user_tip != self.tip():
-            self.publish()
+        self._publish_pending(user_tip)
 
     # -- clone and branch -------------------------------------------------------------------
 
@@ -169,13 +171,52 @@ class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Pub
         return True
 
     def _set_branch(self, user_tip: str | None) -> None:
+        """Point the clone's branch at the user's (base_commit), never dropping a commit.
+
+        A clone's branch ahead of the user's holds landings that were not published (a crash,
+        a failed publish): it is kept, and __init__ publishes it first. Any other commit a
+        reset would drop is kept under BACKUP_REFS first; if the user's branch moved too (the
+        two diverged), the reset is followed by a UserError that says where they are.
+        """
         current = rev(self.clone, self.ref)
-        if user_tip is not None and current not in (None, user_tip):
-            mb = git(self.clone, "merge-base", user_tip, current, check=False).stdout.strip()
-            if mb == user_tip:
-                # The clone is ahead: landings a crash kept from being published. Keep them.
-                return
+        if current is not None and current != self.base_commit:
+            mb = git(self.clone, "merge-base", self.base_commit, current, check=False)
+            behind = mb.stdout.strip() == current
+            if mb.stdout.strip() == self.base_commit and user_tip is not None:
+                return  # ahead: unpublished landings
+            backup = None if behind else self._back_up(current)
+        else:
+            backup = None
         git(self.clone, "update-ref", "-m", "devswarm: open", self.ref, self.base_commit)
+        if backup is not None and user_tip is not None:
+            raise UserError(
+                f"branch {self.branch} in {self.user_repo} and the swarm's in {self.clone} have "
+                f"diverged (both moved); nothing was forced: the swarm's commits are kept as "
+                f"{backup} in {self.clone} (`git fetch {self.clone} {backup}:<a new branch>` "
+                "brings them into your repository); run again to continue from your branch"
+            )
+
+    def _back_up(self, commit: str) -> str:
+        """A ref under BACKUP_REFS/<branch> holding `commit` (an existing one if any)."""
+        prefix = f"{BACKUP_REFS}/{self.branch}"
+        existing = git(
+            self.clone, "for-each-ref", "--points-at", commit, "--format=%(refname)", prefix
+        ).stdout.split()
+        if existing:
+            return existing[0]
+        name = stamp = f"{prefix}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+        taken = 1
+        while rev(self.clone, name) is not None:  # another backup this second
+            taken += 1
+            name = f"{stamp}-{taken}"
+        git(self.clone, "update-ref", "-m", "devswarm: backup", name, commit, "")
+        return name
+
+    def _publish_pending(self, user_tip: str | None) -> None:
+        """Publish what the user's branch lacks (a new branch, or landings not yet published)
+        before any new landing; UserError if it cannot."""
+        if user_tip != self.tip():
+            self.publish()
 
     def tip(self) -> str:
         """The landing branch's current commit in the clone."""
