@@ -158,6 +158,34 @@ def test_a_clone_behind_the_user_follows_without_a_backup(repo: Path, tmp_path: 
     assert git(ws.clone, "for-each-ref", BACKUP_REFS) == ""
 
 
+def test_a_landing_made_while_an_opening_resets_the_branch_is_not_dropped(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process sharing the clone lands just as an opening resets the clone's branch to
+    the user's: the reset is a compare-and-swap, so that landing is kept (backed up here, the
+    user's branch having moved too), never overwritten."""
+    ws = Workspace(repo, tmp_path / "home", BRANCH)
+    start = ws.tip()
+    tree = git(repo, "rev-parse", f"{start}^{{tree}}")
+    ahead = git(repo, "commit-tree", tree, "-p", start, "-m", "the user's, ahead")
+    git(repo, "update-ref", f"refs/heads/{BRANCH}", ahead)  # the opening will follow it
+    landed = git(ws.clone, "commit-tree", tree, "-p", start, "-m", "landed meanwhile")
+    # A git shim lands `landed` in the clone right before the opening's ref update runs.
+    real, shim, once = shutil.which("git"), tmp_path / "bin", tmp_path / "landed-once"
+    shim.mkdir()
+    (shim / "git").write_text(
+        f'#!/bin/sh\ncase "$*" in *"devswarm: open"*)\n  if [ ! -e {once} ]; then touch {once}; '
+        f'{real} update-ref refs/heads/{BRANCH} {landed}; fi;;\nesac\nexec {real} "$@"\n'
+    )
+    (shim / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    with pytest.raises(UserError, match="diverged"):
+        Workspace(repo, tmp_path / "home", BRANCH)
+    assert once.exists()
+    kept = git(ws.clone, "for-each-ref", "--format=%(objectname)", BACKUP_REFS)
+    assert kept == landed and ws.tip() == ahead == user_tip(repo)
+
+
 # -- a task lands once ------------------------------------------------------------------------
 
 

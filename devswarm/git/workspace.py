@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 BACKUP_REFS = "refs/devswarm/backup"  # <BACKUP_REFS>/<branch>/<UTC time>: commits kept aside
+_OPEN_ATTEMPTS = 5  # compare-and-swaps of the branch at opening, against concurrent landings
 
 
 class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Publishing):
@@ -178,16 +179,33 @@ class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Pub
         reset would drop is kept under BACKUP_REFS first; if the user's branch moved too (the
         two diverged), the reset is followed by a UserError that says where they are.
         """
-        current = rev(self.clone, self.ref)
-        if current is not None and current != self.base_commit:
-            mb = git(self.clone, "merge-base", self.base_commit, current, check=False)
-            behind = mb.stdout.strip() == current
-            if mb.stdout.strip() == self.base_commit and user_tip is not None:
-                return  # ahead: unpublished landings
-            backup = None if behind else self._back_up(current)
-        else:
+        for _ in range(_OPEN_ATTEMPTS):
+            current = rev(self.clone, self.ref)
+            if current == self.base_commit:
+                return
             backup = None
-        git(self.clone, "update-ref", "-m", "devswarm: open", self.ref, self.base_commit)
+            if current is not None:
+                mb = git(self.clone, "merge-base", self.base_commit, current, check=False)
+                if mb.stdout.strip() == self.base_commit and user_tip is not None:
+                    return  # ahead: unpublished landings
+                if mb.stdout.strip() != current:  # not merely behind: commits a reset drops
+                    backup = self._back_up(current)
+            # A compare-and-swap: another process sharing the clone may land meanwhile.
+            old = current or ""  # "": the branch must not exist yet
+            opened = git(
+                self.clone,
+                "update-ref",
+                "-m",
+                "devswarm: open",
+                self.ref,
+                self.base_commit,
+                old,
+                check=False,
+            )
+            if opened.returncode == 0:
+                break
+        else:
+            raise UserError(f"cannot set branch {self.branch} in {self.clone}: it keeps moving")
         if backup is not None and user_tip is not None:
             raise UserError(
                 f"branch {self.branch} in {self.user_repo} and the swarm's in {self.clone} have "
