@@ -147,6 +147,6 @@ class LandedTasks:
                 "--",
             ).stdout.strip()
         for row in read_trailers(self.clone, f"{since}..{tip}" if since else tip):
-            if row["run"] and row["task"]:
-                index.landed[(row["run"], row["task"])] = str(row["commit"])
+            if row["run"] and row["task"]:  # the first landing of a task, if it ever landed twice
+                index.landed.setdefault((row["run"], row["task"]), str(row["commit"]))
         index.tip = tip
