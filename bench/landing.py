@@ -371,10 +371,10 @@ def profile_lane(workdir: Path, workers: int, rounds: int, layout: str) -> None:
     original = plumbing.run_git
     lock = threading.Lock()
 
-    def timed(cwd, args, input, env=None):  # noqa: A002 - same signature as the original
+    def timed(cwd, args, input, env=None, **options):  # noqa: A002 - the original's signature
         t0 = time.perf_counter()
         try:
-            return original(cwd, args, input, env)
+            return original(cwd, args, input, env, **options)
         finally:
             with lock:
                 spent[" ".join(args[:2]) if args[0] == "worktree" else args[0]].append(

@@ -11,14 +11,16 @@ import re
 from pathlib import Path
 
 from devswarm.git.plumbing import (
+    DIFF_SAFE,
     GitError,
     first_line,
     git,
     git_out,
     rev,
-    worktree_git_dir,
     zsplit,
 )
+from devswarm.git.refs import worktree_git_dir
+from devswarm.git.staging import stage_all
 
 _MARKER_RE = re.compile(rb"^(?:<{7}|>{7}|\|{7})(?: |\r?$)", re.MULTILINE)
 # The conflicted paths of the open turn, kept in the worktree's git folder: git forgets them
@@ -42,7 +44,7 @@ def in_conflict(worktree: Path) -> bool:
 
 def unmerged_paths(worktree: Path) -> list[str]:
     """The worktree's paths git still lists as unmerged, sorted."""
-    out = git(worktree, "diff", "--name-only", "--diff-filter=U", "-z").stdout
+    out = git(worktree, "diff", "--name-only", "--diff-filter=U", "-z", *DIFF_SAFE).stdout
     return sorted(set(zsplit(out)))
 
 
@@ -101,7 +103,7 @@ class ConflictTurns:
         if left:
             raise ConflictError(f"conflict markers left in {', '.join(left)}", left)
         if in_conflict(wt):
-            git(wt, "add", "-A")
+            stage_all(wt)  # CommitRefused for an embedded repository, as at commit
             proc = git(wt, "rebase", "--continue", check=False)
             if proc.returncode != 0:
                 files = unmerged_paths(wt) if in_conflict(wt) else []

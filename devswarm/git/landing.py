@@ -1,17 +1,17 @@
 """The landing lane: a worker's commits onto the branch's tip, then a compare-and-swap.
 
 Landing is mechanical: read the tip, put the worker's commits onto it (one commit is replayed
-with merge-tree + commit-tree, leaving the worktree alone; several, or a conflict, go through
-`git rebase`), compare-and-swap the branch with `git update-ref <ref> <new> <old>`. Inside one
-process a lane (a lock per clone and branch) does this serially so workers don't thrash; the
-compare-and-swap still guards against other processes. Every step here is plain git: the
-number of git processes per landing is what the lane's throughput is measured in.
+with merge-tree + commit-tree, leaving the worktree alone: replay.py; several, a conflict, or
+merge attributes on a file both sides changed go through `git rebase`), compare-and-swap the
+branch with `git update-ref <ref> <new> <old>`. Inside one process a lane (a lock per clone
+and branch) does this serially so workers don't thrash; the compare-and-swap still guards
+against other processes. Every step here is plain git: the number of git processes per
+landing is what the lane's throughput is measured in.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -22,7 +22,9 @@ from pydantic import BaseModel
 
 from devswarm.errors import UserError
 from devswarm.git.conflict import in_conflict, unmerged_paths
-from devswarm.git.plumbing import GitError, first_line, git, git_out, worktree_head
+from devswarm.git.plumbing import GitError, first_line, git
+from devswarm.git.refs import worktree_head
+from devswarm.git.replay import replay
 
 MAX_CAS_RETRIES = 50
 
@@ -38,7 +40,12 @@ class LandResult(BaseModel):
     conflict_files: list[str] = []
     their_commits: list[str] = []  # "<short sha> <subject>" of tip-side commits touching them
     reason: str | None = None
-    published: bool = False  # the user's refs/heads/<branch> reached new_tip
+    # Landed in the clone; did the user's refs/heads/<branch> reach new_tip? True; False with
+    # publish_error ("landed in the clone, not published": the next run or resume publishes
+    # it first); None where this workspace does not publish (a worker process in remote mode,
+    # or nothing landed).
+    published: bool | None = None
+    publish_error: str | None = None
     wait_ms: float = 0.0  # time spent waiting for the landing lane
     duration_ms: float = 0.0
 
@@ -57,6 +64,10 @@ class LandingLane:
         def tip(self) -> str: ...
 
         def publish(self) -> None: ...
+
+        def _task_landed(self, head: str, tip: str) -> str | None: ...
+
+        def _note_landing(self, head: str, old_tip: str, new_tip: str) -> None: ...
 
     def land(
         self, worktree: Path, *, gate: Callable[[str], str | None] | None = None
@@ -81,6 +92,7 @@ class LandingLane:
                 self.publish()
                 result.published = True
             except UserError as exc:
+                result.published, result.publish_error = False, str(exc)
                 result.reason = str(exc)
         result.duration_ms = (time.perf_counter() - start) * 1000
         return result
@@ -94,16 +106,11 @@ class LandingLane:
         last_err = ""
         for _ in range(MAX_CAS_RETRIES + 1):
             tip, head = self._read_tips(wt)
+            if landed := self._task_landed(head, tip):  # a worker run again after a crash
+                return _unmoved(landed, tip, retries, "the task is already on the branch")
             mb = git(wt, "merge-base", head, tip, check=False).stdout.strip()
             if mb == head:  # nothing new, or landed by an earlier attempt
-                return LandResult(
-                    status="landed",
-                    commit=head,
-                    old_tip=tip,
-                    new_tip=tip,
-                    cas_retries=retries,
-                    reason="already on the branch",
-                )
+                return _unmoved(head, tip, retries, "already on the branch")
             if mb == tip:
                 candidate = head
             elif replayed := self._replay(tip, mb, head):
@@ -115,13 +122,7 @@ class LandingLane:
                     return failed
                 candidate = worktree_head(wt)
             if candidate == tip:  # every change was already on the branch
-                return LandResult(
-                    status="landed",
-                    old_tip=tip,
-                    new_tip=tip,
-                    cas_retries=retries,
-                    reason="the changes were already on the branch",
-                )
+                return _unmoved(None, tip, retries, "the changes were already on the branch")
             if gate is not None:
                 refusal = gate(candidate)
                 if refusal is not None:
@@ -134,6 +135,7 @@ class LandingLane:
                     )
             failure = self._swap(candidate, tip)
             if failure is None:
+                self._note_landing(head, tip, candidate)
                 return LandResult(
                     status="landed",
                     commit=candidate,
@@ -163,44 +165,14 @@ class LandingLane:
         return None if cas.returncode == 0 else cas.stderr
 
     def _replay(self, tip: str, mb: str, head: str) -> str | None:
-        """A worker's one commit on `mb`, put on `tip` without touching its worktree: the
-        commit `git rebase` would make (same merge, author, message; committer devswarm), or
-        `tip` if it changes nothing there. None when `head` is not one plain commit on `mb` or
-        does not merge cleanly: the rebase then lands it or reports the conflict.
-
-        Three small git processes (cat-file, merge-tree, commit-tree) instead of a rebase's
-        checkout and state files: under load a rebase costs ~18 ms of CPU, these ~7. mb is the
-        only merge base of tip and head (head's parent is their best common ancestor), so the
-        merge is exactly the cherry-pick a rebase does."""
-        raw = git(self.clone, "cat-file", "commit", head, check=False)
-        header, sep, message = raw.stdout.partition("\n\n")
-        fields = [line.split(" ", 1) for line in header.splitlines()]
-        keys = [f[0] for f in fields]
-        if raw.returncode != 0 or not sep or keys[1:] != ["parent", "author", "committer"]:
-            return None  # not one parent, or signed, or another encoding: let rebase decide
-        if fields[1][1] != mb or not (
-            author := re.fullmatch(r"(.*) <(.*)> (\d+ [+-]\d{4})", fields[2][1])
-        ):
-            return None
-        merged = git(
-            self.clone, "merge-tree", "--write-tree", "--no-messages", tip, head, check=False
-        )
-        if merged.returncode != 0:  # 1: conflicts; older git: no --write-tree
-            return None
-        tree = merged.stdout.split("\n", 1)[0].strip()
+        """The worker's one commit replayed onto `tip` without touching its worktree
+        (replay.py), or None: the rebase decides."""
         known_tip, known_tree = self._replayed
-        tip_tree = (
-            known_tree if known_tip == tip else git_out(self.clone, "rev-parse", f"{tip}^{{tree}}")
-        )
-        if tree == tip_tree:
-            return tip
-        name, email, date = author.groups()
-        env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": f"@{date}"}
-        new = git(
-            self.clone, "commit-tree", tree, "-p", tip, "-F", "-", input=message, env=env
-        ).stdout.strip()
-        self._replayed = (new, tree)  # most landings go onto the one before: its tree is known
-        return new
+        done = replay(self.clone, tip, mb, head, known_tree if known_tip == tip else None)
+        if done is None:
+            return None
+        self._replayed = done  # most landings go onto the one before: its tree is known
+        return done[0]
 
     def _rebase_for_landing(self, wt: Path, tip: str, mb: str, head: str) -> LandResult | None:
         """Rebase the worktree onto `tip` (what _replay cannot do); None when it went through,
@@ -227,3 +199,10 @@ class LandingLane:
             their_commits=[line for line in log.splitlines() if line],
             reason=f"rebase onto {tip[:12]} conflicts in {', '.join(files)}",
         )
+
+
+def _unmoved(commit: str | None, tip: str, retries: int, reason: str) -> LandResult:
+    """Landed, with nothing new for the branch: it stays at `tip`."""
+    return LandResult(
+        status="landed", commit=commit, old_tip=tip, new_tip=tip, cas_retries=retries, reason=reason
+    )

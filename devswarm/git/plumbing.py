@@ -1,17 +1,26 @@
-"""Running git: devswarm's identity and safety config, a clean environment, errors, refs.
+"""Running git: devswarm's identity and safety config, a clean environment, errors.
 
 Every git command devswarm runs goes through `git()` (or `run_git()` underneath it): the `-c`
-settings below win over the user's global and system config, the variables that point git
-elsewhere are dropped, and each command runs in its own process group. Reading a ref or a
-worktree's HEAD from its file costs no process (`read_sha`, `worktree_head`).
+settings below win over every config file, the variables that point git elsewhere are
+dropped, and each command runs in its own process group. (Reading a ref or a worktree's HEAD
+from its file costs no process: refs.py.)
+
+Commands run in the private clone and its worktrees, which read what agents wrote, read no
+system or global config either (`user_config=False`, the default): a filter, textconv or merge
+driver is defined in config only, so none is defined for them, and whatever an agent's
+`.gitattributes` names runs nothing (docs/sandbox.md, "devswarm's own git commands"). Only
+transport (clone, fetch, push: the user's repository and the shared remote) reads the user's
+config, for its credentials, ssh and URL settings.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from devswarm.errors import UserError
 
@@ -19,7 +28,7 @@ IDENTITY_NAME = "devswarm"
 IDENTITY_EMAIL = "devswarm@localhost"
 
 # Applied to every git command devswarm runs (the user's repository included: `-c` only changes
-# this one process). They win over the user's global and system config.
+# this one process). They win over every config file, a worktree's own included.
 SAFE_CONFIG: dict[str, str] = {
     "commit.gpgsign": "false",
     "tag.gpgsign": "false",
@@ -30,9 +39,15 @@ SAFE_CONFIG: dict[str, str] = {
     "rebase.autoStash": "false",
     "rebase.autoSquash": "false",
     "rebase.updateRefs": "false",
-    "core.fsmonitor": "false",  # a daemon per worktree would be 32 daemons
+    "core.fsmonitor": "false",  # a daemon per worktree would be 32 daemons; or an agent's program
     "core.quotePath": "false",
+    "core.pager": "cat",
     "advice.detachedHead": "false",
+    # Never enter a repository inside a worktree: its config is the agent's (fsmonitor,
+    # filters...). Diffs name --ignore-submodules=all too, which .gitmodules cannot override.
+    "diff.ignoreSubmodules": "all",
+    "submodule.recurse": "false",
+    "fetch.recurseSubmodules": "false",
 }
 SAFE_ARGS: tuple[str, ...] = tuple(a for k, v in SAFE_CONFIG.items() for a in ("-c", f"{k}={v}"))
 
@@ -42,6 +57,16 @@ CLONE_CONFIG: dict[str, str] = {
     "user.email": IDENTITY_EMAIL,
     **SAFE_CONFIG,
 }
+
+# No system or global config (see the module's docstring).
+ISOLATED_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+# Of the user's config, the files a command in a worktree still honours: which paths are
+# ignored decides what is committed, and attributes decide how files merge (read the same by
+# the rebase and the replay). Patterns only: they name drivers, which stay undefined.
+KEPT_USER_PATHS = ("core.excludesFile", "core.attributesFile")
+# Diff options for devswarm's own diffs of a worktree: no external diff or textconv program,
+# and no look inside a nested repository (a command-line flag, so .gitmodules cannot undo it).
+DIFF_SAFE = ("--no-ext-diff", "--no-textconv", "--ignore-submodules=all")
 
 # Variables that point git elsewhere: at another repository (inherited from a hook or a test
 # harness, they would make git act on the wrong one), or at config smuggled in through the
@@ -94,7 +119,6 @@ _RACE_MESSAGES = (
     "failed to update ref",
     "incorrect old value",
 )
-_SHA_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 
 
 class GitError(RuntimeError):
@@ -119,11 +143,39 @@ def git_env() -> dict[str, str]:
         GIT_COMMITTER_NAME=IDENTITY_NAME,
         GIT_COMMITTER_EMAIL=IDENTITY_EMAIL,
         GIT_EDITOR="true",  # `rebase --continue` must never wait for an editor
+        GIT_SEQUENCE_EDITOR="true",
         GIT_MERGE_AUTOEDIT="no",
         GIT_TERMINAL_PROMPT="0",
         LC_ALL="C",  # messages we match on are in English
     )
     return env
+
+
+def git_argv(args: tuple[str, ...] | list[str], *, user_config: bool = False) -> list[str]:
+    """The command line of one of devswarm's git commands: the safety settings, then (without
+    the user's config) the user's kept paths, then `args`."""
+    kept = () if user_config else kept_user_paths()
+    return ["git", *SAFE_ARGS, *kept, *args]
+
+
+def kept_user_paths() -> tuple[str, ...]:
+    """`-c` arguments carrying KEPT_USER_PATHS from the user's config into isolated commands."""
+    names = ("HOME", "XDG_CONFIG_HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM")
+    return _kept_user_paths(tuple(os.environ.get(n) for n in (*names, "GIT_CONFIG_NOSYSTEM")))
+
+
+@functools.lru_cache(maxsize=8)
+def _kept_user_paths(_where: tuple[str | None, ...]) -> tuple[str, ...]:
+    # Once per process and set of config locations (tests move HOME). Outside any repository.
+    pattern = "^(" + "|".join(re.escape(k.lower()) for k in KEPT_USER_PATHS) + ")$"
+    proc = git(
+        "/", "config", "--path", "-z", "--get-regexp", pattern, check=False, user_config=True
+    )
+    args: list[str] = []
+    for record in zsplit(proc.stdout) if proc.returncode == 0 else []:
+        key, _, value = record.partition("\n")
+        args += ["-c", f"{key}={value}"]
+    return tuple(args)
 
 
 def git(
@@ -132,13 +184,15 @@ def git(
     check: bool = True,
     input: str | None = None,
     env: dict[str, str] | None = None,
+    user_config: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run one git command with devswarm's identity and safety config (`env` added to its
-    environment); raise GitError if asked."""
+    environment); raise GitError if asked. The user's system and global config are read only
+    with `user_config` (transport: see the module's docstring)."""
     if not os.path.isdir(cwd):
         raise GitError(f"git {' '.join(args[:2])}: no such folder: {cwd}")
     try:
-        proc = run_git(cwd, args, input, env)
+        proc = run_git(cwd, args, input, env, user_config=user_config)
     except FileNotFoundError as exc:
         raise UserError("git is not installed (not found on PATH)") from exc
     if check and proc.returncode != 0:
@@ -146,19 +200,42 @@ def git(
     return proc
 
 
+def git_bytes(
+    cwd: Path | str,
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """As git(), in bytes: objects keep their exact size and their carriage returns."""
+    proc = run_git(cwd, args, input, env, binary=True)
+    if check and proc.returncode != 0:
+        stderr = proc.stderr.decode("utf-8", "replace")
+        raise GitError(f"git {' '.join(args[:3])} failed: {first_line(stderr)}", stderr)
+    return proc
+
+
 def run_git(
-    cwd: Path | str, args: tuple[str, ...], input: str | None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """The one place devswarm starts a git process (benchmarks wrap it to time each command)."""
+    cwd: Path | str,
+    args: tuple[str, ...],
+    input: str | bytes | None,
+    env: dict[str, str] | None = None,
+    *,
+    user_config: bool = False,
+    binary: bool = False,
+) -> subprocess.CompletedProcess[Any]:
+    """The one place devswarm starts a git process (benchmarks wrap it to time each command).
+    Text in and out unless `binary`."""
+    isolation = {} if user_config else ISOLATED_ENV
     return subprocess.run(
-        ["git", *SAFE_ARGS, *args],
+        git_argv(args, user_config=user_config),
         cwd=cwd,
-        env=git_env() | (env or {}),
+        env=git_env() | isolation | (env or {}),
         input=input,
         capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="surrogateescape",  # paths round-trip to the file system unchanged
+        text=not binary,
+        encoding=None if binary else "utf-8",
+        errors=None if binary else "surrogateescape",  # paths round-trip unchanged
         stdin=None if input is not None else subprocess.DEVNULL,
         # Its own process group: a signal to ours (Ctrl-C in a terminal, Prefect's runner
         # cancelling a deployment's run with SIGTERM to the group) must not kill git halfway
@@ -214,31 +291,3 @@ def check_branch_name(name: str) -> str:
     if proc.returncode != 0 or proc.stdout.strip() != name:
         raise UserError(f"invalid branch name: {name!r}")
     return name
-
-
-# -- refs read from their files ----------------------------------------------------------------
-
-
-def read_sha(path: Path) -> str | None:
-    """The object id a loose ref or a detached HEAD file holds; None when it holds anything
-    else (a symbolic ref, a packed or reftable ref: ask git). git replaces these files by
-    rename, so a read sees the old or the new id, never half of one. No process: a landing
-    reads its tips several times, and each `git rev-parse` costs ~2 ms of CPU."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text if _SHA_RE.fullmatch(text) else None
-
-
-def worktree_git_dir(worktree: Path) -> Path:
-    """The git folder of a worktree (a linked one's `<clone>/.git/worktrees/<id>`)."""
-    dot_git = worktree / ".git"
-    if dot_git.is_file():  # a linked worktree: "gitdir: <clone>/.git/worktrees/<id>"
-        return worktree / dot_git.read_text().split(":", 1)[1].strip()
-    return dot_git
-
-
-def worktree_head(worktree: Path) -> str:
-    """The commit a worktree's (detached) HEAD is at."""
-    return read_sha(worktree_git_dir(worktree) / "HEAD") or git_out(worktree, "rev-parse", "HEAD")

@@ -50,6 +50,7 @@ class Publishing:
             str(self.clone),
             f"{self.ref}:{self.ref}",
             check=False,
+            user_config=True,
         )
         if proc.returncode == 0:
             return
@@ -81,6 +82,7 @@ class Publishing:
                 url,
                 f"{self.ref}:{self.ref}",
                 check=False,
+                user_config=True,
             )
         if proc.returncode == 0:
             return
@@ -119,7 +121,7 @@ class Publishing:
         add lock covers this process, a retry other processes sharing the clone."""
         for attempt in range(WORKTREE_ADD_ATTEMPTS):
             with self._add_lock:
-                proc = git(self.clone, *FETCH_ARGS, url, refspec, check=False)
+                proc = git(self.clone, *FETCH_ARGS, url, refspec, check=False, user_config=True)
             if proc.returncode == 0 or "worktrees/" not in proc.stderr:
                 break
             time.sleep(0.02 * (attempt + 1) * (1 + random.random()))

@@ -26,6 +26,7 @@ from devswarm.git.plumbing import (
     git_out,
     lost_race,
 )
+from devswarm.git.trailers import TaskIndex
 from devswarm.git.workspace import Workspace
 from devswarm.procs import pid_alive
 
@@ -90,6 +91,7 @@ class RemoteWorkspace(Workspace):
             registered(LANES, (key, self.branch), threading.Lock), lane_file
         )
         self._add_lock = registered(ADD_LOCKS, key, threading.RLock)
+        self._tasks = TaskIndex()
         self.home.mkdir(parents=True, exist_ok=True)
         with file_lock(self.home / ".clone.lock"):
             self._open_or_clone(
@@ -131,6 +133,7 @@ class RemoteWorkspace(Workspace):
             self.url,
             f"{candidate}:{self.ref}",
             check=False,
+            user_config=True,
         )
         if proc.returncode == 0:
             return None

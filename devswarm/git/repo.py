@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from devswarm.errors import UserError
-from devswarm.git.plumbing import PARENT_GIT_VARS, SAFE_CONFIG, first_line, redirects_git
+from devswarm.git.plumbing import (
+    ISOLATED_ENV,
+    PARENT_GIT_VARS,
+    SAFE_CONFIG,
+    first_line,
+    redirects_git,
+)
 
 try:
     import git as gitpython
@@ -45,8 +51,7 @@ class _SafeGit(gitpython.Git):
         super().__init__(working_dir)
         self.set_persistent_git_options(c=[f"{k}={v}" for k, v in SAFE_CONFIG.items()])
         self.update_environment(
-            GIT_CONFIG_NOSYSTEM="1",
-            GIT_CONFIG_GLOBAL="/dev/null",
+            **ISOLATED_ENV,
             GIT_OPTIONAL_LOCKS="0",  # reads never write the index
             GIT_TERMINAL_PROMPT="0",
         )

@@ -6,24 +6,27 @@ by a `git fetch` run in the user's repository (publish.py). Everything else happ
 and rerere, so neither devswarm nor an agent's own `git` command can be tripped up by the
 user's global config.
 
-Workspace is the facade; its rooms are the modules beside it: plumbing (running git), repo
-(GitPython, opened safely, for the user's repository), locks, worktrees (`with
-workspace.worktree(name, base) as path:`), landing (the lane: replay one commit with
-merge-tree, else rebase, then compare-and-swap), conflict (turns for the worker's agent),
-publish (to the user's repository and the shared remote) and remote (RemoteWorkspace, a worker
-process's workspace in remote mode, where `git push` is the compare-and-swap).
+Workspace is the facade; its rooms are the modules beside it: plumbing (running git), refs
+(read from their files), repo (GitPython, opened safely, for the user's repository), locks,
+worktrees (`with workspace.worktree(name, base) as path:`), commits (a worker's commit and
+diffs; staging refuses an embedded repository), trailers (what landed, and whether a task
+already did), landing (the lane: replay one commit with merge-tree, replay.py, else rebase,
+then compare-and-swap), conflict (turns for the worker's agent), publish (to the user's
+repository and the shared remote) and remote (RemoteWorkspace, a worker process's workspace
+in remote mode, where `git push` is the compare-and-swap).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from devswarm.errors import UserError
+from devswarm.git.commits import Commits
 from devswarm.git.conflict import ConflictError, ConflictTurns
 from devswarm.git.landing import LandingLane, LandResult
 from devswarm.git.locks import (
@@ -41,16 +44,17 @@ from devswarm.git.plumbing import (
     first_line,
     git,
     git_out,
-    read_sha,
     rev,
-    worktree_head,
-    zsplit,
 )
 from devswarm.git.publish import Publishing
+from devswarm.git.refs import read_sha
 from devswarm.git.repo import read_user_repository
+from devswarm.git.staging import CommitRefused
+from devswarm.git.trailers import LandedTasks, TaskIndex
 from devswarm.git.worktrees import Worktrees
 
 __all__ = [
+    "CommitRefused",
     "ConflictError",
     "GitError",
     "LandResult",
@@ -58,11 +62,11 @@ __all__ = [
     "check_branch_name",
 ]
 
-_TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_TRAILERS = {"run": "Devswarm-Run", "task": "Devswarm-Task", "agent": "Devswarm-Agent"}
+BACKUP_REFS = "refs/devswarm/backup"  # <BACKUP_REFS>/<branch>/<UTC time>: commits kept aside
+_OPEN_ATTEMPTS = 5  # compare-and-swaps of the branch at opening, against concurrent landings
 
 
-class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
+class Workspace(Worktrees, Commits, ConflictTurns, LandingLane, LandedTasks, Publishing):
     """A private clone of the user's repository, its worktrees, and the landing branch."""
 
     _publishes = True  # a landing fast-forwards the user's branch (not so in a worker process)
@@ -92,11 +96,11 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         self._publisher: Publisher = registered(
             PUBLISHERS, (str(self._user_git_dir), self.branch), Publisher
         )
+        self._tasks = TaskIndex()
         with file_lock(self.home / ".clone.lock"), self._lane:
             self._open_clone()
             self._set_branch(user_tip)
-        if user_tip != self.tip():
-            self.publish()
+        self._publish_pending(user_tip)
 
     # -- clone and branch -------------------------------------------------------------------
 
@@ -116,7 +120,7 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         # zeros, and fetch refuses to run while it exists: drop dead processes' worktrees.
         self.prune()
         fetch = ("fetch", "--quiet", "--no-tags", "--prune", "--no-auto-maintenance", "origin")
-        proc = git(self.clone, *fetch, check=False)
+        proc = git(self.clone, *fetch, check=False, user_config=True)
         if proc.returncode != 0:
             raise UserError(f"cannot refresh {self.clone}: {first_line(proc.stderr)}")
 
@@ -159,6 +163,7 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
             source,
             str(tmp),
             check=False,
+            user_config=True,
         )
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -167,93 +172,72 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
         return True
 
     def _set_branch(self, user_tip: str | None) -> None:
-        current = rev(self.clone, self.ref)
-        if user_tip is not None and current not in (None, user_tip):
-            mb = git(self.clone, "merge-base", user_tip, current, check=False).stdout.strip()
-            if mb == user_tip:
-                # The clone is ahead: landings a crash kept from being published. Keep them.
+        """Point the clone's branch at the user's (base_commit), never dropping a commit.
+
+        A clone's branch ahead of the user's holds landings that were not published (a crash,
+        a failed publish): it is kept, and __init__ publishes it first. Any other commit a
+        reset would drop is kept under BACKUP_REFS first; if the user's branch moved too (the
+        two diverged), the reset is followed by a UserError that says where they are.
+        """
+        for _ in range(_OPEN_ATTEMPTS):
+            current = rev(self.clone, self.ref)
+            if current == self.base_commit:
                 return
-        git(self.clone, "update-ref", "-m", "devswarm: open", self.ref, self.base_commit)
+            backup = None
+            if current is not None:
+                mb = git(self.clone, "merge-base", self.base_commit, current, check=False)
+                if mb.stdout.strip() == self.base_commit and user_tip is not None:
+                    return  # ahead: unpublished landings
+                if mb.stdout.strip() != current:  # not merely behind: commits a reset drops
+                    backup = self._back_up(current)
+            # A compare-and-swap: another process sharing the clone may land meanwhile.
+            old = current or ""  # "": the branch must not exist yet
+            opened = git(
+                self.clone,
+                "update-ref",
+                "-m",
+                "devswarm: open",
+                self.ref,
+                self.base_commit,
+                old,
+                check=False,
+            )
+            if opened.returncode == 0:
+                break
+        else:
+            raise UserError(f"cannot set branch {self.branch} in {self.clone}: it keeps moving")
+        if backup is not None and user_tip is not None:
+            raise UserError(
+                f"branch {self.branch} in {self.user_repo} and the swarm's in {self.clone} have "
+                f"diverged (both moved); nothing was forced: the swarm's commits are kept as "
+                f"{backup} in {self.clone} (`git fetch {self.clone} {backup}:<a new branch>` "
+                "brings them into your repository); run again to continue from your branch"
+            )
+
+    def _back_up(self, commit: str) -> str:
+        """A ref under BACKUP_REFS/<branch> holding `commit` (an existing one if any)."""
+        prefix = f"{BACKUP_REFS}/{self.branch}"
+        existing = git(
+            self.clone, "for-each-ref", "--points-at", commit, "--format=%(refname)", prefix
+        ).stdout.split()
+        if existing:
+            return existing[0]
+        name = stamp = f"{prefix}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+        taken = 1
+        while rev(self.clone, name) is not None:  # another backup this second
+            taken += 1
+            name = f"{stamp}-{taken}"
+        git(self.clone, "update-ref", "-m", "devswarm: backup", name, commit, "")
+        return name
+
+    def _publish_pending(self, user_tip: str | None) -> None:
+        """Publish what the user's branch lacks (a new branch, or landings not yet published)
+        before any new landing; UserError if it cannot."""
+        if user_tip != self.tip():
+            self.publish()
 
     def tip(self) -> str:
         """The landing branch's current commit in the clone."""
         return read_sha(self.clone / ".git" / self.ref) or git_out(
             self.clone, "rev-parse", "--verify", self.ref
         )
-
-    # -- commits ------------------------------------------------------------------------------
-
-    def commit(self, worktree: Path, message: str, trailers: dict[str, str]) -> str | None:
-        """Commit everything in the worktree with `message` and a trailer block; None if unchanged.
-
-        During a conflict turn it first finishes the rebase (continue_conflict, which raises
-        ConflictError if markers are left) and returns the resolved HEAD if nothing else changed.
-        """
-        resolved = self.continue_conflict(worktree) if self.in_conflict(worktree) else None
-        git(worktree, "add", "-A")
-        proc = git(
-            worktree,
-            "commit",
-            "--no-verify",
-            "--quiet",
-            "--cleanup=whitespace",
-            "-F",
-            "-",
-            input=_message_with_trailers(message, trailers),
-            check=False,
-        )
-        if proc.returncode != 0:
-            if git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
-                return resolved  # nothing staged: nothing to commit
-            raise GitError(f"git commit failed: {first_line(proc.stderr)}", proc.stderr)
-        return worktree_head(worktree)
-
-    def changed_files(self, worktree: Path, base: str) -> list[str]:
-        """Paths that differ between `base` and the worktree's files, untracked ones included."""
-        tracked = git(worktree, "diff", "--name-only", "--no-renames", "-z", base, "--").stdout
-        untracked = git(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout
-        return sorted(set(zsplit(tracked)) | set(zsplit(untracked)))
-
-    def diff_stat(self, worktree: Path, base: str, commit: str | None = None) -> str:
-        """`git diff --stat` from `base` to `commit`, or else to the worktree's files plus its
-        untracked files."""
-        if commit is not None:
-            return git(worktree, "diff", "--stat=120", base, commit, "--").stdout.rstrip()
-        stat = git(worktree, "diff", "--stat=120", base, "--").stdout.rstrip()
-        untracked = zsplit(git(worktree, "ls-files", "--others", "--exclude-standard", "-z").stdout)
-        lines = [stat] if stat else []
-        lines += [f" {p} | new file (untracked)" for p in untracked]
-        return "\n".join(lines)
-
-    def landed_trailers(self, rev_range: str | None = None) -> list[dict]:
-        """Commits in `rev_range` (default base..branch), oldest first, with their devswarm
-        trailers: {"commit", "subject", "run", "task", "agent"} (None when a trailer is absent)."""
-        fields = ["%H", "%s"] + [
-            f"%(trailers:key={k},valueonly,unfold)" for k in _TRAILERS.values()
-        ]
-        fmt = "%x1f".join(fields) + "%x1e"
-        rng = rev_range or f"{self.base_commit}..{self.ref}"
-        out = git(
-            self.clone, "log", "--reverse", f"--format={fmt}", "--end-of-options", rng, "--"
-        ).stdout
-        rows = []
-        for record in out.split("\x1e"):
-            parts = record.strip("\n").split("\x1f")
-            if len(parts) != 2 + len(_TRAILERS):
-                continue
-            row: dict[str, str | None] = {"commit": parts[0], "subject": parts[1]}
-            for key, value in zip(_TRAILERS, parts[2:], strict=True):
-                row[key] = value.strip().split("\n")[0] or None
-            rows.append(row)
-        return rows
-
-
-def _message_with_trailers(message: str, trailers: dict[str, str]) -> str:
-    """The message, a blank line, and one `Key: value` line per trailer (values on one line)."""
-    body = message.strip() or "devswarm task"
-    lines = []
-    for key, value in trailers.items():
-        if not _TRAILER_KEY_RE.fullmatch(key):
-            raise ValueError(f"invalid trailer key: {key!r}")
-        lines.append(f"{key}: {' '.join(str(value).split())}")
-    return f"{body}\n\n" + "\n".join(lines) + "\n" if lines else f"{body}\n"

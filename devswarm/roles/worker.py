@@ -13,7 +13,7 @@ from typing import Any
 from devswarm.agent.loop import Agent
 from devswarm.git.conflict import ConflictError
 from devswarm.git.landing import LandResult
-from devswarm.git.workspace import Workspace
+from devswarm.git.workspace import CommitRefused, Workspace
 from devswarm.ids import file_safe, trailers, worker_id
 from devswarm.model.errors import ModelCallError
 from devswarm.records import now
@@ -167,6 +167,14 @@ def _finish(
                 return None
             conflict_turns += 1
             agent.tell(prompts.conflict(exc.files, []))
+            agent.run()
+            continue
+        except CommitRefused as exc:  # e.g. a repository inside the worktree: it can remove it
+            if check_turns >= cfg.check_turns:
+                report.status, report.reason = "failed", str(exc)
+                return None
+            check_turns += 1
+            agent.tell(str(exc))
             agent.run()
             continue
         if sha is None and not ws.changed_files(wt, task.base_commit):

@@ -12,20 +12,23 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from devswarm.git.plumbing import ISOLATED_ENV, git_argv
 from devswarm.tools.paths import relative
 
 MAX_REMEMBERED = 5_000  # paths of git's file list kept between tools (× agents at once)
 
 
 def read_only_git(env: Mapping[str, str], *args: str) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for one of the toolbox's own read-only git commands."""
+    """argv and environment for one of the toolbox's own read-only git commands: they run
+    outside the sandbox, on files an agent wrote, so with devswarm's safe settings and no
+    user config, as every git command devswarm runs in a worktree (devswarm/git/plumbing.py)."""
     git_env = {
         **env,
+        **ISOLATED_ENV,
         "GIT_OPTIONAL_LOCKS": "0",  # never take the index lock an agent's command may need
         "GIT_LITERAL_PATHSPECS": "1",  # a path like app/[id]/page.tsx is not a glob
     }
-    # fsmonitor would run a program named in the repository's config: never from here.
-    return ["git", "-c", "core.fsmonitor=false", "-c", "core.quotePath=false", *args], git_env
+    return git_argv(args), git_env
 
 
 class Listing:
