@@ -108,6 +108,10 @@ class WorkerReport(BaseModel):
     # stopped | budget_exhausted | crashed (the scheduler's, when a work subflow died twice)
     status: str
     commit: str | None = None
+    # False: landed in devswarm's clone, not published to the user's branch (publish_error
+    # says why); the run's end, the next run or `devswarm resume` publishes it first.
+    published: bool | None = None
+    publish_error: str | None = None
     handoff: str = ""
     reason: str | None = None
     conflicts: int = 0

@@ -342,8 +342,8 @@ def test_a_worker_told_of_its_embedded_repository_removes_it_and_lands(tmp_path:
             }
         ]
     }
-    use_bwrap = None if sandbox_works() else False
-    with running(tmp_path, scenario, repo, use_bwrap=use_bwrap) as (run, log):
+    sandbox = sandbox_works()
+    with running(tmp_path, scenario, repo, sandbox=sandbox) as (run, log):
         report = work(run, planned(run, "nest"))
     assert report.status == "landed", report.reason
     told = chat_requests(log)[2]["request"]["messages"][-1]

@@ -31,6 +31,7 @@ from devswarm.run.run import Run, plain_calls
 from devswarm.sandbox.probe import sandbox_works
 from devswarm.schemas import PlannedTask, TaskSpec, Verdict, WorkerReport
 from tests.conftest import chat_requests, git, make_repo, snapshot
+from tests.helpers import write_and_finish
 
 KEY = "sk-test-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -559,3 +560,44 @@ def test_a_swarm_on_a_json_object_only_server_plans_works_and_judges(
     assert sent("judge/") == [(200, False)]
     judge = next(r for r in reqs if r["agent"].startswith("judge/"))
     assert judge["request"]["messages"][-1]["content"] == schema_prompt(Verdict)
+
+
+def test_a_landing_that_cannot_be_published_says_so_and_is_published_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """The user checks the landing branch out mid-run: the landing stays in devswarm's clone,
+    the report, the landings row and the run's end say "not published"; once the branch is
+    free again, the next run publishes it before anything else."""
+    from devswarm.run.cycles import end_run
+
+    repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
+    scenario = {"agents": [{"match": "worker/*", "steps": write_and_finish("b.txt", "b\n")}]}
+    with running(tmp_path, scenario, repo, run_id="pub", branch="devswarm/pub") as (run, _log):
+        before = git(repo, "rev-parse", "devswarm/pub")
+        git(repo, "worktree", "add", "-q", str(tmp_path / "busy"), "devswarm/pub")
+        report = work(run, planned(run, "b"))
+        assert report.status == "landed" and report.published is False
+        assert "checked out" in (report.publish_error or "")
+        assert git(repo, "rev-parse", "devswarm/pub") == before  # the user's branch: untouched
+        end_run(run, "done")
+        assert run.summary("done", None, None)["unpublished"]
+        landed = rows(run.config.db_path, "SELECT published, publish_error FROM landings")
+        assert landed == [(False, report.publish_error)]
+    git(repo, "worktree", "remove", "--force", str(tmp_path / "busy"))
+    with running(tmp_path, {}, repo, run_id="pub", branch="devswarm/pub") as (run, _log):
+        assert git(repo, "rev-parse", "devswarm/pub") == report.commit  # published first
+
+
+def test_a_worker_run_again_after_its_task_landed_lands_nothing_and_asks_no_model(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
+    scenario = {"agents": [{"match": "worker/*", "steps": write_and_finish("b.txt", "b\n")}]}
+    with running(tmp_path, scenario, repo) as (run, log):
+        task = planned(run, "b")
+        first = work(run, task)
+        tip, asked = run.workspace.tip(), len(chat_requests(log))
+        again = work_task(run, plain_calls, task, attempt=2)  # e.g. after a crash past landing
+        assert first.status == again.status == "landed" and again.commit == first.commit
+        assert "already on the branch" in (again.reason or "")
+        assert run.workspace.tip() == tip and len(chat_requests(log)) == asked

@@ -13,6 +13,7 @@ from devswarm.errors import UserError
 
 # done and stopped (by the judge or a person) are normal ends; an exhausted budget is not.
 EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4}
+UNPUBLISHED_EXIT = 5
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -101,6 +102,15 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def finish(summary: dict[str, Any]) -> NoReturn:
-    """Print a run's summary and exit with its status's code."""
+    """Print a run's summary and exit with its status's code (5 when its landings are in
+    devswarm's clone but did not reach the user's branch)."""
     print_summary(summary)
+    if summary.get("unpublished"):
+        typer.secho(
+            f"devswarm: landed in the clone, not published: {summary['unpublished']} "
+            "(the next run or `devswarm resume` publishes it first)",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(UNPUBLISHED_EXIT)
     raise typer.Exit(EXIT_CODES.get(summary["status"], 1))

@@ -91,6 +91,15 @@ class LandedTasks:
         a task again: a worker run again after a crash must not land it twice."""
         return self._landed_on((run_id, task_key), self.tip())
 
+    def landed_tasks(self, run_id: str) -> set[str]:
+        """The keys of run `run_id`'s tasks on the branch now (landings from before a resume
+        included: the index reads past the run's base)."""
+        tip = self.tip()
+        with self._tasks.lock:
+            if self._tasks.tip != tip:
+                self._read_index(tip)
+            return {task for run, task in self._tasks.landed if run == run_id}
+
     def _note_commit(self, sha: str, trailers: dict[str, str]) -> None:
         """Remember the task of a commit this process made for a worker (commit())."""
         run, task = trailers.get(TRAILERS["run"]), trailers.get(TRAILERS["task"])

@@ -32,7 +32,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"  tool calls     {n['tool_calls']}",
         f"  conflicts      {n['conflicts']} ({n['resolved']} resolved and landed)",
         f"  branch         {summary['branch']} at {summary['tip'][:12]}"
-        + (f" in {summary['repo']}" if summary.get("repo") else ""),
+        + (f" in {summary['repo']}" if summary.get("repo") else "")
+        + (" (landed in the clone, not published)" if summary.get("unpublished") else ""),
         f"  DuckDB         {db}",
     ]
     if summary.get("verdict"):

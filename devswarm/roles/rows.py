@@ -110,6 +110,8 @@ def landing_row(
         old_tip=result.old_tip,
         new_tip=result.new_tip,
         status=result.status,
+        published=result.published,
+        publish_error=result.publish_error,
         cas_retries=result.cas_retries,
         conflict_files=json.dumps(result.conflict_files),
         resolved=resolved and result.status == "landed",

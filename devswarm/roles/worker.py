@@ -58,6 +58,11 @@ def work_task(
                 if reason := run.should_stop():
                     report.status, report.reason = "skipped", f"not started: {reason}"
                     return report
+                if landed := run.workspace.landed_commit(run.run_id, task.key):
+                    # Run again after a crash that came after its landing: never land twice.
+                    report.status, report.commit = "landed", landed
+                    report.reason = "already on the branch (landed before this attempt)"
+                    return report
                 with run.workspace.worktree(file_safe(agent_id), task.base_commit) as wt:
                     _work(run, session, task, wt, report, land)
             finally:
@@ -185,6 +190,7 @@ def _finish(
         landing_row(run, task, report.agent_id, result, started, resolved=conflict_turns > 0)
         if result.status == "landed":
             report.status, report.commit, report.reason = "landed", result.new_tip, None
+            report.published, report.publish_error = result.published, result.publish_error
             report.conflicts = conflict_turns
             return result
         if result.status != "conflict":

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from devswarm.config import SwarmConfig
+from devswarm.errors import UserError
 from devswarm.records import now, span_id
 from devswarm.roles import prompts
 from devswarm.roles.rows import record_skip
@@ -45,6 +46,11 @@ def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
 def end_run(run: Run, status: str, flow_run_id: str | None = None) -> Path | None:
     """Record the run's end, import every record, merge into the warehouse; the HTML report."""
     run.record_run(status, len(run.state.cycles), flow_run_id)
+    try:  # landings a failed publish left in the clone get another try before the run ends
+        run.workspace.publish()
+    except UserError as exc:
+        run.unpublished = str(exc)
+        run.progress.emit(f"landed in the clone, not published: {exc}")
     run.workspace.prune()
     run.records.import_now()
     report = run.publish()

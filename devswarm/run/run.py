@@ -80,6 +80,7 @@ class Run:
         self.secrets = [s for s in [config.api_key.get_secret_value()] if s]
         self.log = RecordLog(self.dir / "records" / "swarm.jsonl")
         self.stop_reason: str | None = None
+        self.unpublished: str | None = None  # why the branch did not reach the user's at the end
         self.started_at = now()
         self.starts: dict[str, str] = {}  # agent id or task key -> when it started
         self.state = RunState.load(self.dir / "state.json")
@@ -139,11 +140,7 @@ class Run:
 
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
-        return {
-            t["task"]
-            for t in self.workspace.landed_trailers()
-            if t.get("run") == self.run_id and t.get("task")
-        }
+        return self.workspace.landed_tasks(self.run_id)
 
     def final_status(self, verdict: Verdict | None) -> str:
         if self.ledger.exhausted in {"tokens", "cost", "wall_seconds", "cycles"} and (
@@ -170,6 +167,7 @@ class Run:
             "tasks_not_landed": self.progress.not_landed(),
             "tokens": self.ledger.tokens,
             "cost_usd": round(self.ledger.cost, 6),
+            "unpublished": self.unpublished,
             "verdict": verdict.model_dump() if verdict else None,
         }
 

@@ -116,6 +116,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE model_calls ADD COLUMN usage_estimated BOOLEAN",
         ),
     ),
+    Migration(
+        5,
+        "published landings",
+        (
+            # A landing in devswarm's clone that did not reach the user's branch says so.
+            "ALTER TABLE landings ADD COLUMN published BOOLEAN",
+            "ALTER TABLE landings ADD COLUMN publish_error VARCHAR",
+        ),
+    ),
 )
+
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -111,7 +111,10 @@ TABLES: dict[str, Table] = {
             _cols(
                 "landing_id run_id cycle:int task_key agent_id branch commit_sha old_tip new_tip"
                 " status cas_retries:int conflict_files:json resolved:bool started_at:timestamp"
-                " ended_at:timestamp duration_ms:double" + _SPAN
+                " ended_at:timestamp duration_ms:double"
+                + _SPAN
+                + _LATER_COLUMNS
+                + " published:bool publish_error"
             ),
         ),
         # Prefect's view of a run, copied from its API by `devswarm history import`. Keyed by
