@@ -315,7 +315,7 @@ def _user_env(tmp_path: Path, home: Path) -> dict[str, str]:
 
 def _run_cmd(url: str, repo: Path, name: str, *extra: str) -> list[str]:
     return [EXE, "run", "--repo", str(repo), "--goal", "write the files", "--base-url", url,
-            "--model", "offline-model", "--run-name", name, *extra]  # fmt: skip
+            "--model", "offline-model", "--run-id", name, *extra]  # fmt: skip
 
 
 # -- 3. the orchestrator killed with SIGKILL, then resumed ----------------------------------------
