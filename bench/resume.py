@@ -76,7 +76,7 @@ def measure(args: argparse.Namespace, server: c.PrefectServer) -> dict:
         log,
     ):
         cmd = [EXE, "run", "--repo", str(repo), "--goal", "bench", "--base-url", url, "--model",
-               "offline-model", "--workers", str(args.workers), "--run-name", "bench-resume"]  # fmt: skip
+               "offline-model", "--workers", str(args.workers), "--run-id", "bench-resume"]  # fmt: skip
         began = time.monotonic()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)  # fmt: skip

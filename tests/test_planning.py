@@ -358,7 +358,7 @@ def test_a_running_swarm_drains_on_stop_sigterm_and_ctrl_c(tmp_path: Path, how: 
                 "offline-model",
                 "--workers",
                 "1",
-                "--run-name",
+                "--run-id",
                 "stopme",
             ],
             env=env,

@@ -69,7 +69,7 @@ def test_killed_run_resumes_without_redoing_or_repaying(tmp_path: Path) -> None:
     with ModelServer(Scenario.from_data(scenario), log_path=log) as server:
         proc = subprocess.Popen(
             [exe, "run", "--repo", str(repo), "--goal", "write three files", "--base-url", server.url,
-             "--model", "offline-model", "--workers", "1", "--run-name", "resumeme"],
+             "--model", "offline-model", "--workers", "1", "--run-id", "resumeme"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 180
