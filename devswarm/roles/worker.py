@@ -20,6 +20,7 @@ from devswarm.records import now
 from devswarm.roles import prompts
 from devswarm.roles.rows import landing_row, task_row
 from devswarm.roles.session import CallFactory, Session, agent_session
+from devswarm.run.checks import hidden_paths
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, WorkerReport
 from devswarm.tools.toolbox import Toolbox
@@ -99,7 +100,7 @@ def _work(
             env=run.env(),
             sandbox=cfg.sandbox,
             secrets=run.secrets,
-            hidden=[cfg.home],
+            hidden=hidden_paths(cfg.home),
         )
         agent = session.new_agent(toolbox, prompts.WORKER, prompts.worker_user(task, ""))
         agent.run()

@@ -15,6 +15,14 @@ from devswarm.config import SwarmConfig
 from devswarm.git.workspace import Workspace
 from devswarm.sandbox.command import run_command
 from devswarm.schemas import CheckResult
+from devswarm.server.folder import server_dir
+
+
+def hidden_paths(home: Path) -> list[Path]:
+    """What sandboxed commands must not see: the data folder (other runs' records, clones) and
+    `devswarm server`'s folder wherever it lives (its PostgreSQL socket trusts local
+    connections; Prefect's blocks there hold API keys)."""
+    return [home, server_dir(), server_dir(home)]
 
 
 class Checks:
@@ -38,7 +46,7 @@ class Checks:
             timeout=self.config.command_timeout,
             env=self._env(),
             sandbox=self.config.sandbox and sandboxed,
-            hidden=[self.config.home],
+            hidden=hidden_paths(self.config.home),
         )
         return CheckResult(
             command=command,
