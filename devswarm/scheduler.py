@@ -51,6 +51,7 @@ class Scheduler:
         max_planners: int = 2,
         max_followups: int = 4,
         landed: set[str] | None = None,
+        on_landed_before: Callable[[PlannedTask], None] | None = None,
     ) -> None:
         self.work, self.followup = work, followup
         self.should_stop, self.tip = should_stop, tip
@@ -61,6 +62,7 @@ class Scheduler:
             max_followups,
         )
         self.landed: set[str] = set(landed or ())  # task keys already on the branch (resume)
+        self.on_landed_before = on_landed_before
         self.reports: dict[str, WorkerReport] = {}
         self.followups = 0
 
@@ -126,6 +128,8 @@ class Scheduler:
                     status="landed",
                     reason="landed before the resume",
                 )
+                if self.on_landed_before:
+                    self.on_landed_before(task)
             elif stop:
                 self._skip(task, f"not started: {stop}")
             elif failed:

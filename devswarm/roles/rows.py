@@ -123,6 +123,14 @@ def landing_row(
     )
 
 
+def record_landed_before(run: Run, task: PlannedTask) -> None:
+    """A task of a resumed run whose commit is already on the branch: it is landed, not run."""
+    commit = run.workspace.landed_commit(run.run_id, task.key)
+    task_row(run, task, "landed", reason="landed before the resume", commit=commit, ended=True)
+    run.progress.bump("landed")
+    run.progress.emit(f"{task.key}: landed (before the resume)")
+
+
 def record_skip(run: Run, task: PlannedTask, reason: str) -> None:
     """A task that never started (a dependency failed, or the swarm is draining)."""
     task_row(run, task, "skipped", reason=reason, ended=True)

@@ -16,7 +16,7 @@ from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
 from devswarm.records import now, span_id
 from devswarm.roles import prompts
-from devswarm.roles.rows import record_skip
+from devswarm.roles.rows import record_landed_before, record_skip
 from devswarm.run.registry import take_key
 from devswarm.run.run import Run
 from devswarm.scheduler import FollowupFn, Scheduler, WorkFn
@@ -95,6 +95,7 @@ def cycle_scheduler(
         max_planners=run.config.max_planners,
         max_followups=run.config.max_followups,
         landed=run.landed_task_keys(),
+        on_landed_before=lambda task: record_landed_before(run, task),
     )
 
 
