@@ -37,6 +37,7 @@ class LandResult(BaseModel):
     cas_retries: int = 0
     conflict_files: list[str] = []
     their_commits: list[str] = []  # "<short sha> <subject>" of tip-side commits touching them
+    how: Literal["fast-forward", "replayed", "rebased"] | None = None  # how it reached the tip
     reason: str | None = None
     published: bool = False  # the user's refs/heads/<branch> reached new_tip
     wait_ms: float = 0.0  # time spent waiting for the landing lane
@@ -105,15 +106,15 @@ class LandingLane:
                     reason="already on the branch",
                 )
             if mb == tip:
-                candidate = head
+                candidate, how = head, "fast-forward"
             elif replayed := self._replay(tip, mb, head):
-                candidate = replayed
+                candidate, how = replayed, "replayed"
             else:
                 failed = self._rebase_for_landing(wt, tip, mb, head)
                 if failed is not None:
                     failed.cas_retries = retries
                     return failed
-                candidate = worktree_head(wt)
+                candidate, how = worktree_head(wt), "rebased"
             if candidate == tip:  # every change was already on the branch
                 return LandResult(
                     status="landed",
@@ -140,6 +141,7 @@ class LandingLane:
                     old_tip=tip,
                     new_tip=candidate,
                     cas_retries=retries,
+                    how=how,
                 )
             # Another process moved the branch (or holds its lock): read the tip again.
             retries += 1
