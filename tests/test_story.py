@@ -196,3 +196,20 @@ def test_budget_news_and_task_endings_become_events_and_event_lines(run: Run) ->
         ("task.abandoned", "t-stuck"),
     ]
 
+
+def test_a_task_skipped_before_it_started_is_settled_and_not_landed(run: Run) -> None:
+    from devswarm.roles.rows import record_skip
+    from devswarm.schemas import PlannedTask, TaskSpec
+
+    planned = PlannedTask(
+        spec=TaskSpec(id="delta", title="do delta", description="d"),
+        key="c1.root.delta",
+        cycle=1,
+        plan_path="root",
+        planner_agent_id="planner/x/c1/root",
+        base_commit=run.workspace.tip(),
+    )
+    run.progress.bump("planned")
+    record_skip(run, planned, "dependency c1.root.gamma did not land")
+    assert run.progress.board()["skipped"] == 1 and run.progress.percent_settled() == 100.0
+    assert run.summary("done", None, None)["tasks_not_landed"] == 1
