@@ -43,8 +43,15 @@ def quiet_prefect() -> None:
         if auth:
             os.environ["PREFECT_API_AUTH_STRING"] = auth
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    # Separate levels for the terminal and the Prefect UI: the terminal (Prefect's console
+    # handler) shows warnings and errors only, as before; each flow run's log in the UI gets its
+    # INFO lines: devswarm's story (tasks/logs.py) and Prefect's own flow-run lines (started,
+    # "Finished in state Failed('budget exhausted ...')"). Prefect's other loggers (model-call
+    # task runs, the client) stay at WARNING everywhere.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
 
 
 def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
