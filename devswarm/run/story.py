@@ -52,20 +52,15 @@ class Story:
             if who is not None:
                 self._lines[who] += 1
             mine, total = self._lines[who] if who is not None else 0, self._total
-        if total > self.per_run:
-            if total == self.per_run + 1:
-                return (
-                    f"(this run's log stops here: {self.per_run} lines is the cap per run; "
-                    "the transcripts and DuckDB have everything)"
-                )
-            return None
-        if mine > self.per_agent:
-            if mine == self.per_agent + 1:
-                return (
-                    f"(no more lines from {who}: {self.per_agent} lines is the cap per agent; "
-                    "its transcript has everything)"
-                )
-            return None
+        caps = (
+            (total, self.per_run, f"(this run's log stops here: {self.per_run} lines is the cap "
+             "per run; the transcripts and DuckDB have everything)"),
+            (mine, self.per_agent, f"(no more lines from {who}: {self.per_agent} lines is the cap "
+             "per agent; its transcript has everything)"),
+        )  # fmt: skip
+        for count, cap, note in caps:
+            if count > cap:
+                return note if count == cap + 1 else None
         return self.redact(text, width)
 
     def redact(self, text: str, width: int = WIDTH) -> str:
