@@ -55,7 +55,7 @@ def board_markdown(run: Run, recent: list[str]) -> str:
     ]
     if recent:
         lines += ["", "## Latest", *(f"- {line}" for line in recent)]
-    return "\n".join(lines)
+    return run.story.redact("\n".join(lines), 20_000)  # the check command may hold one
 
 
 def tip_state(run: Run) -> str:
@@ -96,7 +96,7 @@ class LiveArtifacts:
 
     def hear(self, line: str) -> None:
         """An event line for the board's latest lines (redacted like the run's log)."""
-        self.recent.append(self.run.story.redact(line, 200))
+        self.recent.append(self.run.story.redact(line, 200))  # redacted before it is cut
 
     def update(self) -> None:
         """Send what changed since the last update (nothing when nothing did)."""

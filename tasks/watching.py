@@ -50,4 +50,4 @@ def final_state(run: Run, status: str, verdict: Verdict | None, report: Path | N
     summary = run.summary(status, verdict, report)
     summary_artifact(summary)
     kind, message = run_ending(run, status, verdict)
-    return _STATES[kind](message=message, data=summary)
+    return _STATES[kind](message=run.story.redact(message, 500), data=summary)

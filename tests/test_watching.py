@@ -230,3 +230,28 @@ def test_devswarm_run_out_of_budget_prints_its_summary_and_exits_4(tmp_path: Pat
     assert "Traceback" not in proc.stderr and "budget exhausted (tokens)" not in proc.stderr
     assert "budget: tokens exhausted (0 of 2000); draining" in proc.stderr  # an event line
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_the_board_shows_the_counts_and_no_secret(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from devswarm.config import Models, SwarmConfig
+    from devswarm.run.run import Run
+    from tasks.live_artifacts import board_markdown
+
+    repo = make_repo(tmp_path / "calc", {"calc.py": "x = 1\n"})
+    config = SwarmConfig(
+        goal="g", repo=repo, models=Models.single("m"), home=tmp_path / "data",
+        base_url="http://x", api_key=SecretStr(SECRET), check=f"KEY={SECRET} pytest -q",
+    )  # fmt: skip
+    run = Run(config)
+    try:
+        run.progress.bump("planned", 3)
+        run.progress.bump("working")
+        board = board_markdown(run, [f"c1.root.a: failed (leaked {SECRET})"])
+    finally:
+        run.close()
+    assert SECRET not in board
+    assert "| 0 | 3 | 1 | 2 | 0 | 0 | 0 |" in board  # planning, planned, working, pending, ...
+    assert "not checked yet `KEY=[redacted] pytest -q`" in board
+    assert "- c1.root.a: failed (leaked [redacted])" in board
