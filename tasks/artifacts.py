@@ -83,6 +83,6 @@ def summary_artifact(summary: dict[str, Any]) -> None:
     create_markdown_artifact(
         key="swarm-summary",
         markdown=f"# Swarm run {summary['run_id']}\n\n{md}\n\n_written {now()}_",
-        description=f"Summary of run {summary['run_id']}: {summary['status']}, "
-        f"{summary['tasks_landed']} task(s) landed",
+        description=f"Summary of run {summary['run_id']}: {summary['status']}"
+        + (f", {summary['tasks_landed']} task(s) landed" if "tasks_landed" in summary else ""),
     )
