@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,7 +12,6 @@ from rich.live import Live
 from rich.table import Table
 
 from devswarm.run import registry
-from devswarm.run.progress import NOT_OUTCOMES
 
 _last_rows: dict[str, list[str]] = {}  # a run's last row stays on the panel after it ends
 
@@ -31,16 +29,14 @@ def _panel(started: float) -> Table:
     ):
         table.add_column(col)
     for run in registry.active_runs():
-        s = Counter(run.progress.counts())
-        failed = sum(v for k, v in s.items() if k not in NOT_OUTCOMES | {"skipped"})
-        pending = max(0, s["planned"] - s["working"] - s["landed"] - s["skipped"] - failed)
+        b = run.progress.board()
         _last_rows[run.run_id] = [
             run.run_id,
-            str(s["planning"]),
-            f"{s['working']} / {pending} / {s['landed']} / {failed} / {s['skipped']}",
+            str(b["planning"]),
+            f"{b['working']} / {b['pending']} / {b['landed']} / {b['failed']} / {b['skipped']}",
             f"{run.ledger.tokens:,}",
             f"{run.ledger.cost:.4f}",
-            str(s["conflicts"]),
+            str(b["conflicts"]),
             f"{time.monotonic() - started:.0f} s",
         ]
     for row in _last_rows.values():

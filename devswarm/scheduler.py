@@ -18,6 +18,8 @@ from devswarm.schemas import PlannedTask, WorkerReport
 
 WorkFn = Callable[[PlannedTask, int], WorkerReport]  # (task, attempt) -> report
 FollowupFn = Callable[[PlannedTask, WorkerReport], list[PlannedTask]]
+# Report statuses of a worker that ended because the swarm drains: it gave nothing up.
+DRAINED = frozenset({"skipped", "stopped", "budget_exhausted"})
 
 
 def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
@@ -28,7 +30,7 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any, **kwarg
 
 def wants_followup(report: WorkerReport) -> bool:
     """A handoff worth a planner's attention: the task did not land, or the worker left work."""
-    if report.status in {"skipped", "stopped", "budget_exhausted"}:
+    if report.status in DRAINED:
         return False
     return (
         report.status != "landed" or "Not done:" in report.handoff or "Concerns:" in report.handoff

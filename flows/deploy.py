@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from blocks import settings_from_blocks
 from devswarm import settings
@@ -55,11 +56,11 @@ def swarm_from_blocks(
     max_tokens: int = 5_000_000,
     run_id: str | None = None,
     run_name: str | None = None,  # the old name of run_id
-) -> dict[str, Any]:
+) -> State:
     """Run the swarm on a repository block with a provider and a warehouse block.
 
     `goal` (text) wins over `goal_file` (relative to the repository). Runs the swarm's body in
-    this flow run, so the configuration, which holds the key, is never a flow parameter.
+    this flow run (ending in its state): the configuration, which holds the key, is no parameter.
     """
     config = config_from_blocks(
         repository,

@@ -9,41 +9,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from devswarm.config import SwarmConfig
 from devswarm.ids import SWARM_RUN_NAME
-from devswarm.run.cycles import cycle_scheduler, end_run, finish_cycle, next_cycle, start_run
+from devswarm.run.cycles import cycle_scheduler, finish_cycle, next_cycle, start_run
 from devswarm.run.registry import drain_on_signals
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
 from flows.judge import judge
 from flows.plan import followup, plan
 from flows.work import work
-from tasks.artifacts import summary_artifact
 from tasks.scaleout import deployment_work
 from tasks.subflows import STARTS, off_main_thread, subflows_without_heartbeats
+from tasks.watching import ended, final_state, watched
 
 
 @flow(name="swarm", flow_run_name=SWARM_RUN_NAME, persist_result=False)
-def swarm(config: SwarmConfig) -> dict[str, Any]:
-    """Run (or resume) the whole swarm for one goal on one repository; return its summary."""
+def swarm(config: SwarmConfig) -> State:
+    """Run (or resume) the whole swarm for one goal on one repository. Its final state says how
+    it ended; its data is the run's summary (tasks/watching.py)."""
     run = start_run(config, str(flow_run.id))
     verdict: Verdict | None = None
     status = "crashed"
     try:
-        with drain_on_signals(run.progress.emit), subflows_without_heartbeats():
+        with (
+            watched(run, str(flow_run.id)),
+            drain_on_signals(run.progress.emit),
+            subflows_without_heartbeats(),
+        ):
             verdict = run_cycles(run)
         status = run.final_status(verdict)
     finally:
-        report = end_run(run, status, str(flow_run.id))
-    get_run_logger().info(
-        "run %s ended: %s after %d cycle(s)", run.run_id, status, len(run.state.cycles)
-    )
-    summary = run.summary(status, verdict, report)
-    summary_artifact(summary)
-    return summary
+        report = ended(run, status, str(flow_run.id))
+    return final_state(run, status, verdict, report)
 
 
 def run_cycles(run: Run) -> Verdict | None:

@@ -20,7 +20,9 @@ from devswarm.roles.worker import task_worker_id, work_task
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, WorkerReport
 from tasks.artifacts import work_artifact
+from tasks.events import events_to_prefect
 from tasks.landing import land
+from tasks.logs import story_to_prefect
 from tasks.model import prefect_calls
 from tasks.scaleout import ENTRYPOINT, deliver
 
@@ -40,10 +42,12 @@ def work_remote(
     config = config.model_copy(update={"api_key": SecretStr(key)})
     if config.result_storage:  # the run folder is the orchestrator's: work in our own
         config = config.model_copy(update={"home": default_home()})
+    story_to_prefect()
     run = Run.for_worker(config, clones=default_home() / "workers")
     report: WorkerReport | None = None
     try:
-        report = work_task(run, prefect_calls, task, attempt=attempt, land=land)
+        with events_to_prefect(run):
+            report = work_task(run, prefect_calls, task, attempt=attempt, land=land)
         work_artifact(report, task)
     finally:  # records go back even when the worker crashed; the report only when it exists
         deliver(run, task_worker_id(run, task, attempt), str(runtime.flow_run.id), report)

@@ -1,6 +1,8 @@
 """What a run shows in the Prefect UI as artifacts: plans, worker reports, verdicts, summary.
 
-Each kind has a stable key, so the UI keeps a history per kind (a new version per cycle or run).
+Each kind has a stable key, so the UI keeps a history per kind (a new version per cycle or run),
+and a description, which the UI shows beside it. The live progress and board, updated in place
+while the run goes, are in tasks/live_artifacts.py.
 """
 
 from __future__ import annotations
@@ -81,4 +83,6 @@ def summary_artifact(summary: dict[str, Any]) -> None:
     create_markdown_artifact(
         key="swarm-summary",
         markdown=f"# Swarm run {summary['run_id']}\n\n{md}\n\n_written {now()}_",
+        description=f"Summary of run {summary['run_id']}: {summary['status']}"
+        + (f", {summary['tasks_landed']} task(s) landed" if "tasks_landed" in summary else ""),
     )

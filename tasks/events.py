@@ -8,28 +8,25 @@ automation can act on them (examples/automation.yaml pauses the deployment).
 
 Payloads hold counts, names and short values only; any value that contains a secret (the
 process's own keys and auth strings, or `secrets` passed in) is replaced, never sent.
+
+The core says what happened through run.progress.notify (devswarm/run/progress.py, which names
+the events); `events_to_prefect` forwards that to Prefect while a flow runs. `run.finished` is
+emitted by the swarm flow run itself (`run_finished`), so it names the deployment that started it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, get_args
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prefect.events import Event, emit_event
 
+from devswarm.run.progress import EVENTS, EventName
+from devswarm.run.run import Run
 from devswarm.sandbox.redact import process_secrets
 
-EventName = Literal[
-    "task.landed",  # a worker's commit reached the branch
-    "task.conflicted",  # landing met a conflict; it goes back to the worker's agent
-    "task.abandoned",  # given up (conflicts unresolved, check failing, agent stopped)
-    "tip.turned-red",  # the branch tip's check fails where the last checked tip passed
-    "tip.turned-green",  # the tip passes again
-    "budget.running-low",  # 80 % of a run budget (tokens, dollars, wall time) is spent
-    "budget.exhausted",  # a run budget ran out; the swarm drains
-    "run.finished",  # the run ended; `devswarm.status` says how
-]
-EVENT_NAMES: tuple[str, ...] = tuple(f"devswarm.{name}" for name in get_args(EventName))
+EVENT_NAMES: tuple[str, ...] = tuple(f"devswarm.{name}" for name in EVENTS)
 
 REDACTED = "[redacted]"
 _MAX_TEXT = 300  # payload strings are labels and reasons, never file contents or transcripts
@@ -54,7 +51,7 @@ def emit(
     or lists of them; strings and lists are cut short. Returns the event, or None where Prefect emits
     nothing (no API configured). Never raises for a failed delivery: events are a side channel.
     """
-    if name not in get_args(EventName):
+    if name not in EVENTS:
         raise ValueError(f"unknown devswarm event {name!r}; known: {', '.join(EVENT_NAMES)}")
     hide = _Redactor(secrets)
     resource = {"prefect.resource.id": f"devswarm.run.{run_id}", "prefect.resource.name": run_id}
@@ -78,6 +75,41 @@ def emit(
         resource=hide.labels(resource),
         related=[hide.labels(r) for r in related],
         payload=hide.payload(payload or {}),
+    )
+
+
+@contextlib.contextmanager
+def events_to_prefect(run: Run) -> Iterator[None]:
+    """While the block runs, the run's events (run.progress.notify) are Prefect events about
+    the run on its branch, its secrets redacted."""
+
+    def sink(name: str, fields: dict[str, Any]) -> None:
+        task, agent = fields.pop("task", None), fields.pop("agent", None)
+        emit(name, run.run_id, task=task, agent=agent, branch=run.branch, payload=fields,
+             secrets=run.secrets)  # fmt: skip
+
+    run.progress.sinks.append(sink)
+    try:
+        yield
+    finally:
+        run.progress.sinks.remove(sink)
+
+
+def run_finished(run: Run, status: str) -> None:
+    """`devswarm.run.finished`, labelled with the run's status; call it in the swarm flow run."""
+    emit(
+        "run.finished",
+        run.run_id,
+        status=status,
+        branch=run.branch,
+        payload={
+            "cycles": len(run.state.cycles),
+            "tasks_landed": run.progress.board()["landed"],
+            "tasks_not_landed": run.progress.not_landed(),
+            "tokens": run.ledger.tokens,
+            "cost_usd": round(run.ledger.cost, 6),
+        },
+        secrets=run.secrets,
     )
 
 

@@ -105,8 +105,9 @@ class Page:
         """The page's visible text, as a user reads it (document.body.innerText)."""
         return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
-    def wait_for_text(self, *texts: str, timeout: float = 30.0) -> str:
-        """Wait until every one of `texts` is visible; return the page's text then."""
+    def wait_for_text(self, *texts: str, timeout: float = 30.0, shot: bool = True) -> str:
+        """Wait until every one of `texts` is visible; return the page's text then. On a
+        timeout, a screenshot (unless `shot` is False) and the page's text go in the error."""
         seen = ""
 
         def shown() -> bool:
@@ -114,8 +115,25 @@ class Page:
             seen = self.text()
             return all(t in seen for t in texts)
 
-        self._until(shown, timeout, f"text {texts!r}")
+        self._until(shown, timeout, f"text {texts!r}", shot=shot)
         return seen
+
+    def click_until(self, text: str, *shown: str, timeout: float = 60.0, every: float = 5.0) -> str:
+        """Click the button, link or tab whose text is `text` until every one of `shown` is
+        visible, and return the page's text then. A busy single-page app may not act on a click
+        that lands while it still renders (a tab that exists but does not switch yet); clicking
+        again is harmless, so this clicks again every `every` seconds up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.click(text=text, timeout=max(deadline - time.monotonic(), 1.0))
+            last = time.monotonic() + every >= deadline
+            try:
+                return self.wait_for_text(
+                    *shown, timeout=max(min(every, deadline - time.monotonic()), 0.5), shot=last
+                )
+            except BrowserError:
+                if last:
+                    raise
 
     def click(
         self, selector: str | None = None, *, text: str | None = None, timeout: float = 30.0
@@ -171,14 +189,18 @@ class Page:
 
     # -- inside -------------------------------------------------------------------------------
 
-    def _until(self, condition, timeout: float, what: str) -> None:
+    def _until(self, condition, timeout: float, what: str, shot: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                shot = self.screenshot(f"timeout-{int(time.time() * 1000)}")
+                seen = (
+                    f" (see {self.screenshot(f'timeout-{int(time.time() * 1000)}')})"
+                    if shot
+                    else ""
+                )
                 raise BrowserError(
-                    f"gave up waiting for {what} after {timeout:.0f} s on {self.url} "
-                    f"(see {shot}); the page says:\n{self.text()[-2000:]}"
+                    f"gave up waiting for {what} after {timeout:.0f} s on {self.url}{seen}; "
+                    f"the page says:\n{self.text()[-2000:]}"
                 )
             time.sleep(0.25)
 

@@ -218,3 +218,61 @@ def eventually(read: Callable[[], Any], ready: Callable[[Any], bool], timeout: f
             assert ready(value), f"not there after {timeout:.0f} s: {json.dumps(value)[:3000]}"
             return value
         time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_example_automation_pauses_the_nightly_deployment_when_its_swarm_runs_out_of_budget(
+    tmp_path: Path,
+) -> None:
+    """The real thing: prefect.yaml's nightly swarm deployment, run by a Prefect worker on
+    `devswarm server`, with a token budget too small for one model call. Its swarm flow run ends
+    Failed with the reason, emits devswarm.run.finished (budget_exhausted) from itself, and the
+    automation created from examples/automation.yaml pauses the deployment."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import make_repo
+    from tests.test_blocks import CALC, MUL_SCENARIO
+    from tests.test_deployment import _nightly
+
+    repo = make_repo(tmp_path / "calc", {"calc.py": CALC, "GOAL.md": "Add mul.\n"})
+    with fresh_server_folder() as root, _nightly(root, tmp_path, MUL_SCENARIO, repo):
+        nightly = Served(PREFECT_API_URL.value(), server.read_auth(root) or "")
+        created = subprocess.run(
+            [sys.executable, "-m", "prefect", "automation", "create"]
+            + ["--from-file", str(ROOT / "examples" / "automation.yaml")],
+            env=nightly.env(tmp_path / "cli-home"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr[-3000:]
+        flow_run = run_deployment(
+            "swarm-from-blocks/nightly",
+            parameters={"max_cycles": 1, "max_workers": 1, "max_tokens": 2_000},
+            timeout=0,
+        )
+        with get_client(sync_client=True) as client:
+            flow_run = eventually(
+                lambda: client.read_flow_run(flow_run.id),
+                lambda run: bool(run.state and run.state.is_final()),
+                timeout=240,
+            )
+            deployment = eventually(
+                lambda: client.read_deployment_by_name("swarm-from-blocks/nightly"),
+                lambda found: found.paused,
+            )
+        finished = nightly.events("devswarm.run.finished")
+        triggered = nightly.events("prefect.automation.triggered")
+    worker_output = (tmp_path / "worker.log").read_text()
+    assert flow_run.state.is_failed(), f"{flow_run.state}\n{worker_output[-3000:]}"
+    assert flow_run.state.message.startswith("budget exhausted (tokens); 0 task(s) landed")
+    assert deployment.paused
+    assert [e["resource"]["devswarm.status"] for e in finished] == ["budget_exhausted"]
+    related = {r["prefect.resource.role"]: r["prefect.resource.id"] for r in finished[0]["related"]}
+    assert related["deployment"] == f"prefect.deployment.{deployment.id}"
+    assert [e["payload"]["triggering_event"]["event"] for e in triggered] == [
+        "devswarm.run.finished"
+    ]

@@ -182,6 +182,9 @@ def test_demo_end_to_end_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "tasks landed   4 of 4" in proc.stdout
+    # The runs' story goes to Prefect's API, not to the terminal (tests/test_watching.py).
+    assert "worker on c1." not in proc.stderr and "step 1:" not in proc.stderr
+    assert "Finished in state" not in proc.stderr
 
     repo = demo / "textkit"
     # The user's own branch and working tree are untouched: still the initial commit, clean.

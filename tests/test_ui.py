@@ -1,8 +1,9 @@
 """The Prefect UI in a real browser: a user logs in to `devswarm server` with its auth string and
 follows a real run (the offline demo: two planners, four workers, a conflict, the judge) through
-the swarm run, a work run and the artifacts, in both UIs Prefect 3.9 ships.
+the swarm run, its log, a work run and its log, the artifacts, the live progress and the summary's
+link to the HTML report, in both UIs Prefect 3.9 ships (one server for both).
 
-What is asserted is what the rendered pages say today; screenshots go to the test's tmp folder.
+What is asserted is what the rendered pages say; screenshots go to the test's tmp folder.
 Found on Prefect 3.9.1, for whoever extends this test:
 - "/" opens v2 (PREFECT_SERVER_UI_V2_ENABLED defaults to true); v1 keeps its own paths (UI
   below); both keep the login in localStorage ("prefect-password").
@@ -11,6 +12,10 @@ Found on Prefect 3.9.1, for whoever extends this test:
   which is why devswarm's run names are ASCII ("plan: cycle 1, root"; devswarm/ids.py).
 - A run's Logs tab lists level, message (newlines kept), time and logger name; without logs
   v2 says "This run did not produce any logs.", v1 "This run didn't generate logs".
+- A progress artifact's page says "Progress: 100%". A markdown link opens in the same tab in
+  v2 and in a new tab (target=_blank) in v1, so the test follows the report link by its href.
+- v1 ignores a tab in the URL it is opened with (?tab=Artifacts shows Logs), and a tab clicked
+  while a busy page still renders may not switch: tabs are clicked until their content shows.
 """
 
 from __future__ import annotations
@@ -50,6 +55,19 @@ ARTIFACTS = [
     "work-stats",
     "judge-verdict",
     "swarm-summary",
+    "swarm-progress",
+    "swarm-board",
+]
+# What the logs say: the swarm run's cycle lines, a work run's steps, check and landing.
+SWARM_LOG = ["cycle 1: 4 tasks planned", "c1.root.word-count: landed", "cycle 1: judge says done"]
+WORK_LOG = [
+    "worker on c1.root.word-count: Add textkit.word_count",
+    "step 1: read_file path=",
+    "step 4: run command='python -m unittest tests.test_count' -> exit code 0",
+    "task check `python -m unittest tests.test_count`: passes",
+    "landed c1.root.word-count: ",
+    "new tip ",
+    "ended landed as ",
 ]
 
 
@@ -79,7 +97,7 @@ V2 = UI(
     artifacts="/v2/artifacts",
     artifact="/v2/artifacts/artifact/",
     subflow_count="6 Subflow runs",
-    artifact_count="8 artifacts",
+    artifact_count="10 artifacts",
 )
 V1 = UI(
     name="v1",
@@ -91,7 +109,7 @@ V1 = UI(
     artifacts="/artifacts",
     artifact="/artifacts/artifact/",
     subflow_count="6 Flow runs",
-    artifact_count="8 Artifacts",
+    artifact_count="10 Artifacts",
 )
 
 
@@ -104,13 +122,16 @@ class ServedRun:
 
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRun]:
-    """`devswarm server start`, then the offline demo run against it as a user would start it."""
+    """`devswarm server start`, then the offline demo run against it as a user would start it
+    (the server in DEVSWARM_HOME's folder, where the run finds it to register its report)."""
     with fresh_server_folder() as root:
         port = _free_port()
-        started = cli("server", "start", "--dir", str(root), "--port", str(port))
+        home = {"DEVSWARM_HOME": str(root.parent)}
+        started = cli("server", "start", "--port", str(port), env=home)
         assert started.returncode == 0, started.stdout + started.stderr
         auth = (root / "auth").read_text().strip()
         client = {
+            **home,
             "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
             "PREFECT_API_AUTH_STRING": auth,
         }
@@ -123,7 +144,7 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedRun]:
 
 
 @pytest.mark.parametrize("ui", [V2, V1], ids=lambda ui: ui.name)
-def test_ui_shows_the_swarm_run_its_children_a_work_run_and_the_artifacts(
+def test_ui_shows_the_runs_story_its_artifacts_progress_and_report(
     served_run: ServedRun, ui: UI, tmp_path: Path
 ) -> None:
     run = served_run
@@ -136,38 +157,58 @@ def test_ui_shows_the_swarm_run_its_children_a_work_run_and_the_artifacts(
         swarm = href(page, f"swarm: {run.run_id}")
         assert swarm.startswith(ui.flow_run), swarm
 
-        # The swarm run: completed, its direct children listed by name.
+        # The swarm run: completed, its direct children listed by name, its log.
         page.open(run.url + swarm)
-        page.click(text="Subflow Runs")
-        text = page.wait_for_text(ui.subflow_count, *CHILDREN)
+        text = page.click_until("Subflow Runs", ui.subflow_count, *CHILDREN)
         assert ui.subflows_tab in page.url, page.url
         assert "Completed" in text
         page.screenshot(f"{ui.name}-swarm-run")
+        page.click_until("Logs", *SWARM_LOG)
+        page.screenshot(f"{ui.name}-swarm-log")
 
-        # A work run and its worker report.
+        # A work run: its log tells its steps, its check and its landing; its worker report.
+        page.open(run.url + swarm)
+        page.click_until("Subflow Runs", "work: c1.root.word-count")
         page.click(text="work: c1.root.word-count")
         page.wait_for_text("work: c1.root.word-count", "Logs", "Artifacts")
         assert page.url.startswith(run.url + ui.flow_run), page.url
-        page.screenshot(f"{ui.name}-work-run")
-        page.click(text="Artifacts")
-        page.wait_for_text("work-word-count", "Worker report for c1.root.word-count")
+        page.click_until("Logs", *WORK_LOG)
+        page.screenshot(f"{ui.name}-work-log")
+        page.click_until("Artifacts", "work-word-count", "Worker report for c1.root.word-count")
         page.click(text="work-word-count")
         page.wait_for_text("task: c1.root.word-count", "status: landed", "landed commit:")
         assert page.url.startswith(run.url + ui.artifact), page.url
         page.screenshot(f"{ui.name}-work-report")
 
-        # Every artifact of the run, and the summary's content.
+        # Every artifact of the run, each with its description.
         page.open(run.url + ui.artifacts)
-        page.wait_for_text(ui.artifact_count, *ARTIFACTS)
+        page.wait_for_text(ui.artifact_count, *ARTIFACTS, f"Summary of run {run.run_id}: done")
         page.screenshot(f"{ui.name}-artifacts")
+
+        # The live progress reached 100 %.
         page.open(run.url + swarm)
-        page.click(text="Artifacts")
-        page.wait_for_text("swarm-summary")
+        page.click_until("Artifacts", "swarm-progress", "swarm-board", "swarm-summary")
+        page.click(text="swarm-progress")
+        page.wait_for_text("Progress: 100%")
+        page.screenshot(f"{ui.name}-progress")
+
+        # The summary, and its link to the HTML report, served on loopback by devswarm server.
+        page.open(run.url + swarm)
+        page.click_until("Artifacts", "swarm-summary")
         page.click(text="swarm-summary")
         page.wait_for_text(f"Swarm run {run.run_id}", "status: done", "tasks_landed: 4")
         page.screenshot(f"{ui.name}-summary")
-    shots = sorted(p.name for p in (tmp_path / "screenshots").glob("*.png"))
-    assert len(shots) == 7, shots
+        report = href(page, "HTML report")
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/reports/[A-Za-z0-9_-]{43}", report), report
+        page.open(report)  # v1 opens the link in a new tab: follow its href in this one
+        page.wait_for_text(f"devswarm run {run.run_id}", "status", "done", "tasks landed", "4 of 4")
+        page.screenshot(f"{ui.name}-report")
+    shots = sorted(p.stem for p in (tmp_path / "screenshots").glob("*.png"))
+    assert shots == sorted(
+        f"{ui.name}-{name}"
+        for name in ("login", "runs", "swarm-run", "swarm-log", "work-log", "work-report",
+                     "artifacts", "progress", "summary", "report")
+    ), shots  # fmt: skip
 
 
 def log_in(page: Page, run: ServedRun, ui: UI) -> None:

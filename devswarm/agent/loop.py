@@ -41,6 +41,7 @@ from devswarm.records import RecordLog, now, span_id
 from devswarm.tools.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
+ToolWatcher = Callable[[int, str, str, ToolResult], None]  # (step, tool, arguments, result)
 
 
 class Outcome(BaseModel):
@@ -79,6 +80,7 @@ class Agent:
         structured_output: bool = True,
         output_limit: str = "max_tokens",
         text_tools: bool = False,
+        on_tool: ToolWatcher | None = None,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
@@ -87,7 +89,8 @@ class Agent:
         `output_limit`: the request field for `limits.max_output_tokens`; switched (and kept) when
         the server refuses it and names the other.
         `text_tools=True`: never send `tools`; describe them in the system prompt and read the
-        calls the model writes as text (switched on when the server refuses `tools`)."""
+        calls the model writes as text (switched on when the server refuses `tools`).
+        `on_tool(step, name, arguments, result)` hears each tool call after it ran (the log)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -97,6 +100,7 @@ class Agent:
         self.structured_output = structured_output
         self.output_limit = output_limit
         self.text_tools = text_tools
+        self.on_tool = on_tool
         self.specs = toolbox.specs()
         if text_tools and self.specs:
             system = f"{system}\n\n{tools_prompt(self.specs)}"
@@ -256,6 +260,8 @@ class Agent:
             step, call_id, name, str(arguments), result.output, result.error_type, t0, started
         )
         self.stuck.add(f"{name} {arguments}", result.output, result.error_type)
+        if self.on_tool is not None:
+            self.on_tool(step, name, str(arguments), result)
         return result
 
     def _record(

@@ -46,8 +46,15 @@ def quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's temporary server gets 20 s to start by default; a loaded machine needs more.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    # Separate levels for the terminal and the Prefect UI: the terminal (Prefect's console
+    # handler) shows warnings and errors only, as before; each flow run's log in the UI gets its
+    # INFO lines: devswarm's story (tasks/logs.py) and Prefect's own flow-run lines (started,
+    # "Finished in state Failed('budget exhausted ...')"). Prefect's other loggers (model-call
+    # task runs, the client) stay at WARNING everywhere.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
 
 
 def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:

@@ -30,7 +30,11 @@ def run_swarm(config: SwarmConfig) -> dict[str, Any]:
     flow_run_id = state.state_details.flow_run_id
     wait_for_history(flow_run_id)
     import_history_quietly(config, flow_run_id)
-    return state.result()
+    # A run that ran out of budget ends Failed, a drained one Cancelled: both hold the summary.
+    summary = state.result(raise_on_failure=False)
+    if isinstance(summary, BaseException):  # the flow itself raised: its error, as before
+        raise summary
+    return summary
 
 
 def import_history_quietly(config: SwarmConfig, flow_run_id: Any) -> None:

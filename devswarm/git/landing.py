@@ -39,6 +39,7 @@ class LandResult(BaseModel):
     cas_retries: int = 0
     conflict_files: list[str] = []
     their_commits: list[str] = []  # "<short sha> <subject>" of tip-side commits touching them
+    how: Literal["fast-forward", "replayed", "rebased"] | None = None  # how it reached the tip
     reason: str | None = None
     # Landed in the clone; did the user's refs/heads/<branch> reach new_tip? True; False with
     # publish_error ("landed in the clone, not published": the next run or resume publishes
@@ -112,15 +113,15 @@ class LandingLane:
             if mb == head:  # nothing new, or landed by an earlier attempt
                 return _unmoved(head, tip, retries, "already on the branch")
             if mb == tip:
-                candidate = head
+                candidate, how = head, "fast-forward"
             elif replayed := self._replay(tip, mb, head):
-                candidate = replayed
+                candidate, how = replayed, "replayed"
             else:
                 failed = self._rebase_for_landing(wt, tip, mb, head)
                 if failed is not None:
                     failed.cas_retries = retries
                     return failed
-                candidate = worktree_head(wt)
+                candidate, how = worktree_head(wt), "rebased"
             if candidate == tip:  # every change was already on the branch
                 return _unmoved(None, tip, retries, "the changes were already on the branch")
             if gate is not None:
@@ -142,6 +143,7 @@ class LandingLane:
                     old_tip=tip,
                     new_tip=candidate,
                     cas_retries=retries,
+                    how=how,
                 )
             # Another process moved the branch (or holds its lock): read the tip again.
             retries += 1

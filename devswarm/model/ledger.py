@@ -2,13 +2,21 @@
 
 N concurrent calls can therefore never overshoot a cap: a call that does not fit is refused
 before any HTTP request, and each reservation is settled with the real usage afterwards.
+Whoever watches the budget (`on_budget`) hears once when a budget is 80 % spent and once when
+one runs out.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+# The run's budgets: what `exhausted` names when one ran out (a stop names its reason instead).
+BUDGETS = ("tokens", "cost", "wall_seconds", "cycles")
+RUNNING_LOW = 0.8  # the share of a budget spent that is worth telling
+BudgetWatcher = Callable[[str, str], None]  # ("running-low" | "exhausted", budget)
 
 
 class BudgetExhausted(Exception):
@@ -27,13 +35,17 @@ class Ledger:
     def __init__(self, max_tokens: int, max_cost_usd: float, max_wall_seconds: float) -> None:
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
-        self.deadline = time.monotonic() + max_wall_seconds
+        self.max_wall_seconds = max_wall_seconds
+        self.started = time.monotonic()
+        self.deadline = self.started + max_wall_seconds
         self.tokens = 0  # settled
         self.cost = 0.0
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._lock = threading.Lock()
         self.exhausted: str | None = None  # which cap ran out, once one did
+        self.on_budget: BudgetWatcher | None = None
+        self._told: set[tuple[str, str]] = set()
 
     def reserve(self, tokens: int, cost: float) -> Reservation:
         """Reserve a call's worst case, or raise BudgetExhausted (and remember why)."""
@@ -46,11 +58,13 @@ class Ledger:
                 self.exhausted = "tokens"
             elif self.cost + self._reserved_cost + cost > self.max_cost_usd + 1e-12:
                 self.exhausted = "cost"
-            if self.exhausted:
-                raise BudgetExhausted(self.exhausted)
-            self._reserved_tokens += tokens
-            self._reserved_cost += cost
-            return Reservation(tokens, cost)
+            if not self.exhausted:
+                self._reserved_tokens += tokens
+                self._reserved_cost += cost
+        self._tell()
+        if self.exhausted:
+            raise BudgetExhausted(self.exhausted)
+        return Reservation(tokens, cost)
 
     def settle(self, reservation: Reservation, tokens: int, cost: float) -> None:
         """Replace a reservation with what the call really used."""
@@ -59,11 +73,42 @@ class Ledger:
             self._reserved_cost -= reservation.cost
             self.tokens += tokens
             self.cost += cost
+        self._tell()
 
     def stop(self, reason: str) -> None:
         """Refuse every further call (a stop request or a signal drains like an empty budget)."""
         with self._lock:
             self.exhausted = self.exhausted or reason
+        self._tell()
+
+    def spent(self) -> dict[str, tuple[float, float]]:
+        """(spent, cap) of each budget the ledger keeps: tokens, cost, wall_seconds."""
+        with self._lock:
+            return {
+                "tokens": (self.tokens, self.max_tokens),
+                "cost": (round(self.cost, 6), self.max_cost_usd),
+                "wall_seconds": (round(time.monotonic() - self.started, 1), self.max_wall_seconds),
+            }
+
+    def _tell(self) -> None:
+        """Tell the watcher what it has not heard yet: a budget 80 % spent, one exhausted."""
+        if self.on_budget is None:
+            return
+        news = [
+            ("running-low", k)
+            for k, (spent, cap) in self.spent().items()
+            if cap and spent >= RUNNING_LOW * cap
+        ]
+        if self.exhausted in BUDGETS:
+            news.append(("exhausted", self.exhausted))
+        with self._lock:
+            news = [n for n in news if n not in self._told]
+            self._told.update(news)
+        for kind, budget in news:
+            try:
+                self.on_budget(kind, budget)
+            except Exception:  # a watcher must not break the budget
+                pass
 
     def left(self) -> dict[str, float]:
         with self._lock:

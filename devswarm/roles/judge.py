@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from devswarm.ids import file_safe, judge_id
-from devswarm.roles import prompts
+from devswarm.roles import narrate, prompts
 from devswarm.roles.session import CallFactory, agent_session
 from devswarm.run.run import Run
 from devswarm.schemas import CheckResult, Verdict, WorkerReport
@@ -18,6 +18,7 @@ def judge_cycle(
     agent_id = judge_id(run.run_id, cycle)
     tip = run.workspace.tip()
     check = run.checks.at(tip)
+    narrate.check(run, "judge", agent_id, f"repository check on the tip {tip[:10]}", check)
     user = prompts.judge_user(
         cfg.goal,
         cfg.check,
@@ -43,4 +44,5 @@ def judge_cycle(
         )
     else:
         verdict = Verdict.model_validate(outcome.answer)
+    narrate.verdict(run, agent_id, cycle, verdict)
     return verdict, check

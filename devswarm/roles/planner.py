@@ -4,7 +4,7 @@ tasks for workers and scopes for sub-planners."""
 from __future__ import annotations
 
 from devswarm.ids import file_safe, followup_id, planner_id, task_key
-from devswarm.roles import prompts
+from devswarm.roles import narrate, prompts
 from devswarm.roles.rows import task_row
 from devswarm.roles.session import CallFactory, agent_session
 from devswarm.run.run import Run
@@ -97,7 +97,9 @@ def _planner(
             else:
                 plan = repair(plan, errors)
     if plan is None:
-        return Plan(summary=f"planner ended: {agent.outcome.status} {agent.outcome.reason}"), []
+        plan = Plan(summary=f"planner ended: {agent.outcome.status} {agent.outcome.reason}")
+        narrate.planned(run, agent_id, plan_path, plan, [])
+        return plan, []
     keys = {t.id: run.unique_task_key(task_key(cycle, plan_path, t.id)) for t in plan.tasks}
     tasks: list[PlannedTask] = []
     for spec in plan.tasks[: cfg.max_tasks_per_plan]:
@@ -114,6 +116,7 @@ def _planner(
         tasks.append(task)
         task_row(run, task, "pending")
     run.progress.bump("planned", len(tasks))
+    narrate.planned(run, agent_id, plan_path, plan, tasks)
     return plan, tasks
 
 

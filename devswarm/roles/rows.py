@@ -132,6 +132,8 @@ def record_landed_before(run: Run, task: PlannedTask) -> None:
 
 
 def record_skip(run: Run, task: PlannedTask, reason: str) -> None:
-    """A task that never started (a dependency failed, or the swarm is draining)."""
+    """A task that never started (a dependency failed, or the swarm is draining): settled, and
+    counted as not landed."""
     task_row(run, task, "skipped", reason=reason, ended=True)
+    run.progress.bump("skipped")
     run.progress.emit(f"{task.key}: skipped ({reason})")

@@ -54,6 +54,9 @@ class Session:
             should_stop=run.should_stop,
             structured_output=run.structured_output,
             output_limit=run.output_limit,
+            on_tool=lambda step, name, arguments, result: run.story.tool_step(
+                self.role, self.agent_id, step, name, arguments, result
+            ),
         )
         return self.agent
 

@@ -17,7 +17,7 @@ from devswarm.git.workspace import CommitRefused, Workspace
 from devswarm.ids import file_safe, trailers, worker_id
 from devswarm.model.errors import ModelCallError
 from devswarm.records import now
-from devswarm.roles import prompts
+from devswarm.roles import narrate, prompts
 from devswarm.roles.rows import landing_row, task_row
 from devswarm.roles.session import CallFactory, Session, agent_session
 from devswarm.run.checks import hidden_paths
@@ -55,6 +55,7 @@ def work_task(
             task_key=task.key, model=cfg.models.worker, busy="working",
         ) as session:  # fmt: skip
             session.report = report
+            narrate.worker_started(run, agent_id, task, attempt)
             try:
                 if reason := run.should_stop():
                     report.status, report.reason = "skipped", f"not started: {reason}"
@@ -79,6 +80,7 @@ def work_task(
             commit=report.commit,
             ended=True,
         )
+        narrate.worker_ended(run, report)
     return report
 
 
@@ -91,6 +93,7 @@ def _work(
     try:
         setup = run.checks.setup(wt, task.base_commit)
         if setup is not None and not setup.passed:
+            narrate.check(run, "worker", session.agent_id, "setup", setup)
             report.status = "setup_failed"
             report.reason = f"setup `{setup.command}` failed: {setup.output[-2000:]}"
             return
@@ -144,6 +147,7 @@ def _finish(
         failure: str | None = None
         if task.check:
             res = run.checks.run(task.check, wt)
+            narrate.check(run, "worker", agent.agent_id, "task check", res)
             if not res.passed:
                 failure = prompts.check_failed(task.check, res.output)
                 report.reason = f"task check `{task.check}` failed"
@@ -151,6 +155,7 @@ def _finish(
             before = run.checks.at(task.base_commit)
             if before is not None and before.passed:
                 res = run.checks.run(cfg.check, wt)
+                narrate.check(run, "worker", agent.agent_id, "repository check", res)
                 if not res.passed:
                     failure = prompts.regression(cfg.check, res.output)
                     report.reason = f"the change turns the passing check `{cfg.check}` red"
@@ -189,6 +194,7 @@ def _finish(
         started = now()
         result = land(ws, wt, report.agent_id)
         landing_row(run, task, report.agent_id, result, started, resolved=conflict_turns > 0)
+        narrate.landing(run, task, report.agent_id, result, conflict_turns)
         if result.status == "landed":
             report.status, report.commit, report.reason = "landed", result.new_tip, None
             report.published, report.publish_error = result.published, result.publish_error

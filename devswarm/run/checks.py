@@ -70,6 +70,11 @@ class Checks:
                     self._results[commit] = self.run(command, wt)
             return self._results[commit]
 
+    def cached(self, commit: str) -> CheckResult | None:
+        """The repository check at `commit` if it already ran (never runs it)."""
+        with self._lock:
+            return self._results.get(commit)
+
     def setup(self, worktree: Path, base: str) -> CheckResult | None:
         """The setup command in a fresh worktree at commit `base`.
 

@@ -19,7 +19,7 @@ from devswarm.roles import prompts
 from devswarm.roles.rows import record_landed_before, record_skip
 from devswarm.run.registry import take_key
 from devswarm.run.run import Run
-from devswarm.scheduler import FollowupFn, Scheduler, WorkFn
+from devswarm.scheduler import DRAINED, FollowupFn, Scheduler, WorkFn
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
 
 
@@ -82,6 +82,7 @@ def cycle_scheduler(
         run.progress.emit(
             f"{task.key}: {report.status}" + (f" ({report.reason[:120]})" if report.reason else "")
         )
+        settled_event(run, report)
 
     followup_fn: FollowupFn = lambda task, report: followup(run.run_id, task, report)  # noqa: E731
     return Scheduler(
@@ -97,6 +98,27 @@ def cycle_scheduler(
         landed=run.landed_task_keys(),
         on_landed_before=lambda task: record_landed_before(run, task),
     )
+
+
+def settled_event(run: Run, report: WorkerReport) -> None:
+    """The event of a task's end: task.landed, or task.abandoned when it ended without landing
+    for a reason of its own (not the swarm draining)."""
+    if report.status == "landed":
+        run.progress.notify(
+            "task.landed",
+            task=report.task_key,
+            agent=report.agent_id,
+            commit=report.commit,
+            conflicts=report.conflicts,
+        )
+    elif report.status not in DRAINED:
+        run.progress.notify(
+            "task.abandoned",
+            task=report.task_key,
+            agent=report.agent_id or None,
+            status=report.status,
+            reason=report.reason or "",
+        )
 
 
 def finish_cycle(run: Run, cycle: int, verdict: Verdict, reports: list[WorkerReport]) -> None:
@@ -149,3 +171,20 @@ def commits_since(run: Run, green: str | None) -> list[str]:
         f"{t['commit'][:10]} {t.get('subject') or ''} (task {t.get('task')})"
         for t in run.workspace.landed_trailers(rev)
     ]
+
+
+def run_ending(run: Run, status: str, verdict: Verdict | None) -> tuple[str, str]:
+    """How the swarm's flow run ends ("completed", "failed" or "cancelled") and why, in a
+    sentence: completed only when the judge said done; cancelled when a person's stop (a
+    signal, `devswarm stop`, Cancel in the UI) drained it; failed when a budget ran out, the
+    judge stopped the run, or there was no verdict."""
+    done = f"{run.progress.board()['landed']} task(s) landed in {len(run.state.cycles)} cycle(s)"
+    if status == "done":
+        return "completed", f"the judge says done; {done}"
+    if status == "stopped" and run.stop_reason:
+        return "cancelled", f"{run.stop_reason}; drained, {done}"
+    if status == "budget_exhausted":
+        return "failed", f"budget exhausted ({run.ledger.exhausted}); {done}"
+    if verdict is not None:
+        return "failed", f"the judge stopped the run: {verdict.reasons[:300]}; {done}"
+    return "failed", f"{status} without a verdict; {done}"

@@ -23,13 +23,14 @@ from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, new_run_id, repo_key
 from devswarm.model.client import ModelClient
 from devswarm.model.errors import ModelCallError, backoff_seconds
-from devswarm.model.ledger import Ledger
+from devswarm.model.ledger import BUDGETS, RUNNING_LOW, Ledger
 from devswarm.records import RecordLog, now
 from devswarm.run import registry
 from devswarm.run.checks import Checks
 from devswarm.run.importer import RecordImporter
 from devswarm.run.progress import Progress
 from devswarm.run.state import RunState, earlier_hot_files
+from devswarm.run.story import Story
 from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import require_sandbox
 from devswarm.schemas import Verdict
@@ -85,6 +86,8 @@ class Run:
         self.starts: dict[str, str] = {}  # agent id or task key -> when it started
         self.state = RunState.load(self.dir / "state.json")
         self.progress = Progress(registry.listeners())
+        self.story = Story(self.secrets)  # the run's log lines (run/story.py)
+        self.ledger.on_budget = self._budget_news
         if worker_clones is None:  # planners use them; a worker process has no user repository
             self.progress.conflicted(
                 self.state.hot_files or earlier_hot_files(config.db_path, self.workspace.user_repo)
@@ -143,9 +146,7 @@ class Run:
         return self.workspace.landed_tasks(self.run_id)
 
     def final_status(self, verdict: Verdict | None) -> str:
-        if self.ledger.exhausted in {"tokens", "cost", "wall_seconds", "cycles"} and (
-            verdict is None or verdict.decision != "done"
-        ):
+        if self.ledger.exhausted in BUDGETS and (verdict is None or verdict.decision != "done"):
             return "budget_exhausted"
         if self.stop_reason:
             return "stopped"
@@ -170,6 +171,18 @@ class Run:
             "unpublished": self.unpublished,
             "verdict": verdict.model_dump() if verdict else None,
         }
+
+    def _budget_news(self, kind: str, budget: str) -> None:
+        """A budget 80 % spent, or exhausted: an event line and an event."""
+        spent, cap = self.ledger.spent().get(
+            budget, (len(self.state.cycles), self.config.max_cycles)
+        )
+        if kind == "running-low":
+            self.progress.emit(f"budget: {spent:g} of {cap:g} {budget} spent ({RUNNING_LOW:.0%})")
+            self.progress.notify("budget.running-low", budget=budget, spent=spent, cap=cap)
+        else:
+            self.progress.emit(f"budget: {budget} exhausted ({spent:g} of {cap:g}); draining")
+            self.progress.notify("budget.exhausted", budget=budget, spent=spent, cap=cap)
 
     # -- records ----------------------------------------------------------------------------
 
