@@ -81,6 +81,9 @@ class SwarmConfig(BaseModel):
     branch: str | None = None  # default devswarm/<run id>
     check: str | None = None  # repository check; a landing may not turn it from passing to failing
     setup: str | None = None  # runs in each fresh worktree before the agent starts
+    # The setup reaches the network only when the user says so (--setup-network): local
+    # services and cloud metadata endpoints too, not only package indexes.
+    setup_network: bool = False
     run_id: str | None = None  # default <repo>-<UTC time>-<4 hex>
 
     base_url: str | None = None
@@ -104,6 +107,9 @@ class SwarmConfig(BaseModel):
     # Agents' commands, checks and setup run in a sandbox (bubblewrap); False only when the user
     # says --no-sandbox: then agents can read the key and write the user's files.
     sandbox: bool = True
+    # Variables of devswarm's environment that agents' commands, checks and setup also get
+    # (--pass-env NAME); everything else but PATH, HOME, the locale and TERM stays out.
+    pass_env: list[str] = Field(default_factory=list)
 
     # Scale-out (docs/scale-out.md): "local" runs workers as subflows in this process;
     # "deployment" runs each on a Prefect work pool and lands through a shared git remote.

@@ -9,6 +9,7 @@ is never part of a layer: it comes from the environment or a provider block, as 
 from __future__ import annotations
 
 import logging
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from devswarm.config import SwarmConfig, renamed_settings
 from devswarm.errors import UserError
 
 _log = logging.getLogger("devswarm")
+
+
+def api_key_from_env() -> SecretStr:
+    """The model API key from OPENAI_API_KEY, taken out of this process's environment, so no
+    process it starts inherits it (its own /proc/<pid>/environ still shows it; the sandbox's
+    PID namespace is what hides that from agents)."""
+    return SecretStr(os.environ.pop("OPENAI_API_KEY", ""))
 
 
 def read_goal(goal: str | None, goal_file: Path | str | None, *, base: Path | None = None) -> str:

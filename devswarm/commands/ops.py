@@ -85,15 +85,12 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def resume(run: Annotated[str, typer.Argument(help="Run id")], home: HomeOpt = None) -> None:
         """Continue a crashed or stopped run: landed tasks are kept, answered model calls replay free."""
-        import os
-
-        from pydantic import SecretStr
-
         from devswarm.commands.common import execute, finish
+        from devswarm.settings import api_key_from_env
 
         try:
             cfg = SwarmConfig.model_validate_json((_run_dir(home, run) / "config.json").read_text())
-            cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+            cfg.api_key = api_key_from_env()
             summary = execute(cfg, resume=True)
         except UserError as exc:
             fail(str(exc))

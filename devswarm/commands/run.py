@@ -33,6 +33,23 @@ def run(
     setup: Annotated[
         str | None, typer.Option(help="Setup command run in each fresh worktree")
     ] = None,
+    setup_network: Annotated[
+        bool,
+        typer.Option(
+            "--setup-network",
+            help="Let the setup command reach the network (package indexes, but also local "
+            "services and cloud metadata); it runs without by default",
+        ),
+    ] = False,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pass-env",
+            metavar="NAME",
+            help="An environment variable agents' commands, checks and setup also get "
+            "(repeatable; the rest stays out)",
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Workers at once [default: 8]")] = None,
     cycles: Annotated[
         int | None, typer.Option(help="Most plan → work → judge cycles [default: 3]")
@@ -106,6 +123,8 @@ def run(
             "branch": branch,
             "check": check,
             "setup": setup,
+            "setup_network": setup_network or None,
+            "pass_env": pass_env or None,
             "base_url": base_url,
             "max_workers": workers,
             "max_cycles": cycles,
@@ -122,7 +141,7 @@ def run(
         cfg = settings.build(
             merged,
             goal=text,
-            api_key=key or SecretStr(os.environ.get("OPENAI_API_KEY", "")),
+            api_key=key or settings.api_key_from_env(),
             run_id=run_id,
         )
         summary = execute(cfg)

@@ -35,6 +35,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         + (f" in {summary['repo']}" if summary.get("repo") else ""),
         f"  DuckDB         {db}",
     ]
+    if summary.get("sandbox"):
+        lines.append(f"  sandbox        {summary['sandbox']}")
     if summary.get("verdict"):
         lines.append(
             f"  judge          {summary['verdict']['decision']}: {summary['verdict']['reasons'][:160]}"

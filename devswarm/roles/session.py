@@ -54,6 +54,7 @@ class Session:
             should_stop=run.should_stop,
             structured_output=run.structured_output,
             output_limit=run.output_limit,
+            redact=run.redact,
         )
         return self.agent
 

@@ -94,7 +94,7 @@ def _work(
             env=run.env(),
             sandbox=cfg.sandbox,
             secrets=run.secrets,
-            hidden=[cfg.home],
+            hidden=run.hidden,
         )
         agent = session.new_agent(toolbox, prompts.WORKER, prompts.worker_user(task, ""))
         agent.run()

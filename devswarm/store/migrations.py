@@ -116,6 +116,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE model_calls ADD COLUMN usage_estimated BOOLEAN",
         ),
     ),
+    Migration(
+        5,
+        "sandbox per run",
+        (
+            # Whether agents' commands ran in the sandbox (False: the user said --no-sandbox).
+            "ALTER TABLE runs ADD COLUMN sandbox BOOLEAN",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
