@@ -53,6 +53,7 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     Ctrl-C or SIGTERM drains the swarm (no new workers, running ones stop at their next step,
     everything recorded); a second one aborts.
     """
+    from devswarm.commands.preflight import check_models, check_prefect_api, dirty_tree_warning
     from devswarm.ids import new_run_id
     from devswarm.live import watch
     from devswarm.model.client import ModelClient
@@ -63,10 +64,18 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     cfg.run_id = cfg.run_id or new_run_id(cfg.repo)
     if cfg.base_url is None and not cfg.api_key.get_secret_value():
         raise UserError("no model endpoint: set OPENAI_BASE_URL/--base-url or OPENAI_API_KEY")
-    ModelClient(cfg.base_url, cfg.api_key, timeout=10).preflight()
-    # Validate the repository and branch before Prefect starts (fast, one-line errors).
-    Run(cfg).close()
+    # Every refusal before anything is written (a run folder, a clone) or Prefect starts.
     quiet_prefect()
+    check_prefect_api()
+    client = ModelClient(cfg.base_url, cfg.api_key, timeout=10)
+    client.preflight()
+    for warning in check_models(client, {cfg.models.planner, cfg.models.worker, cfg.models.judge}):
+        typer.echo(f"devswarm: {warning}", err=True)
+    # Validate the repository and branch (fast, one-line errors).
+    probe = Run(cfg)
+    probe.close()
+    if warning := dirty_tree_warning(probe.workspace.user_repo, probe.workspace.base_commit):
+        typer.echo(f"devswarm: {warning}", err=True)
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
     from devswarm.server import SQLITE_WORKER_CAP, worker_cap
