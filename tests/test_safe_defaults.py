@@ -308,3 +308,47 @@ def test_no_sandbox_is_in_the_runs_row_the_summary_and_its_artifact(
         )
     [data] = [str(a.data) for a in artifacts if summary["run_id"] in str(a.data)]
     assert "No sandbox" in data and "read the API key" in data
+
+
+# -- Prefect's temporary server --------------------------------------------------------------------
+
+TEMPORARY_SERVER = """
+import base64, os, httpx
+from devswarm.commands.common import quiet_prefect
+quiet_prefect()  # what the CLI does before Prefect is imported
+from prefect import flow
+from prefect.server.api.server import SubprocessASGIServer
+
+@flow
+def hello() -> int:
+    return 1
+
+assert hello() == 1  # the run itself went through with the auth string
+url = SubprocessASGIServer().api_url
+token = base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
+bare = httpx.post(f"{url}/flows/filter", json={})
+given = httpx.post(f"{url}/flows/filter", json={}, headers={"Authorization": f"Basic {token}"})
+print(url, bare.status_code, given.status_code)
+"""
+
+
+@pytest.mark.slow
+def test_the_temporary_prefect_server_has_an_auth_string_of_its_own(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING")
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", TEMPORARY_SERVER],
+        env={**env, "PREFECT_HOME": str(tmp_path / "prefect"),
+             "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    url, bare, given = done.stdout.split()[-3:]
+    assert url.startswith("http://127.0.0.1:")  # loopback only
+    assert (bare, given) == ("401", "200")

@@ -4,6 +4,7 @@ running a swarm in this process with a live view."""
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any, NoReturn
 
 import typer
@@ -42,6 +43,12 @@ def quiet_prefect() -> None:
             auth = None
         if auth:
             os.environ["PREFECT_API_AUTH_STRING"] = auth
+    if not api and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+        # Prefect's temporary server (this process starts it: no PREFECT_API_URL) listens on
+        # loopback, where any local user or process could use it; with an auth string of its
+        # own only this process can. Its child server process inherits the variable.
+        auth = os.environ.get("PREFECT_API_AUTH_STRING") or secrets.token_urlsafe(24)
+        os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = auth
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
