@@ -352,3 +352,38 @@ def test_the_temporary_prefect_server_has_an_auth_string_of_its_own(tmp_path: Pa
     url, bare, given = done.stdout.split()[-3:]
     assert url.startswith("http://127.0.0.1:")  # loopback only
     assert (bare, given) == ("401", "200")
+
+
+# -- hot files under concurrency ---------------------------------------------------------------------
+
+
+def test_hot_files_count_every_conflict_when_workers_report_and_save_at_once(
+    tmp_path: Path,
+) -> None:
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devswarm.run.state import RunState
+
+    repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
+    run = Run(_config(tmp_path, repo, run_id="hot"))
+    files = [f"src/f{i}.py" for i in range(40)]
+
+    def worker(n: int) -> Counter[str]:
+        mine: Counter[str] = Counter()
+        for i in range(300):
+            batch = [files[(n * 7 + i) % len(files)], files[(n + i * 3) % len(files)]]
+            run.progress.conflicted(batch)
+            mine.update(batch)
+            if i % 25 == 0:
+                run.save_state()  # as the flow and planners do while workers report
+        return mine
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            expected = sum(pool.map(worker, range(8)), Counter())
+        run.save_state()
+    finally:
+        run.close()
+    assert run.progress.hot() == dict(expected)
+    assert RunState.load(run.dir / "state.json").hot_files == dict(expected)

@@ -108,6 +108,7 @@ class Run:
         self.output_limit = "max_tokens"
         self._task_keys: set[str] = set()
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
@@ -146,8 +147,11 @@ class Run:
             return self.state.cycle_tips[cycle]
 
     def save_state(self) -> None:
-        self.state.hot_files = self.progress.hot()
-        self.state.save(self.dir / "state.json")
+        """Write state.json with the hot files so far. One writer at a time: the flow, planners
+        and workers save while others report (the file is replaced through one temporary)."""
+        with self._state_lock:
+            self.state.hot_files = self.progress.hot()
+            self.state.save(self.dir / "state.json")
 
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
