@@ -30,9 +30,10 @@ def check_prefect_api() -> None:
             client.get(f"{base}/health")  # answered without credentials
             answer = client.get(f"{base}/admin/version", headers=_credentials())
     except httpx.HTTPError as exc:
+        why = str(exc) or type(exc).__name__
         raise UserError(
-            f"cannot reach the Prefect API at {url} (PREFECT_API_URL): {exc or type(exc).__name__}"
-            "; start that server, or unset PREFECT_API_URL to use a temporary one"
+            f"cannot reach the Prefect API at {url} (PREFECT_API_URL): {why}; start that "
+            "server, or unset PREFECT_API_URL to use a temporary one"
         ) from None
     if answer.status_code in (401, 403):
         given = "its credentials" if _credentials() else "a request without credentials"
