@@ -333,7 +333,14 @@ print(url, bare.status_code, given.status_code)
 
 
 @pytest.mark.slow
-def test_the_temporary_prefect_server_has_an_auth_string_of_its_own(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "inherited",
+    [{}, {"PREFECT_SERVER_API_AUTH_STRING": "inherited-0123456789"}],
+    ids=["fresh", "server-string-inherited"],  # from a parent process that set it up
+)
+def test_the_temporary_prefect_server_has_an_auth_string_of_its_own(
+    tmp_path: Path, inherited: dict[str, str]
+) -> None:
     import subprocess
     import sys
 
@@ -344,7 +351,8 @@ def test_the_temporary_prefect_server_has_an_auth_string_of_its_own(tmp_path: Pa
     }
     done = subprocess.run(
         [sys.executable, "-c", TEMPORARY_SERVER],
-        env={**env, "PREFECT_HOME": str(tmp_path / "prefect"),
+        env={**env, "PREFECT_HOME": str(tmp_path / "prefect"), **inherited,
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "240",  # a loaded machine
              "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -43,11 +43,16 @@ def quiet_prefect() -> None:
             auth = None
         if auth:
             os.environ["PREFECT_API_AUTH_STRING"] = auth
-    if not api and not os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+    if not api:
         # Prefect's temporary server (this process starts it: no PREFECT_API_URL) listens on
         # loopback, where any local user or process could use it; with an auth string of its
-        # own only this process can. Its child server process inherits the variable.
-        auth = os.environ.get("PREFECT_API_AUTH_STRING") or secrets.token_urlsafe(24)
+        # own only this process can. Its child server process inherits the variable; the client
+        # must send the same one (an inherited server string alone would lock us out).
+        auth = (
+            os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+            or os.environ.get("PREFECT_API_AUTH_STRING")
+            or secrets.token_urlsafe(24)
+        )
         os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = auth
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -60,7 +65,12 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     Ctrl-C or SIGTERM drains the swarm (no new workers, running ones stop at their next step,
     everything recorded); a second one aborts.
     """
-    from devswarm.commands.preflight import check_models, check_prefect_api, dirty_tree_warning
+    from devswarm.commands.preflight import (
+        check_models,
+        check_prefect_api,
+        check_repository,
+        dirty_tree_warning,
+    )
     from devswarm.ids import new_run_id
     from devswarm.live import watch
     from devswarm.model.client import ModelClient
@@ -71,14 +81,16 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     cfg.run_id = cfg.run_id or new_run_id(cfg.repo)
     if cfg.base_url is None and not cfg.api_key.get_secret_value():
         raise UserError("no model endpoint: set OPENAI_BASE_URL/--base-url or OPENAI_API_KEY")
-    # Every refusal before anything is written (a run folder, a clone) or Prefect starts.
+    # Every refusal before anything is written (a run folder, a clone) or Prefect starts: the
+    # repository and branch first (local, fast), then the Prefect API and the model endpoint.
+    check_repository(cfg)
     quiet_prefect()
     check_prefect_api()
     client = ModelClient(cfg.base_url, cfg.api_key, timeout=10)
     client.preflight()
     for warning in check_models(client, {cfg.models.planner, cfg.models.worker, cfg.models.judge}):
         typer.echo(f"devswarm: {warning}", err=True)
-    # Validate the repository and branch (fast, one-line errors).
+    # The repository and branch again, now as the run takes them (a clone, its run folder).
     probe = Run(cfg)
     probe.close()
     if warning := dirty_tree_warning(probe.workspace.user_repo, probe.workspace.base_commit):

@@ -1,6 +1,7 @@
 """What `devswarm run` and `resume` check before anything starts, so bad input is one line and
-nothing is half-done: the Prefect API the run would use, the model ids the endpoint serves, and
-a working tree with changes the run will not see (a warning; read without writing anything)."""
+nothing is half-done: the repository and landing branch, the Prefect API the run would use, the
+model ids the endpoint serves, and a working tree with changes the run will not see (a warning;
+read without writing anything)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ from pathlib import Path
 
 import httpx
 
+from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
+from devswarm.git.plumbing import check_branch_name
+from devswarm.git.repo import open_repo, read_user_repository
+from devswarm.ids import landing_branch
 from devswarm.model.client import ModelClient
 from devswarm.model.errors import ModelCallError
+
+
+def check_repository(cfg: SwarmConfig) -> None:
+    """Refuse, in one line and without writing anything, a repository path that is not a git
+    repository, a landing branch name git refuses, or a branch checked out there."""
+    branch = check_branch_name(cfg.branch or landing_branch(cfg.run_id or ""))
+    read_user_repository(cfg.repo, branch)
 
 
 def check_prefect_api() -> None:
@@ -85,8 +97,6 @@ def dirty_tree_warning(repo: Path, base: str) -> str | None:
     """One line when the user's working tree has changes the run will not see (it starts from
     the commit `base`), read without taking git's optional locks (open_repo), so not even the
     index is written."""
-    from devswarm.git.repo import open_repo
-
     try:
         with open_repo(repo) as r:
             changed = r.git.status("--porcelain", "--untracked-files=normal").splitlines()

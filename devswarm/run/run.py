@@ -20,7 +20,7 @@ from devswarm.errors import UserError
 from devswarm.git.plumbing import check_branch_name
 from devswarm.git.remote import RemoteWorkspace
 from devswarm.git.workspace import Workspace
-from devswarm.ids import file_safe, new_run_id, repo_key
+from devswarm.ids import file_safe, landing_branch, new_run_id, repo_key
 from devswarm.model.client import ModelClient
 from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import Ledger
@@ -51,7 +51,7 @@ class Run:
         key = repo_key(repo) if worker_clones is None else repo_key(Path(config.remote or ""))
         self.config = config
         self.run_id = config.run_id or new_run_id(repo)
-        self.branch = check_branch_name(config.branch or f"devswarm/{self.run_id}")
+        self.branch = check_branch_name(config.branch or landing_branch(self.run_id))
         self.dir = config.home / "runs" / self.run_id
         self.workspace: Workspace
         if worker_clones is None:
