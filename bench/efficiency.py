@@ -14,6 +14,17 @@ run (Prefect's server already up; planning, landings, judge, records and Prefect
 included) ÷ the ideal, the orchestration CPU seconds per model call (this process, its git
 commands and the Prefect server — PostgreSQL included; not the model server), and where the
 wall time went.
+
+What the sandbox costs (docs/sandbox.md): `--run-step CMD` makes each worker's first step a
+`run` of CMD, `--check CMD` is the repository check (run before each landing and on the tip),
+and `--sandbox both` runs the swarm with the sandbox off and on, alternately (`--repeat R`
+times each), on the same server:
+
+    python bench/efficiency.py --server ephemeral --sandbox both --repeat 2 \
+        --run-step "python -m unittest -q" --check "python -m unittest -q"
+
+It prints the median `run` command's time with and without (from tool_calls.duration_ms: the
+per-command overhead in ms) and the whole run's wall time on ÷ off.
 """
 
 from __future__ import annotations
@@ -28,8 +39,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
+# A small real test suite for the repository, so `--check`/`--run-step` have work to do.
+SUITE = {
+    "README.md": "efficiency\n",
+    "test_ok.py": "import unittest\n\n\nclass T(unittest.TestCase):\n"
+    "    def test_ok(self):\n        self.assertTrue(True)\n",
+}
 
-def scenario(n: int, k: int, latency: float) -> dict:
+
+def scenario(n: int, k: int, latency: float, run_step: str | None = None) -> dict:
     specs, agents = [], [c.NO_FOLLOWUPS]
     for i in range(n):
         name = f"w{i:03}"
@@ -39,6 +57,8 @@ def scenario(n: int, k: int, latency: float) -> dict:
             {"tool_calls": [c.tool_call("list_files", path=".", pattern=f"*{j}*")]}
             for j in range(k - 1)
         ]
+        if run_step and steps:  # the first step runs a command instead
+            steps[0] = {"tool_calls": [c.tool_call("run", command=run_step)]}
         steps.append(
             {"tool_calls": [c.tool_call("write_file", path=f"{name}.txt", content=f"{name}\n"),
                             c.tool_call("finish", summary="done")]}
@@ -56,12 +76,13 @@ def child(params: dict) -> None:
 
     work = Path(params["work"])
     n, conc, workers = params["n"], params["c"], params["workers"]
-    repo = c.make_repo(work / "user", {"README.md": "efficiency\n"})
+    repo = c.make_repo(work / "user", SUITE)
     cfg = SwarmConfig(
         goal="bench", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
         home=work / "home", max_cycles=1, max_workers=workers, max_tasks_per_plan=n,
         max_model_calls_at_once=max(conc, 1), run_id="bench-efficiency",
-        request_timeout=params["latency"] + 60,
+        request_timeout=params["latency"] + 60, check=params.get("check"),
+        sandbox=params.get("sandbox", True),
     )  # fmt: skip
     os.environ["OPENAI_API_KEY"] = "sk-bench"
     summary, meter, started = c.run_swarm_measured(cfg)
@@ -72,6 +93,9 @@ def child(params: dict) -> None:
         "FROM model_calls"
     ).fetchone()
     landed = con.execute("SELECT count(*) FROM tasks WHERE status = 'landed'").fetchone()[0]
+    run_ms = con.execute(
+        "SELECT median(duration_ms) FROM tool_calls WHERE tool_name = 'run'"
+    ).fetchone()[0]
     con.close()
     c.child_result(
         {
@@ -83,20 +107,64 @@ def child(params: dict) -> None:
             "calls": calls,
             "failed_calls": failed,
             "landed": landed,
+            "run_ms": run_ms,
             "phases": where,
         }
     )
 
 
 def measure(
-    n: int, k: int, latency: float, conc: int, workers: int, server: c.PrefectServer
+    n: int,
+    k: int,
+    latency: float,
+    conc: int,
+    workers: int,
+    server: c.PrefectServer,
+    **options: object,
 ) -> dict:
+    """One swarm run in a child process; `options`: sandbox, check, run_step."""
     work = c.scratch("efficiency")
-    params = {"n": n, "k": k, "latency": latency, "c": conc, "workers": workers}
-    with c.model_server(scenario(n, k, latency), work / "model") as (url, log):
+    params = {"n": n, "k": k, "latency": latency, "c": conc, "workers": workers, **options}
+    run_step = options.get("run_step")
+    with c.model_server(scenario(n, k, latency, run_step), work / "model") as (url, log):  # type: ignore[arg-type]
         res = c.run_child(__file__, {"work": str(work), "url": url, **params}, server)
         res["server_calls"] = len(c.chat_log(log))
     return res
+
+
+def _report(kind: str, ideal: float, n: int, sandbox: bool, res: dict) -> None:
+    ratio = res["wall"] / ideal
+    print(
+        f"[{kind}, sandbox {'on' if sandbox else 'off'}] wall {res['wall']:.1f} s = {ratio:.2f} × "
+        f"ideal; {res['calls']} model calls ({res['failed_calls']} failed), {res['landed']}/{n} "
+        f"landed, status {res['status']}; orchestration CPU {res['cpu']:.1f} s = "
+        f"{res['cpu'] / max(res['calls'], 1) * 1000:.0f} ms per model call "
+        f"({res['cpu'] / res['wall']:.2f} cores on average; Prefect's server "
+        f"{res['server_cpu'] / res['cpu']:.0%} of it); peak RSS "
+        f"{res['peak_rss'] / 2**20:.0f} MiB"
+        + (f"; median `run` {res['run_ms']:.0f} ms" if res.get("run_ms") is not None else "")
+    )
+    print("  phases (s): " + "; ".join(f"{k} {v}" for k, v in res["phases"].items()))
+
+
+def _compare(kind: str, results: list[tuple[bool, dict]]) -> None:
+    """The sandbox's cost: per `run` command (median of the runs' medians) and on the whole run
+    (mean wall time on ÷ off)."""
+    ok = [(s, r) for s, r in results if "error" not in r]
+    walls = {s: [r["wall"] for t, r in ok if t == s] for s in (True, False)}
+    runs = {s: sorted(r["run_ms"] for t, r in ok if t == s and r.get("run_ms")) for s in walls}
+    if not walls[True] or not walls[False]:
+        print(f"[{kind}] sandbox on vs off: not both measured")
+        return
+    on, off = (sum(walls[s]) / len(walls[s]) for s in (True, False))
+    line = f"[{kind}] sandbox on vs off: whole run {on:.1f} s vs {off:.1f} s = {on / off:.3f}"
+    if runs[True] and runs[False]:
+        med_on, med_off = (runs[s][len(runs[s]) // 2] for s in (True, False))
+        line += (
+            f"; per `run` command {med_on:.0f} ms vs {med_off:.0f} ms "
+            f"({med_on - med_off:+.0f} ms with the sandbox)"
+        )
+    print(line + " (target: whole run ≤ 1.05)")
 
 
 def _ideal(n: int, conc: int, k: int, latency: float) -> float:
@@ -111,6 +179,13 @@ def main() -> int:
     parser.add_argument("-C", type=int, default=4, help="model calls in flight")
     parser.add_argument("--workers", type=int, help="workers at once (default: C)")
     parser.add_argument("--server", choices=["both", "ephemeral", "postgres"], default="both")
+    parser.add_argument("--run-step", help="a `run` command as each worker's first step")
+    parser.add_argument("--check", help="the repository check (before each landing, on the tip)")
+    parser.add_argument(
+        "--sandbox", choices=["on", "off", "both"], default="on",
+        help="agents' commands in the sandbox, without (--no-sandbox), or both in turn",
+    )  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each sandbox setting")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -121,30 +196,34 @@ def main() -> int:
           f"W={workers} workers at once: ideal {_ideal(args.N, args.C, args.k, args.L):.1f} s; "
           f"machine: {os.cpu_count()} cores")  # fmt: skip
     ratios = {}
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.sandbox] * args.repeat
     for kind in c.server_kinds(args.server):
         conc = c.worker_cap(kind, args.C)
         ideal = _ideal(args.N, conc, args.k, args.L)
+        results: list[tuple[bool, dict]] = []
         with c.prefect_server(kind) as server:
-            res = measure(args.N, args.k, args.L, conc, c.worker_cap(kind, workers), server)
-        if "error" in res:
-            print(f"[{kind}] failed: {res['error']}")
+            for sandbox in modes:
+                res = measure(
+                    args.N, args.k, args.L, conc, c.worker_cap(kind, workers), server,
+                    sandbox=sandbox, check=args.check, run_step=args.run_step,
+                )  # fmt: skip
+                results.append((sandbox, res))
+                if "error" in res:
+                    print(f"[{kind}, sandbox {'on' if sandbox else 'off'}] failed: {res['error']}")
+                else:
+                    _report(kind, ideal, args.N, sandbox, res)
+        if args.sandbox == "both":
+            _compare(kind, results)
+        results = [(s, r) for s, r in results if "error" not in r]
+        if not results:
+            print(f"[{kind}] failed")
             continue
+        res = results[-1][1]
         if conc < args.C:
             print(
                 f"[{kind}] C capped at {conc} as devswarm run does on SQLite: ideal {ideal:.1f} s"
             )
-        ratio = res["wall"] / ideal
-        ratios[kind] = ratio
-        print(
-            f"[{kind}] wall {res['wall']:.1f} s = {ratio:.2f} × ideal; {res['calls']} model calls "
-            f"({res['failed_calls']} failed), {res['landed']}/{args.N} landed, status "
-            f"{res['status']}; orchestration CPU {res['cpu']:.1f} s = "
-            f"{res['cpu'] / max(res['calls'], 1) * 1000:.0f} ms per model call "
-            f"({res['cpu'] / res['wall']:.2f} cores on average; Prefect's server "
-            f"{res['server_cpu'] / res['cpu']:.0%} of it); peak RSS "
-            f"{res['peak_rss'] / 2**20:.0f} MiB"
-        )
-        print("  phases (s): " + "; ".join(f"{k} {v}" for k, v in res["phases"].items()))
+        ratios[kind] = res["wall"] / ideal
     if not ratios:
         return 1
     shown = "; ".join(f"{k} {v:.2f}" for k, v in ratios.items())

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from devswarm.ids import is_slug
 from devswarm.model.pricing import KNOWN_PRICES, Price
+from devswarm.sandbox.env import pass_env_problem
+
+# What a user can get wrong in numbers: a count where 0 makes no sense is at least 1; an
+# amount (dollars, seconds) is finite and above 0 (a nan, inf or negative cap would switch a
+# budget off or stop everything at once); turns and fan-outs may be 0 (none).
+Count = Annotated[int, Field(ge=1)]
+Turns = Annotated[int, Field(ge=0)]
+Amount = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+ModelId = Annotated[str, Field(min_length=1)]
+# A misspelt setting is refused, not ignored (in files, blocks, a resumed run's config.json).
+STRICT = ConfigDict(extra="forbid")
 
 
 class Models(BaseModel):
     """The model used for each role (a strong planner with cheaper workers is the economical mix)."""
 
-    planner: str = "gpt-4.1"
-    worker: str = "gpt-4.1-mini"
-    judge: str = "gpt-4.1"
+    model_config = STRICT
+
+    planner: ModelId = "gpt-4.1"
+    worker: ModelId = "gpt-4.1-mini"
+    judge: ModelId = "gpt-4.1"
 
     @classmethod
     def single(cls, model: str) -> Models:
@@ -26,19 +41,23 @@ class Models(BaseModel):
 class AgentLimits(BaseModel):
     """Per-agent caps, checked before every model call."""
 
-    max_steps: int = 40
-    max_tokens: int = 600_000
-    max_cost_usd: float = 3.0
-    max_wall_seconds: float = 1800.0
-    max_output_tokens: int = 4096  # per call; also what a call reserves from the budget
+    model_config = STRICT
+
+    max_steps: Count = 40
+    max_tokens: Count = 600_000
+    max_cost_usd: Amount = 3.0
+    max_wall_seconds: Amount = 1800.0
+    max_output_tokens: Count = 4096  # per call; also what a call reserves from the budget
 
 
 class Budget(BaseModel):
     """Global caps for a run: finite by default, so nobody spends without bound by accident."""
 
-    max_tokens: int = 5_000_000
-    max_cost_usd: float = 20.0
-    max_wall_seconds: float = 4 * 3600.0
+    model_config = STRICT
+
+    max_tokens: Count = 5_000_000
+    max_cost_usd: Amount = 20.0
+    max_wall_seconds: Amount = 4 * 3600.0
     fallback_price: Price = Price(input=5.0, cached_input=5.0, output=15.0)
 
 
@@ -71,39 +90,72 @@ def renamed_settings(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 class SwarmConfig(BaseModel):
     """Everything one swarm run needs. Secrets stay in SecretStr and never reach records."""
 
+    model_config = STRICT
+
     @model_validator(mode="before")
     @classmethod
     def _old_names(cls, data: Any) -> Any:
         return renamed_settings(data)[0] if isinstance(data, dict) else data
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_a_slug(cls, value: str | None) -> str | None:
+        # It names a folder, a branch and Prefect runs: no "..", slashes or spaces.
+        if value is not None and not is_slug(value):
+            raise ValueError("use lowercase letters, digits and dashes only (e.g. nightly-3)")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("not an http(s) URL, e.g. http://localhost:8000/v1")
+        return value
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if problem := pass_env_problem(name):
+                raise ValueError(f"{name!r}: {problem}")
+        return names
 
     goal: str
     repo: Path
     branch: str | None = None  # default devswarm/<run id>
     check: str | None = None  # repository check; a landing may not turn it from passing to failing
     setup: str | None = None  # runs in each fresh worktree before the agent starts
+    # The setup reaches the network only when the user says so (--setup-network): local
+    # services and cloud metadata endpoints too, not only package indexes.
+    setup_network: bool = False
     run_id: str | None = None  # default <repo>-<UTC time>-<4 hex>
 
     base_url: str | None = None
     api_key: SecretStr = SecretStr("")
     models: Models = Field(default_factory=Models)
     prices: dict[str, Price] = Field(default_factory=dict)
-    request_timeout: float = 120.0
-    max_model_calls_at_once: int = 32
+    request_timeout: Amount = 120.0
+    max_model_calls_at_once: Count = 32
 
-    max_cycles: int = 3
-    max_workers: int = 8
-    max_planners: int = 4
-    plan_depth: int = 2
-    max_tasks_per_plan: int = 12
-    max_followups: int = 4  # follow-up plannings per cycle (from workers' handoffs)
-    max_followup_tasks: int = 2
-    max_scopes: int = 4  # sub-planners per planner (fan-out)
-    conflict_turns: int = 2
-    check_turns: int = 2
-    command_timeout: float = 300.0
+    max_cycles: Count = 3
+    max_workers: Count = 8
+    max_planners: Count = 4
+    plan_depth: Turns = 2
+    max_tasks_per_plan: Count = 12
+    max_followups: Turns = 4  # follow-up plannings per cycle (from workers' handoffs)
+    max_followup_tasks: Turns = 2
+    max_scopes: Turns = 4  # sub-planners per planner (fan-out)
+    conflict_turns: Turns = 2
+    check_turns: Turns = 2
+    command_timeout: Amount = 300.0
     # Agents' commands, checks and setup run in a sandbox (bubblewrap); False only when the user
     # says --no-sandbox: then agents can read the key and write the user's files.
     sandbox: bool = True
+    # Variables of devswarm's environment that agents' commands, checks and setup also get
+    # (--pass-env NAME); everything else but PATH, HOME, the locale and TERM stays out.
+    pass_env: list[str] = Field(default_factory=list)
 
     # Scale-out (docs/scale-out.md): "local" runs workers as subflows in this process;
     # "deployment" runs each on a Prefect work pool and lands through a shared git remote.

@@ -51,6 +51,11 @@ def is_slug(text: str, limit: int = 80) -> bool:
     return bool(text) and len(text) <= limit and slug(text, limit) == text
 
 
+def landing_branch(run_id: str) -> str:
+    """The branch a run lands on when the user names none."""
+    return f"devswarm/{run_id}"
+
+
 def new_run_id(repo: Path) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{slug(repo.name, 24)}-{stamp}-{secrets.token_hex(2)}"

@@ -25,6 +25,7 @@ def _panel(started: float) -> Table:
         "tokens",
         "US$",
         "conflicts",
+        "sandbox",
         "elapsed",
     ):
         table.add_column(col)
@@ -37,13 +38,15 @@ def _panel(started: float) -> Table:
             f"{run.ledger.tokens:,}",
             f"{run.ledger.cost:.4f}",
             str(b["conflicts"]),
+            # Turned off, it is what the user should not miss: in capitals, in red.
+            "on" if run.config.sandbox else "[bold red]OFF[/bold red]",
             f"{time.monotonic() - started:.0f} s",
         ]
     for row in _last_rows.values():
         table.add_row(*row)
     if not _last_rows:
         table.add_row(
-            "(starting Prefect)", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
+            "(starting Prefect)", "", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
         )
     return table
 

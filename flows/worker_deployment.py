@@ -6,7 +6,6 @@ docs/scale-out.md.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from devswarm.ids import WORK_RUN_NAME
 from devswarm.roles.worker import task_worker_id, work_task
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, WorkerReport
+from devswarm.settings import api_key_from_env
 from tasks.artifacts import work_artifact
 from tasks.events import events_to_prefect
 from tasks.landing import land
@@ -36,7 +36,7 @@ def work_remote(
     """One worker in its own process: clone the shared remote, run the agent, land by push, and
     leave the report and records in the exchange. `provider` names a model provider block to
     read the API key from when the environment has no OPENAI_API_KEY."""
-    key = os.environ.get("OPENAI_API_KEY") or (
+    key = api_key_from_env().get_secret_value() or (
         load(ModelProvider, provider).api_key.get_secret_value() if provider else ""
     )  # no key at all: an endpoint without keys (vLLM, Ollama, the offline server)
     config = config.model_copy(update={"api_key": SecretStr(key)})

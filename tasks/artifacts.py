@@ -13,6 +13,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from devswarm.records import now
+from devswarm.sandbox.probe import NO_SANDBOX_NOTICE
 from devswarm.schemas import CheckResult, Plan, PlannedTask, Verdict, WorkerReport
 from devswarm.server import report_url
 
@@ -74,6 +75,8 @@ def verdict_artifact(cycle: int, verdict: Verdict, check: CheckResult | None) ->
 
 def summary_artifact(summary: dict[str, Any]) -> None:
     md = "\n".join(f"- **{k}**: `{v}`" for k, v in summary.items() if k != "verdict")
+    if str(summary.get("sandbox", "on")).startswith("off"):
+        md = f"> **No sandbox** ({summary['sandbox']}): {NO_SANDBOX_NOTICE}.\n\n{md}"
     if summary.get("verdict"):
         md += f"\n\n## Verdict\n{summary['verdict']['decision']}: {summary['verdict']['reasons']}"
     # A browser opens no file:// link from the UI: link the report only where this machine's

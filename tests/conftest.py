@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -49,7 +50,9 @@ def make_repo(path: Path, files: dict[str, str], branch: str = "main") -> Path:
 
 
 def snapshot(repo: Path) -> dict[str, Any]:
-    """Everything of the user's repository a swarm must not touch (except its landing branch)."""
+    """Everything of the user's repository a swarm must not touch (except its landing branch),
+    read without writing anything (no optional locks: `git status` may otherwise refresh the
+    index), the index's bytes included."""
     files = {
         str(p.relative_to(repo)): p.read_bytes()
         for p in sorted(repo.rglob("*"))
@@ -58,7 +61,8 @@ def snapshot(repo: Path) -> dict[str, Any]:
     return {
         "head": git(repo, "symbolic-ref", "-q", "HEAD"),
         "head_commit": git(repo, "rev-parse", "HEAD"),
-        "status": git(repo, "status", "--porcelain"),
+        "status": git(repo, "--no-optional-locks", "status", "--porcelain"),
+        "index": hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest(),
         "config": (repo / ".git" / "config").read_text(),
         "branches": {
             line.split()[1]: line.split()[0]

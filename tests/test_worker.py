@@ -330,8 +330,8 @@ def test_a_worker_at_its_step_limit_ends_with_that_status_and_a_handoff(tmp_path
 
 def test_setup_runs_in_each_fresh_worktree_before_the_agent(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "user", {".gitignore": "build/\n", "a.txt": "a\n"})
-    counter = tmp_path / "setup-runs"
-    setup = f"echo run >> {counter} && mkdir -p build && echo ok > build/stamp"
+    # The setup may write its worktree and the cache folder only (it runs sandboxed).
+    setup = 'echo run >> "$XDG_CACHE_HOME/setup-runs" && mkdir -p build && echo ok > build/stamp'
     scenario = {
         "agents": [
             {
@@ -345,6 +345,7 @@ def test_setup_runs_in_each_fresh_worktree_before_the_agent(tmp_path: Path) -> N
         ]
     }
     with running(tmp_path, scenario, repo, setup=setup) as (run, _log):
+        counter = run.checks.cache / "setup-runs"
         base = run.workspace.tip()
         tasks = [planned(run, name, base=base, check="test -f build/stamp") for name in ("x", "y")]
         reports = [work(run, t) for t in tasks]
@@ -361,10 +362,10 @@ def test_a_failing_setup_is_a_task_status_and_runs_once_per_base_commit(tmp_path
     old_base = git(repo, "rev-parse", "HEAD")
     (repo / "a.txt").write_text("b\n")
     git(repo, "commit", "-qam", "second")
-    counter = tmp_path / "setup-runs"
-    setup = f"echo run >> {counter}; echo 'cannot build' >&2; exit 3"
+    setup = "echo run >> \"$XDG_CACHE_HOME/setup-runs\"; echo 'cannot build' >&2; exit 3"
     scenario = {"agents": [{"match": "worker/*", "steps": [finish()]}]}
     with running(tmp_path, scenario, repo, setup=setup) as (run, log):
+        counter = run.checks.cache / "setup-runs"
         new_base = run.workspace.tip()
         reports = [
             work(run, planned(run, "x", base=old_base)),

@@ -81,6 +81,7 @@ class Agent:
         output_limit: str = "max_tokens",
         text_tools: bool = False,
         on_tool: ToolWatcher | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
@@ -90,7 +91,9 @@ class Agent:
         the server refuses it and names the other.
         `text_tools=True`: never send `tools`; describe them in the system prompt and read the
         calls the model writes as text (switched on when the server refuses `tools`).
-        `on_tool(step, name, arguments, result)` hears each tool call after it ran (the log)."""
+        `on_tool(step, name, arguments, result)` hears each tool call after it ran (the log).
+        `redact` cleans tool output and every saved line of the run's secrets (Run.redact):
+        what a command printed reaches the model, the transcript and the records only so."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -101,6 +104,7 @@ class Agent:
         self.output_limit = output_limit
         self.text_tools = text_tools
         self.on_tool = on_tool
+        self.redact = redact
         self.specs = toolbox.specs()
         if text_tools and self.specs:
             system = f"{system}\n\n{tools_prompt(self.specs)}"
@@ -256,6 +260,7 @@ class Agent:
         """Run one tool call, record it as a row and feed the stuck detector."""
         t0, started = time.perf_counter(), now()
         result = self._call_tool(name, arguments)
+        result.output = self.redact(result.output)
         self._record(
             step, call_id, name, str(arguments), result.output, result.error_type, t0, started
         )
@@ -282,8 +287,8 @@ class Agent:
             step=step,
             tool_call_id=call_id,
             tool_name=name,
-            arguments=arguments[:4096],
-            output_excerpt=output[:2048],
+            arguments=self.redact(arguments)[:4096],
+            output_excerpt=self.redact(output)[:2048],
             error_type=error_type,
             duration_ms=round((time.perf_counter() - t0) * 1000, 3) if t0 is not None else 0.0,
             started_at=started or now(),
@@ -376,9 +381,9 @@ class Agent:
         self.transcript.parent.mkdir(parents=True, exist_ok=True)
         with self.transcript.open("a", encoding="utf-8") as f:
             for m in self.messages[self._saved :]:
-                f.write(
-                    json.dumps({"agent_id": self.agent_id, "at": now(), "message": m}, default=str)
-                    + "\n"
+                line = json.dumps(
+                    {"agent_id": self.agent_id, "at": now(), "message": m}, default=str
                 )
+                f.write(self.redact(line) + "\n")
                 f.flush()
         self._saved = len(self.messages)

@@ -4,6 +4,7 @@ running a swarm in this process with a live view."""
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any, NoReturn
 
 import typer
@@ -43,6 +44,17 @@ def quiet_prefect() -> None:
             auth = None
         if auth:
             os.environ["PREFECT_API_AUTH_STRING"] = auth
+    if not api:
+        # Prefect's temporary server (this process starts it: no PREFECT_API_URL) listens on
+        # loopback, where any local user or process could use it; with an auth string of its
+        # own only this process can. Its child server process inherits the variable; the client
+        # must send the same one (an inherited server string alone would lock us out).
+        auth = (
+            os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+            or os.environ.get("PREFECT_API_AUTH_STRING")
+            or secrets.token_urlsafe(24)
+        )
+        os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = auth
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's temporary server gets 20 s to start by default; a loaded machine needs more.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -63,6 +75,12 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     Ctrl-C or SIGTERM drains the swarm (no new workers, running ones stop at their next step,
     everything recorded); a second one aborts.
     """
+    from devswarm.commands.preflight import (
+        check_models,
+        check_prefect_api,
+        check_repository,
+        dirty_tree_warning,
+    )
     from devswarm.ids import new_run_id
     from devswarm.live import watch
     from devswarm.model.client import ModelClient
@@ -73,10 +91,20 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     cfg.run_id = cfg.run_id or new_run_id(cfg.repo)
     if cfg.base_url is None and not cfg.api_key.get_secret_value():
         raise UserError("no model endpoint: set OPENAI_BASE_URL/--base-url or OPENAI_API_KEY")
-    ModelClient(cfg.base_url, cfg.api_key, timeout=10).preflight()
-    # Validate the repository and branch before Prefect starts (fast, one-line errors).
-    Run(cfg).close()
+    # Every refusal before anything is written (a run folder, a clone) or Prefect starts: the
+    # repository and branch first (local, fast), then the Prefect API and the model endpoint.
+    check_repository(cfg)
     quiet_prefect()
+    check_prefect_api()
+    client = ModelClient(cfg.base_url, cfg.api_key, timeout=10)
+    client.preflight()
+    for warning in check_models(client, {cfg.models.planner, cfg.models.worker, cfg.models.judge}):
+        typer.echo(f"devswarm: {warning}", err=True)
+    # The repository and branch again, now as the run takes them (a clone, its run folder).
+    probe = Run(cfg)
+    probe.close()
+    if warning := dirty_tree_warning(probe.workspace.user_repo, probe.workspace.base_commit):
+        typer.echo(f"devswarm: {warning}", err=True)
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
     from devswarm.server import SQLITE_WORKER_CAP, worker_cap

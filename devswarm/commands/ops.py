@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from devswarm.commands.common import fail
 from devswarm.config import SwarmConfig, default_home
 from devswarm.errors import UserError
+from devswarm.settings import describe
 
 HomeOpt = Annotated[Path | None, typer.Option(help="Data folder (default $DEVSWARM_HOME)")]
 
 
 def _run_dir(home: Path | None, run: str) -> Path:
     path = (home or default_home()) / "runs" / run
-    if not (path / "config.json").exists():
+    # A run id names one folder: nothing that climbs out of runs/ ("../x", "a/b").
+    if Path(run).name != run or run in (".", "..") or not (path / "config.json").is_file():
         raise UserError(f"no run {run} in {path.parent}")
     return path
 
@@ -32,12 +35,17 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        if home is not None and home.exists() and not home.is_dir():
+            fail(f"--home {home} is a file, not a folder")
         root = (home or default_home()) / "runs"
         table = Table("run", "status", "cycles", "tasks landed", "model calls", "US$", "started")
         for cfg_file in sorted(root.glob("*/config.json")):
-            cfg = SwarmConfig.model_validate_json(cfg_file.read_text())
-            row = _run_row(cfg, cfg_file.parent.name)
-            table.add_row(*row)
+            try:
+                cfg = read_run_config(cfg_file.parent)
+            except UserError as exc:  # one broken run must not hide the others
+                typer.echo(f"devswarm: note: skipped {exc}", err=True)
+                continue
+            table.add_row(*_run_row(cfg, cfg_file.parent.name))
         Console(width=160).print(table)
 
     @app.command()
@@ -61,13 +69,23 @@ def register(app: typer.Typer) -> None:
             for path in sorted(folder.glob("*.jsonl")):
                 if agent and agent.replace("/", "_") not in path.name and agent not in path.name:
                     continue
-                with path.open() as f:
-                    f.seek(offsets.get(path, 0))
-                    for line in f:
-                        if not line.endswith("\n"):
+                with path.open("rb") as f:
+                    done = offsets.get(path, 0)
+                    f.seek(done)
+                    for raw in f:
+                        if not raw.endswith(b"\n"):  # being written: read it whole next time
                             break
-                        typer.echo(_format(json.loads(line)))
-                    offsets[path] = f.tell()
+                        done += len(raw)
+                        try:
+                            message = json.loads(raw)
+                            if not isinstance(message, dict):
+                                raise ValueError("not an object")
+                        except ValueError:  # a line torn by a crash, or damaged since
+                            typer.echo(f"devswarm: note: {path.name}: skipped an unreadable line",
+                                       err=True)  # fmt: skip
+                            continue
+                        typer.echo(_format(message))
+                    offsets[path] = done
             if not follow:
                 return
             time.sleep(1)
@@ -85,19 +103,25 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def resume(run: Annotated[str, typer.Argument(help="Run id")], home: HomeOpt = None) -> None:
         """Continue a crashed or stopped run: landed tasks are kept, answered model calls replay free."""
-        import os
-
-        from pydantic import SecretStr
-
         from devswarm.commands.common import execute, finish
+        from devswarm.settings import api_key_from_env
 
         try:
-            cfg = SwarmConfig.model_validate_json((_run_dir(home, run) / "config.json").read_text())
-            cfg.api_key = SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+            cfg = read_run_config(_run_dir(home, run))
+            cfg.api_key = api_key_from_env()
             summary = execute(cfg, resume=True)
         except UserError as exc:
             fail(str(exc))
         finish(summary)
+
+
+def read_run_config(folder: Path) -> SwarmConfig:
+    """A run's config.json, or UserError naming the run and what is wrong with the file."""
+    try:
+        return SwarmConfig.model_validate_json((folder / "config.json").read_bytes())
+    except (OSError, ValidationError) as exc:
+        what = describe(exc) if isinstance(exc, ValidationError) else exc.strerror or str(exc)
+        raise UserError(f"run {folder.name}: its config.json cannot be read: {what}") from None
 
 
 def _run_row(cfg: SwarmConfig, name: str) -> list[str]:

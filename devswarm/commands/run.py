@@ -33,6 +33,23 @@ def run(
     setup: Annotated[
         str | None, typer.Option(help="Setup command run in each fresh worktree")
     ] = None,
+    setup_network: Annotated[
+        bool,
+        typer.Option(
+            "--setup-network",
+            help="Let the setup command reach the network (package indexes, but also local "
+            "services and cloud metadata); it runs without by default",
+        ),
+    ] = False,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pass-env",
+            metavar="NAME",
+            help="An environment variable agents' commands, checks and setup also get "
+            "(repeatable; the rest stays out)",
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Workers at once [default: 8]")] = None,
     cycles: Annotated[
         int | None, typer.Option(help="Most plan → work → judge cycles [default: 3]")
@@ -93,6 +110,8 @@ def run(
         typer.echo("devswarm: --run-name is now called --run-id", err=True)
         run_id = run_id or run_name
     try:
+        if goal is not None and goal_file is not None:
+            raise UserError("give --goal TEXT or --goal-file FILE, not both")
         text = settings.read_goal(goal, goal_file)
         blocks_layer, key = _blocks(repository_block, provider_block, warehouse_block)
         if executor is not None and executor not in ("local", "deployment"):
@@ -106,6 +125,8 @@ def run(
             "branch": branch,
             "check": check,
             "setup": setup,
+            "setup_network": setup_network or None,
+            "pass_env": pass_env or None,
             "base_url": base_url,
             "max_workers": workers,
             "max_cycles": cycles,
@@ -119,16 +140,59 @@ def run(
         }
         environment = {"base_url": os.environ.get("OPENAI_BASE_URL")}
         merged = settings.merge(environment, blocks_layer, settings.read_file(config), flags)
+        spelled = _spelled(flags, environment)
+        for role, own in (
+            ("planner", planner_model),
+            ("worker", worker_model),
+            ("judge", judge_model),
+        ):
+            if model is not None and own is None:
+                spelled[("models", role)] = "--model"
         cfg = settings.build(
             merged,
             goal=text,
-            api_key=key or SecretStr(os.environ.get("OPENAI_API_KEY", "")),
+            api_key=key or settings.api_key_from_env(),
             run_id=run_id,
+            spelled=spelled,
         )
         summary = execute(cfg)
     except UserError as exc:
         fail(str(exc))
     finish(summary)
+
+
+# Where each flag of `run` lands in the settings, so a refusal names the option the user typed.
+FLAG_SETTINGS = {
+    ("repo",): "--repo",
+    ("branch",): "--branch",
+    ("check",): "--check",
+    ("setup",): "--setup",
+    ("base_url",): "--base-url",
+    ("max_workers",): "--workers",
+    ("max_cycles",): "--cycles",
+    ("home",): "--home",
+    ("db",): "--db",
+    ("executor",): "--executor",
+    ("remote",): "--remote",
+    ("pass_env",): "--pass-env",
+    ("models", "planner"): "--planner-model",
+    ("models", "worker"): "--worker-model",
+    ("models", "judge"): "--judge-model",
+    ("budget", "max_cost_usd"): "--max-cost",
+    ("budget", "max_tokens"): "--max-tokens",
+}
+
+
+def _spelled(flags: dict, environment: dict) -> dict[tuple[str, ...], str]:
+    """The settings the user gave as flags (or OPENAI_BASE_URL), named as the user typed them."""
+    spelled = {("base_url",): "OPENAI_BASE_URL"} if environment.get("base_url") else {}
+    for loc, option in FLAG_SETTINGS.items():
+        value = flags
+        for part in loc:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            spelled[loc] = option
+    return spelled
 
 
 def _blocks(
@@ -168,7 +232,7 @@ def demo(
 
 def model_server(
     scenario: Annotated[Path, typer.Option(help="Scenario JSON file")],
-    port: Annotated[int, typer.Option(help="Port (0 = any free port)")] = 0,
+    port: Annotated[int, typer.Option(help="Port (0 = any free port)", min=0, max=65535)] = 0,
     log: Annotated[Path | None, typer.Option(help="Request log (JSONL)")] = None,
 ) -> None:
     """Serve the offline OpenAI-compatible model server on 127.0.0.1."""
@@ -178,3 +242,5 @@ def model_server(
         serve_forever(scenario, port=port, log_path=log)
     except UserError as exc:
         fail(str(exc))
+    except OSError as exc:  # the port is taken, or the log cannot be written
+        fail(f"model server: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}")

@@ -144,6 +144,13 @@ class ModelClient:
         except ValueError:
             self._listing = None
 
+    def listed_models(self) -> set[str] | None:
+        """The model ids GET /models listed at preflight; None when there was no listing."""
+        entries = self._listing.get("data") if isinstance(self._listing, dict) else None
+        if not isinstance(entries, list):
+            return None
+        return {e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)}
+
     def probe(self, model: str, *, run_id: str, log: RecordLog | None) -> Capabilities:
         """Learn what the endpoint accepts for `model`: the listing (and llama.cpp's /props on a
         loopback endpoint) for free, then one tiny chat request, recorded like any call."""

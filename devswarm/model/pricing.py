@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A price is a finite amount, 0 for free (a nan would make every dollar cap pass).
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class Price(BaseModel):
     """US dollars per million tokens."""
 
-    input: float
-    cached_input: float | None = None
-    output: float
+    model_config = ConfigDict(extra="forbid")
+
+    input: Rate
+    cached_input: Rate | None = None
+    output: Rate
 
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> float:
         """Cost of one call; cached input tokens are billed once, at the cached rate."""

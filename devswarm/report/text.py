@@ -36,6 +36,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         + (" (landed in the clone, not published)" if summary.get("unpublished") else ""),
         f"  DuckDB         {db}",
     ]
+    if summary.get("sandbox"):
+        lines.append(f"  sandbox        {summary['sandbox']}")
     if summary.get("verdict"):
         lines.append(
             f"  judge          {summary['verdict']['decision']}: {summary['verdict']['reasons'][:160]}"

@@ -57,6 +57,7 @@ class Session:
             on_tool=lambda step, name, arguments, result: run.story.tool_step(
                 self.role, self.agent_id, step, name, arguments, result
             ),
+            redact=run.redact,
         )
         return self.agent
 

@@ -20,7 +20,6 @@ from devswarm.records import now
 from devswarm.roles import narrate, prompts
 from devswarm.roles.rows import landing_row, task_row
 from devswarm.roles.session import CallFactory, Session, agent_session
-from devswarm.run.checks import hidden_paths
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, WorkerReport
 from devswarm.tools.toolbox import Toolbox
@@ -103,7 +102,7 @@ def _work(
             env=run.env(),
             sandbox=cfg.sandbox,
             secrets=run.secrets,
-            hidden=hidden_paths(cfg.home),
+            hidden=run.hidden,
         )
         agent = session.new_agent(toolbox, prompts.WORKER, prompts.worker_user(task, ""))
         agent.run()

@@ -1,58 +1,74 @@
 """The repository check and the setup command, run in worktrees with a cache per commit.
 
-A check runs where an agent's code runs, so it is sandboxed like the agent's own commands. The
-check of a commit runs once (a scratch worktree, its result cached); a setup that fails is
-cached per base commit, so later workers on the same commit report it at once.
+A check runs where an agent's code runs, so it is sandboxed like the agent's own commands. So is
+the setup: from the second cycle on it runs on commits agents wrote. It may write its worktree
+and the run's cache folder (pip's, npm's, anything under XDG_CACHE_HOME), and reach the network
+only when the user says --setup-network. The check of a commit runs once (a scratch worktree,
+its result cached); a setup that fails is cached per base commit, so later workers on the same
+commit report it at once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from devswarm.config import SwarmConfig
 from devswarm.git.workspace import Workspace
 from devswarm.sandbox.command import run_command
 from devswarm.schemas import CheckResult
-from devswarm.server.folder import server_dir
-
-
-def hidden_paths(home: Path) -> list[Path]:
-    """What sandboxed commands must not see: the data folder (other runs' records, clones) and
-    `devswarm server`'s folder wherever it lives (its PostgreSQL socket trusts local
-    connections; Prefect's blocks there hold API keys)."""
-    return [home, server_dir(), server_dir(home)]
 
 
 class Checks:
     """The run's checks: `run()` in a worktree, `at(commit)` cached, `setup()` per worktree."""
 
     def __init__(
-        self, config: SwarmConfig, workspace: Workspace, env: Callable[[], dict[str, str]]
+        self,
+        config: SwarmConfig,
+        workspace: Workspace,
+        env: Callable[[], dict[str, str]],
+        *,
+        hidden: Sequence[Path] = (),
+        cache: Path | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
+        """`env` gives the commands' environment (command_env); `hidden` paths look empty to
+        them; `cache` is the setup's cache folder; `redact` cleans their output of secrets."""
         self.config, self.workspace, self._env = config, workspace, env
+        self.hidden, self.cache, self.redact = list(hidden), cache, redact
         self._lock = threading.Lock()
         self._results: dict[str, CheckResult] = {}  # commit -> the repository check there
         self._check_locks: dict[str, threading.Lock] = {}
         self.setup_results: dict[str, CheckResult] = {}  # commit -> first setup result there
         self._setup_locks: dict[str, threading.Lock] = {}
 
-    def run(self, command: str, cwd: Path, *, sandboxed: bool = True) -> CheckResult:
-        """Run a shell check in a worktree (sandboxed: agents' code runs in it)."""
+    def run(
+        self,
+        command: str,
+        cwd: Path,
+        *,
+        env: dict[str, str] | None = None,
+        network: bool = False,
+        writable: Sequence[Path] = (),
+    ) -> CheckResult:
+        """Run a shell check in a worktree, sandboxed (agents' code runs in it) unless the user
+        said --no-sandbox; its output is redacted of the run's secrets."""
         result = run_command(
             command,
             cwd,
             timeout=self.config.command_timeout,
-            env=self._env(),
-            sandbox=self.config.sandbox and sandboxed,
-            hidden=hidden_paths(self.config.home),
+            env=self._env() if env is None else env,
+            sandbox=self.config.sandbox,
+            network=network,
+            writable=writable,
+            hidden=self.hidden,
         )
         return CheckResult(
             command=command,
             passed=result.exit_code == 0 and not result.timed_out,
             exit_code=result.exit_code,
-            output=result.output,
+            output=self.redact(result.output),
         )
 
     def at(self, commit: str) -> CheckResult | None:
@@ -95,5 +111,28 @@ class Checks:
         return first if not first.passed else self._run_setup(worktree)
 
     def _run_setup(self, worktree: Path) -> CheckResult:
-        # The user's own setup (e.g. pip install) may need the network: not sandboxed.
-        return self.run(self.config.setup or "", worktree, sandboxed=False)
+        # Sandboxed: from the second cycle on it runs on what agents wrote. Package managers'
+        # caches go to one folder per repository, shared by the run's worktrees (and later runs).
+        writable: list[Path] = []
+        env = self._env()
+        if self.cache is not None:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            writable.append(self.cache)
+            env |= cache_env(self.cache)
+        return self.run(
+            self.config.setup or "",
+            worktree,
+            env=env,
+            network=self.config.setup_network,
+            writable=writable,
+        )
+
+
+def cache_env(cache: Path) -> dict[str, str]:
+    """Variables that point package managers' caches into `cache` (the setup's only writable
+    folder besides its worktree)."""
+    return {
+        "XDG_CACHE_HOME": str(cache),
+        "PIP_CACHE_DIR": str(cache / "pip"),
+        "npm_config_cache": str(cache / "npm"),
+    }

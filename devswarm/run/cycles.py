@@ -6,11 +6,8 @@ of a cycle is what the next cycle's planners start from (a summary, not transcri
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
-
-from pydantic import SecretStr
 
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
@@ -21,13 +18,14 @@ from devswarm.run.registry import take_key
 from devswarm.run.run import Run
 from devswarm.scheduler import DRAINED, FollowupFn, Scheduler, WorkFn
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
+from devswarm.settings import api_key_from_env
 
 
 def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
     """The Run of a swarm flow run: its key from the process that started it (never a flow
     parameter), or the environment; its start recorded and announced."""
     if not config.api_key.get_secret_value():
-        key = take_key(config.run_id) or SecretStr(os.environ.get("OPENAI_API_KEY", ""))
+        key = take_key(config.run_id) or api_key_from_env()
         config = config.model_copy(update={"api_key": key})
     run = Run(config)
     if flow_run_id and flow_run_id not in run.state.flow_runs:

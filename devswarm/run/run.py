@@ -20,7 +20,7 @@ from devswarm.errors import UserError
 from devswarm.git.plumbing import check_branch_name
 from devswarm.git.remote import RemoteWorkspace
 from devswarm.git.workspace import Workspace
-from devswarm.ids import file_safe, new_run_id, repo_key
+from devswarm.ids import file_safe, landing_branch, new_run_id, repo_key
 from devswarm.model.client import ModelClient
 from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import BUDGETS, RUNNING_LOW, Ledger
@@ -32,8 +32,10 @@ from devswarm.run.progress import Progress
 from devswarm.run.state import RunState, earlier_hot_files
 from devswarm.run.story import Story
 from devswarm.sandbox.env import command_env
-from devswarm.sandbox.probe import require_sandbox
+from devswarm.sandbox.probe import NO_SANDBOX_NOTICE, sandbox_description
+from devswarm.sandbox.redact import Redactor, process_secrets
 from devswarm.schemas import Verdict
+from devswarm.server.folder import ROOT_DEFAULT_DIR, server_dir
 from devswarm.store.warehouse import publish_run, run_store_path
 
 _log = logging.getLogger("devswarm")
@@ -47,21 +49,21 @@ class Run:
         if not config.goal.strip():
             raise UserError("the goal is empty; give --goal TEXT or --goal-file FILE")
         repo = config.repo.expanduser().resolve()
+        key = repo_key(repo) if worker_clones is None else repo_key(Path(config.remote or ""))
         self.config = config
         self.run_id = config.run_id or new_run_id(repo)
-        self.branch = check_branch_name(config.branch or f"devswarm/{self.run_id}")
+        self.branch = check_branch_name(config.branch or landing_branch(self.run_id))
         self.dir = config.home / "runs" / self.run_id
         self.workspace: Workspace
         if worker_clones is None:
-            self.workspace = Workspace(repo, config.home / "repos" / repo_key(repo), self.branch)
+            self.workspace = Workspace(repo, config.home / "repos" / key, self.branch)
         elif not config.remote:
             raise UserError("a worker process needs the shared remote (config.remote)")
         else:
-            self.workspace = RemoteWorkspace(
-                config.remote, worker_clones / repo_key(Path(config.remote)), self.branch
-            )
+            self.workspace = RemoteWorkspace(config.remote, worker_clones / key, self.branch)
         self.workspace.prune()
-        self.sandbox_notice = _sandbox_notice(config.sandbox)
+        self.sandbox = sandbox_description(config.sandbox)  # "on (...)" or "off (...)"
+        self.sandbox_notice = None if config.sandbox else NO_SANDBOX_NOTICE
         if self.sandbox_notice and registry.first_time(self.run_id, "sandbox"):
             _log.warning(self.sandbox_notice)  # once per run (stderr; Prefect's console)
         self.ledger = Ledger(
@@ -79,6 +81,9 @@ class Run:
         )
         self.unpriced = sorted(m for m in models if config.price(m) is None)
         self.secrets = [s for s in [config.api_key.get_secret_value()] if s]
+        # Every secret the run knows (the key, credentials in our environment), cleaned from
+        # what agents' commands print before it is kept or sent to the model.
+        self.redact = Redactor(process_secrets(self.secrets))
         self.log = RecordLog(self.dir / "records" / "swarm.jsonl")
         self.stop_reason: str | None = None
         self.unpublished: str | None = None  # why the branch did not reach the user's at the end
@@ -92,7 +97,14 @@ class Run:
             self.progress.conflicted(
                 self.state.hot_files or earlier_hot_files(config.db_path, self.workspace.user_repo)
             )
-        self.checks = Checks(config, self.workspace, self.env)
+        self.checks = Checks(
+            config,
+            self.workspace,
+            self.env,
+            hidden=self.hidden,
+            cache=config.home / "cache" / key,
+            redact=self.redact,
+        )
         self.records = RecordImporter(self.dir / "records", self.store_path, self.run_id)
         # False once the server refused response_format: later agents put the schema in the prompt.
         self.structured_output = True
@@ -100,6 +112,7 @@ class Run:
         self.output_limit = "max_tokens"
         self._task_keys: set[str] = set()
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
@@ -138,8 +151,11 @@ class Run:
             return self.state.cycle_tips[cycle]
 
     def save_state(self) -> None:
-        self.state.hot_files = self.progress.hot()
-        self.state.save(self.dir / "state.json")
+        """Write state.json with the hot files so far. One writer at a time: the flow, planners
+        and workers save while others report (the file is replaced through one temporary)."""
+        with self._state_lock:
+            self.state.hot_files = self.progress.hot()
+            self.state.save(self.dir / "state.json")
 
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
@@ -166,6 +182,7 @@ class Run:
             "report": str(report) if report else None,
             "tasks_landed": self.progress.counts().get("landed", 0),
             "tasks_not_landed": self.progress.not_landed(),
+            "sandbox": self.sandbox,
             "tokens": self.ledger.tokens,
             "cost_usd": round(self.ledger.cost, 6),
             "unpublished": self.unpublished,
@@ -212,6 +229,7 @@ class Run:
             cycles=cycles,
             flow_run_id=flow_run_id,
             config=self.config.model_dump_json(exclude={"api_key"}),
+            sandbox=self.config.sandbox,
         )
 
     @property
@@ -251,7 +269,17 @@ class Run:
         registry.unregister(self.run_id)
 
     def env(self) -> dict[str, str]:
-        return command_env(secrets=self.secrets)
+        """The environment of agents' commands, checks and setup: the allowlist, the names the
+        user passes (--pass-env), nothing that holds the key."""
+        return command_env(pass_env=self.config.pass_env, secrets=self.secrets)
+
+    @property
+    def hidden(self) -> list[Path]:
+        """What sandboxed commands must not see, wherever it lives: the data folder (--home:
+        clones, records, transcripts) and `devswarm server`'s folder (its PostgreSQL socket
+        trusts local connections; block documents hold keys)."""
+        home = self.config.home
+        return list(dict.fromkeys([home, server_dir(), server_dir(home), ROOT_DEFAULT_DIR]))
 
 
 def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
@@ -276,16 +304,3 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
         raise AssertionError("unreachable")
 
     return call
-
-
-def _sandbox_notice(sandbox: bool) -> str | None:
-    """What to say once per run when agents' commands run without a sandbox (only when turned
-    off); a sandbox that does not work here is refused with its cause and fix."""
-    if sandbox:
-        require_sandbox()
-        return None
-    return (
-        "the sandbox is turned off (--no-sandbox): agents' commands run without one, "
-        "with network access and write access to everything this user can write "
-        "(see docs/sandbox.md)"
-    )

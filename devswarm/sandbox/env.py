@@ -26,15 +26,23 @@ AGENT_GIT_CONFIG = {"protocol.file.allow": "never"}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def pass_env_problem(name: str) -> str | None:
+    """What is wrong with passing variable `name` to agents' commands, or None: not a variable
+    name, or one that would take git's settings from devswarm."""
+    if not _NAME.fullmatch(name):
+        return "not an environment variable name"
+    if redirects_git(name.upper()):
+        return "devswarm sets git's environment itself"
+    return None
+
+
 def check_pass_env(names: Iterable[str]) -> list[str]:
-    """The names a user passes (`--pass-env`), checked: UserError for one that is not a
-    variable name or that would take git's settings from devswarm."""
+    """The names a user passes (`--pass-env`), checked: UserError for one with a problem
+    (pass_env_problem)."""
     checked = []
     for name in names:
-        if not _NAME.fullmatch(name):
-            raise UserError(f"--pass-env {name!r}: not an environment variable name")
-        if redirects_git(name.upper()):
-            raise UserError(f"--pass-env {name}: devswarm sets git's environment itself")
+        if problem := pass_env_problem(name):
+            raise UserError(f"--pass-env {name!r}: {problem}")
         checked.append(name)
     return checked
 

@@ -69,6 +69,21 @@ def sandbox_works() -> bool:
     return sandbox_status().works
 
 
+# What a run without the sandbox exposes, said once per run and in its summary.
+NO_SANDBOX_NOTICE = (
+    "the sandbox is turned off (--no-sandbox): agents' commands run without one; they can read "
+    "the API key and write your files, with network access (see docs/sandbox.md)"
+)
+
+
+def sandbox_description(enabled: bool) -> str:
+    """How agents' commands run, in a few words for the summary and the live view: "on (system
+    bubblewrap)" or "off (--no-sandbox)". SandboxUnavailable when asked for and not working."""
+    if not enabled:
+        return "off (--no-sandbox)"
+    return f"on ({require_sandbox().origin or 'system'} bubblewrap)"
+
+
 def require_sandbox() -> SandboxStatus:
     """The working sandbox, or SandboxUnavailable with the cause and its fix in one line."""
     status = sandbox_status()

@@ -118,6 +118,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        "sandbox per run",
+        (
+            # Whether agents' commands ran in the sandbox (False: the user said --no-sandbox).
+            "ALTER TABLE runs ADD COLUMN sandbox BOOLEAN",
+        ),
+    ),
+    Migration(
+        6,
         "published landings",
         (
             # A landing in devswarm's clone that did not reach the user's branch says so.

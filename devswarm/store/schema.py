@@ -55,6 +55,8 @@ TABLES: dict[str, Table] = {
             _cols(
                 "run_id goal repo_path branch base_commit tip_commit status"
                 " started_at:timestamp ended_at:timestamp cycles:int flow_run_id config:json"
+                + _LATER_COLUMNS
+                + " sandbox:bool"
             ),
         ),
         Table(

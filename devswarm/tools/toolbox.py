@@ -57,9 +57,11 @@ class Toolbox:
         secrets: Iterable[str] = (),
         hidden: Sequence[Path] = (),
     ) -> None:
-        """`env` (default os.environ) is scrubbed of credentials, and of any variable whose
-        value contains one of `secrets` (pass the model API key), before a command sees it.
-        `hidden` paths look empty to commands run under bubblewrap (pass the data folder)."""
+        """`env` is the commands' environment as command_env() makes it (a run's Run.env(),
+        with the user's --pass-env names), used as it is; without one, command_env() of
+        os.environ without any variable whose value contains one of `secrets` (pass the model
+        API key). `hidden` paths look empty to commands run under bubblewrap (pass Run.hidden:
+        the data and server folders)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"toolbox root is not a folder: {root}")
@@ -67,7 +69,8 @@ class Toolbox:
         self.read_only = read_only
         self.command_timeout = command_timeout
         self.output_limit = output_limit
-        self.env = command_env(os.environ if env is None else env, secrets=secrets)
+        # Filtered once, where it is made: a second filter here dropped the --pass-env names.
+        self.env = command_env(secrets=secrets) if env is None else dict(env)
         self.sandbox = sandbox
         self.limits = limits
         self.hidden = tuple(hidden)
