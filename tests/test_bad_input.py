@@ -50,6 +50,18 @@ class World:
     url: str  # the offline model server, serving offline-model only
 
 
+@pytest.fixture(autouse=True)
+def _own_environment() -> Iterator[None]:
+    """The CLI runs in this process and sets Prefect's environment for itself (quiet_prefect,
+    the temporary server's auth string): the tests after these must not inherit it."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("bad-input")

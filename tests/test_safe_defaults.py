@@ -232,7 +232,7 @@ def test_secrets_in_tool_output_are_redacted_from_everything_kept(
         db = run.store_path
         transcript = run.transcript(report.agent_id).read_text()
         records = run.agent_log(report.agent_id).path.read_text()
-    outputs = rows(db, "SELECT output_excerpt || arguments FROM tool_calls")
+    outputs = rows(db, "SELECT output_excerpt || arguments FROM tool_calls ORDER BY step")
     assert report.status == "landed" and len(outputs) == 4
     assert "[redacted]" in outputs[0][0] and "[redacted]" in check.output
     kept = {

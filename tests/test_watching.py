@@ -77,7 +77,8 @@ def _logs(client: Any, flow_run_id: Any) -> list[str]:
     found = client.read_logs(
         log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
     )
-    return [f"{log.name}: {log.message}" for log in found]
+    # devswarm's own lines (Prefect's flow-run lines come too, when its logger is at INFO)
+    return [f"{log.name}: {log.message}" for log in found if log.name.startswith("devswarm")]
 
 
 def _events(client: Any, run_id: str) -> list[dict]:
