@@ -86,6 +86,11 @@ def judge_id(run_id: str, cycle: int) -> str:
     return f"judge/{run_id}/c{cycle}"
 
 
+def probe_id(model: str) -> str:
+    """The agent id of the capability probe of `model` (its model_calls row)."""
+    return f"preflight/{model}"
+
+
 def trailers(run_id: str, task: str, agent_id: str) -> dict[str, str]:
     """The trailers of a worker's commit."""
     return {TRAILERS["run"]: run_id, TRAILERS["task"]: task, TRAILERS["agent"]: agent_id}

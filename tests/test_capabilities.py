@@ -136,6 +136,19 @@ REFUSALS = {
         },
         "tools",
     ),
+    "vLLM 400 for tools without a tool parser": (
+        400,
+        {
+            "error": {
+                "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                "--tool-call-parser to be set",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        },
+        "tools",
+    ),
     "OpenAI 400 unsupported_parameter": (
         400,
         {
@@ -534,3 +547,31 @@ def test_on_a_json_schema_refusing_server_a_plan_takes_two_requests_probe_includ
     assert [r["status"] for r in chat_requests(log)] == [500, 200]  # today: six
     rows = [r for r in read_records(records.path) if r["kind"] == "model_call"]
     assert len(rows) == 2  # one row per HTTP request
+
+
+def test_a_busy_server_gets_fewer_calls_at_once_and_every_call_is_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Ollama's queue of one: a second request while one is answered gets 503 at once.
+    scenario = Scenario.from_data(
+        {"latency": 0.2, "server": {"max_concurrent": 1}, "default": {"content": "ok"}}
+    )
+    log = tmp_path / "requests.jsonl"
+    with ModelServer(scenario, log_path=log) as server:
+        client = ModelClient(server.url, SecretStr("sk-test"))
+        assert client.slots.capacity == 4  # a loopback endpoint's default
+        request = {"model": "offline-model", "messages": [{"role": "user", "content": "q"}]}
+
+        def ask(i: int) -> dict:
+            return _chat(client, request, attempts=8, agent_id=f"a{i}")
+
+        with caplog.at_level(logging.WARNING, logger="devswarm"), ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(ask, range(4)))
+    assert [r["content"] for r in replies] == ["ok"] * 4
+    assert client.slots.capacity < 4
+    assert client.book.get("offline-model").max_concurrent_requests == client.slots.capacity
+    statuses = [r["status"] for r in chat_requests(log)]
+    assert statuses.count(200) == 4 and set(statuses) <= {200, 503}
+    assert any("is busy (HTTP 503)" in r.getMessage() for r in caplog.records)

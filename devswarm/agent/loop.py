@@ -41,6 +41,7 @@ from devswarm.records import RecordLog, now, span_id
 from devswarm.tools.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
+DRAINED = ("stopped", "budget_exhausted")  # ends that are the run's doing, not the model's
 
 
 class Outcome(BaseModel):

@@ -11,8 +11,9 @@ import typer
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
 
-# done and stopped (by the judge or a person) are normal ends; an exhausted budget is not.
-EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4}
+# done and stopped (by the judge or a person) are normal ends; an exhausted budget is not, nor
+# a model that never produced a valid plan or verdict (the run could not make progress).
+EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4, "no_plan": 5, "no_verdict": 6}
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -56,6 +57,7 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     from devswarm.ids import new_run_id
     from devswarm.live import watch
     from devswarm.model.client import ModelClient
+    from devswarm.run.endpoint import know_models
     from devswarm.run.registry import drain_on_signals
     from devswarm.run.run import Run
 
@@ -64,8 +66,14 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.base_url is None and not cfg.api_key.get_secret_value():
         raise UserError("no model endpoint: set OPENAI_BASE_URL/--base-url or OPENAI_API_KEY")
     ModelClient(cfg.base_url, cfg.api_key, timeout=10).preflight()
-    # Validate the repository and branch before Prefect starts (fast, one-line errors).
-    Run(cfg).close()
+    # Validate the repository and branch before Prefect starts (fast, one-line errors), and
+    # learn once what the endpoint accepts for each model (kept in the run's state): an
+    # unknown model is one line here, not a failed flow.
+    run = Run(cfg)
+    try:
+        know_models(run)
+    finally:
+        run.close()
     quiet_prefect()
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
@@ -101,6 +109,9 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def finish(summary: dict[str, Any]) -> NoReturn:
-    """Print a run's summary and exit with its status's code."""
+    """Print a run's summary and exit with its status's code; a run that could not make
+    progress ends with its reason in one line."""
     print_summary(summary)
+    if summary.get("reason"):
+        typer.secho(f"devswarm: {summary['reason']}", err=True, fg=typer.colors.RED)
     raise typer.Exit(EXIT_CODES.get(summary["status"], 1))

@@ -147,6 +147,16 @@ def endpoint_concurrency(base_url: str | None, configured: int | None = None) ->
     return LOOPBACK_CONCURRENCY if is_loopback(base_url) else REMOTE_CONCURRENCY
 
 
+def listed_models(listing: Any) -> set[str]:
+    """The model ids GET /models listed (none when it answered nothing usable)."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    return {
+        e["id"]
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict) and isinstance(e.get("id"), str)
+    }
+
+
 def listed_window(listing: Any, model: str) -> int | None:
     """The context window GET /models gives for `model` (vLLM's max_model_len and the like)."""
     entries = listing.get("data") if isinstance(listing, dict) else None

@@ -23,11 +23,13 @@ from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
 from devswarm.errors import UserError
+from devswarm.ids import probe_id
 from devswarm.model.capabilities import (
     Capabilities,
     CapabilityBook,
     endpoint_concurrency,
     is_loopback,
+    listed_models,
     listed_window,
     probe_request,
     props_limits,
@@ -157,10 +159,15 @@ class ModelClient:
         self.remember(model, self.book.get(model).model_copy(update=free))
         request = probe_request(model, self.book.get(model).output_limit)
         try:
-            self.call(
-                request, run_id=run_id, agent_id=f"preflight/{model}", step=0, attempt=1, log=log
-            )
+            self.call(request, run_id=run_id, agent_id=probe_id(model), step=0, attempt=1, log=log)
         except ModelCallError as exc:
+            if exc.status == 404 and model not in listed_models(self._listing):
+                # Ollama and gateways list only some of what they serve: unlisted alone is no
+                # proof, unlisted and refused is.
+                raise UserError(
+                    f"the model endpoint {self.book.endpoint} does not know the model {model!r} "
+                    f"(not listed by GET /models, and a call answered 404: {exc})"
+                ) from None
             if exc.unsupported is None and exc.error_type != "context_length_exceeded":
                 log_.warning(
                     "the capability probe of %s failed: %s: %s", model, exc.error_type, exc
@@ -175,6 +182,19 @@ class ModelClient:
         self.book.remember(model, caps)
         if caps.max_concurrent_requests is not None:
             self.slots.resize(min(self.slots.capacity, caps.max_concurrent_requests))
+
+    def _fewer_at_once(self, model: str, error: ModelCallError) -> None:
+        """The server is busy with the calls in flight: fewer at once from now on (requests
+        queue in devswarm instead), remembered with the model's capabilities."""
+        before, after = self.slots.busy()
+        if after < before:
+            self.book.update(model, max_concurrent_requests=after)
+            log_.warning(
+                "%s is busy (HTTP %s): at most %d model calls at once from now on",
+                self.book.endpoint,
+                error.status,
+                after,
+            )
 
     def _props(self) -> dict[str, int]:
         """llama.cpp's GET /props (at the server's root, beside /v1); {} from other servers."""
@@ -243,6 +263,8 @@ class ModelClient:
                 error = from_status_error(exc, request)
                 row.update(http_status=exc.status_code, error_type=error.error_type)
                 self.book.learn(model, error, request)
+                if error.busy:
+                    self._fewer_at_once(model, error)
                 raise error from None
             except openai.APITimeoutError:
                 row.update(error_type="timeout")

@@ -35,6 +35,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         + (f" in {summary['repo']}" if summary.get("repo") else ""),
         f"  DuckDB         {db}",
     ]
+    if summary.get("reason"):
+        lines.append(f"  why            {summary['reason'][:300]}")
     if summary.get("verdict"):
         lines.append(
             f"  judge          {summary['verdict']['decision']}: {summary['verdict']['reasons'][:160]}"

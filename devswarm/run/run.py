@@ -90,12 +90,15 @@ class Run:
             )
         self.checks = Checks(config, self.workspace, self.env)
         self.records = RecordImporter(self.dir / "records", self.store_path, self.run_id)
-        # False once the server refused response_format: later agents put the schema in the prompt.
-        self.structured_output = True
-        # The request field capping an answer: switched for the whole run once a server refuses it.
-        self.output_limit = "max_tokens"
+        # What the endpoint accepts, learned earlier in this run (a resume, a worker process):
+        # agents are built with it and nothing is paid for twice (devswarm.run.endpoint).
+        for model, caps in self.state.capabilities.items():
+            self.client.remember(model, caps)
+        # Why the run cannot go on (no_plan, no_verdict), when a role could not do its part.
+        self.failure: tuple[str, str] | None = None
         self._task_keys: set[str] = set()
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()  # one state.json writer at a time
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
@@ -134,8 +137,15 @@ class Run:
             return self.state.cycle_tips[cycle]
 
     def save_state(self) -> None:
-        self.state.hot_files = self.progress.hot()
-        self.state.save(self.dir / "state.json")
+        with self._state_lock:
+            self.state.hot_files = self.progress.hot()
+            self.state.save(self.dir / "state.json")
+
+    @property
+    def models(self) -> list[str]:
+        """The run's models, one each (planner, worker, judge may share one)."""
+        m = self.config.models
+        return list(dict.fromkeys([m.planner, m.worker, m.judge]))
 
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
@@ -145,7 +155,15 @@ class Run:
             if t.get("run") == self.run_id and t.get("task")
         }
 
+    def fail(self, status: str, reason: str) -> None:
+        """The run cannot make progress (`status`: no_plan, no_verdict): it ends with that
+        status and `reason` (one line), and starts no new work."""
+        self.failure = self.failure or (status, " ".join(reason.split()))
+        self.ledger.stop(status)
+
     def final_status(self, verdict: Verdict | None) -> str:
+        if self.failure is not None:
+            return self.failure[0]
         if self.ledger.exhausted in {"tokens", "cost", "wall_seconds", "cycles"} and (
             verdict is None or verdict.decision != "done"
         ):
@@ -171,6 +189,7 @@ class Run:
             "tokens": self.ledger.tokens,
             "cost_usd": round(self.ledger.cost, 6),
             "verdict": verdict.model_dump() if verdict else None,
+            "reason": self.failure[1] if self.failure else None,
         }
 
     # -- records ----------------------------------------------------------------------------
