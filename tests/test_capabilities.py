@@ -391,6 +391,7 @@ def test_capabilities_survive_a_round_trip_and_a_resumed_client_does_not_learn_t
         "structured_output": False,
         "output_limit": "max_completion_tokens",
         "text_tools": True,
+        "json_mode": False,  # json_object not known to be accepted
     }
     assert srv.requests == []
 
@@ -575,3 +576,46 @@ def test_a_busy_server_gets_fewer_calls_at_once_and_every_call_is_answered(
     statuses = [r["status"] for r in chat_requests(log)]
     assert statuses.count(200) == 4 and set(statuses) <= {200, 503}
     assert any("is busy (HTTP 503)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("style", ["vllm", "fastapi", "llama-cpp-python", "llama.cpp"])
+def test_a_json_schema_refusal_offering_json_mode_gets_json_mode_with_the_schema(
+    tmp_path: Path, style: str
+) -> None:
+    from devswarm.schemas import Plan
+    from tests.test_agent import PLAN as plan
+    from tests.test_agent import PLANNER
+
+    scenario = Scenario.from_data(
+        {
+            "server": {"json_schema": style},
+            "agents": [{"match": "planner/*", "steps": [{"json": plan}]}],
+        }
+    )
+    log = tmp_path / "requests.jsonl"
+    with ModelServer(scenario, log_path=log) as server:
+        client = ModelClient(server.url, SecretStr("sk-test"))
+        agent = Agent(
+            agent_id=PLANNER,
+            run_id="r",
+            role="planner",
+            model="offline-model",
+            call=lambda request, step: _chat(client, request, agent_id=PLANNER),
+            toolbox=Toolbox(make_repo(tmp_path / "repo", {"a.txt": "a\n"}), read_only=True),
+            system="s",
+            user="u",
+            limits=AgentLimits(),
+            log=RecordLog(tmp_path / "records.jsonl"),
+            answer_schema=Plan,
+        )
+        outcome = agent.run()
+    assert outcome.status == "finished" and agent.json_mode and not agent.structured_output
+    requests = chat_requests(log)
+    assert [(r["status"], r["request"]["response_format"]["type"]) for r in requests] == [
+        (400 if style == "vllm" else 422 if style == "fastapi" else 500, "json_schema"),
+        (200, "json_object"),  # once: the refusal is not retried
+    ]
+    assert requests[1]["request"]["response_format"]["schema"] == Plan.model_json_schema()
+    caps = client.book.get("offline-model")
+    assert caps.json_schema is False and caps.json_object is True
+    assert caps.agent_options()["json_mode"] is True

@@ -75,8 +75,11 @@ def test_a_swarm_plans_works_and_lands_on_a_weak_server(
             if r["agent"].startswith("planner/") and r["status"] == 200
         )
         assert first_plan + 1 <= 2, [(r["agent"], r["status"]) for r in requests]
-        assert caps.json_schema is False
-        assert not any("response_format" in r["request"] for r in requests[1:])
+        assert caps.json_schema is False and caps.json_object is True  # the refusal offered it
+        formats = [r["request"].get("response_format") for r in requests[1:]]
+        # JSON mode with the schema beside it from then on (a grammar on llama.cpp)
+        assert {f["type"] for f in formats if f} == {"json_object"}
+        assert all(f["schema"]["title"] in ("Plan", "Verdict") for f in formats if f)
     if server.get("tools") in ("ollama", "vllm"):
         refused = [r for r in requests if r["fault"] == "tools_unsupported"]
         assert len(refused) == 1  # learned once, for the whole run
@@ -106,7 +109,8 @@ def test_a_resumed_run_takes_the_capabilities_from_its_state_without_probing(
     again, log = swarm_run(scenario, repo, run_id="weak-resume", max_cycles=2)
     requests = chat_requests(log)
     assert not [r for r in requests if r["agent"].startswith("preflight/")]
-    assert not any("response_format" in r["request"] for r in requests)
+    formats = [r["request"].get("response_format") for r in requests]
+    assert {f["type"] for f in formats if f} == {"json_object"}  # json_schema never sent again
 
 
 GARBAGE = {"content": "I think the plan is to do good things."}

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ValidationError
 
 from devswarm.agent.compat import (
     HARD_BUDGET,
+    json_mode,
+    json_mode_offered,
     next_fallback,
     parse_json_answer,
     prepare_messages,
@@ -80,6 +82,7 @@ class Agent:
         structured_output: bool = True,
         output_limit: str = "max_tokens",
         text_tools: bool = False,
+        json_mode: bool = False,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
@@ -88,7 +91,9 @@ class Agent:
         `output_limit`: the request field for `limits.max_output_tokens`; switched (and kept) when
         the server refuses it and names the other.
         `text_tools=True`: never send `tools`; describe them in the system prompt and read the
-        calls the model writes as text (switched on when the server refuses `tools`)."""
+        calls the model writes as text (switched on when the server refuses `tools`).
+        `json_mode=True` (with structured_output=False): ask for JSON mode with the schema
+        beside it (switched on when a refusal of json_schema offers json_object)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -98,6 +103,7 @@ class Agent:
         self.structured_output = structured_output
         self.output_limit = output_limit
         self.text_tools = text_tools
+        self.json_mode = json_mode and not structured_output
         self.specs = toolbox.specs()
         if text_tools and self.specs:
             system = f"{system}\n\n{tools_prompt(self.specs)}"
@@ -163,6 +169,8 @@ class Agent:
                     "schema": self.answer_schema.model_json_schema(),
                 },
             }
+        elif self.answer_schema is not None and self.json_mode:
+            request["response_format"] = json_mode(self.answer_schema)
         return request
 
     def _query(self) -> dict[str, Any]:
@@ -194,18 +202,21 @@ class Agent:
                     self.text_tools = True  # for the rest of this agent: tools in the prompt
                     self._add({"role": "user", "content": tools_prompt(self.specs)})
                 else:
-                    self._structured_output_off()
+                    self._structured_output_off(json_mode_offered(exc))
         self.outcome.steps += 1
         self.outcome.input_tokens += reply.get("input_tokens", 0)
         self.outcome.output_tokens += reply.get("output_tokens", 0)
         self.outcome.cost_usd += reply.get("cost_usd", 0.0)
         return reply
 
-    def _structured_output_off(self) -> None:
-        # Remembered for the rest of this agent: the server won't accept json_schema.
+    def _structured_output_off(self, json_mode_offered: bool) -> None:
+        # Remembered for the rest of this agent: json_schema refused (then JSON mode, when the
+        # refusal offered it), or JSON mode refused too. The schema goes in the prompt once.
+        if self.structured_output:
+            assert self.answer_schema is not None
+            self._add({"role": "user", "content": schema_prompt(self.answer_schema)})
+        self.json_mode = self.structured_output and json_mode_offered
         self.structured_output = False
-        assert self.answer_schema is not None
-        self._add({"role": "user", "content": schema_prompt(self.answer_schema)})
 
     def _observe(self, reply: dict[str, Any]) -> Outcome | None:
         calls = reply.get("tool_calls") or []

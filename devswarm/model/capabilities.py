@@ -63,6 +63,7 @@ class Capabilities(BaseModel):
             "structured_output": self.json_schema is not False,
             "output_limit": self.output_limit,
             "text_tools": self.native_tools is False,
+            "json_mode": self.json_schema is False and self.json_object is True,
         }
 
 
@@ -99,6 +100,9 @@ class CapabilityBook:
             caps = self._caps.get(model, Capabilities())
             if error.unsupported is not None:
                 caps = caps.refused(error.unsupported, request)
+                kind = (request.get("response_format") or {}).get("type")
+                if kind == "json_schema" and "json_object" in str(error):
+                    caps = caps.model_copy(update={"json_object": True})  # offered instead
             if error.context_window is not None:
                 caps = caps.model_copy(update={"context_window": error.context_window})
             self._caps[model] = caps

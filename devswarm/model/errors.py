@@ -160,7 +160,10 @@ def from_status_error(exc: openai.APIStatusError, request: dict[str, Any]) -> Mo
     type_ = inner.get("type") if isinstance(inner.get("type"), str) else None
     param = inner.get("param") if isinstance(inner.get("param"), str) else None
     text = f"{exc.message} {body}"
-    message = str(exc.message)[:500]
+    message = str(exc.message)
+    if body and message == f"Error code: {status}":  # FastAPI's {"detail": ...}: the body says it
+        message = f"{message} - {body}"
+    message = " ".join(message.split())[:500]  # one line
     if context_exceeded(status, text, code, type_):
         window = inner.get("n_ctx")
         if not isinstance(window, int):

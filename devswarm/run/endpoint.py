@@ -44,6 +44,8 @@ def take_lessons(run: Run, model: str, agent: Agent, given: dict[str, Any]) -> N
     update: dict[str, Any] = {}
     if given["structured_output"] and not agent.structured_output:
         update["json_schema"] = False
+    if (given["json_mode"] or agent.json_mode) and not agent.structured_output:
+        update["json_object"] = agent.json_mode  # offered and kept, or refused too
     if agent.output_limit != given["output_limit"]:
         update["output_limit"] = agent.output_limit
     if agent.text_tools and not given["text_tools"]:
@@ -59,4 +61,5 @@ def keep(run: Run, model: str, caps: Capabilities) -> None:
     if run.state.capabilities.get(model) != caps:
         # A new dict, not a change in place: another thread may be writing the state out.
         run.state.capabilities = {**run.state.capabilities, model: caps}
-        run.save_state()
+        if run.orchestrator:  # a worker process never writes the orchestrator's state
+            run.save_state()
