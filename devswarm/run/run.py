@@ -50,6 +50,9 @@ class Run:
         self.run_id = config.run_id or new_run_id(repo)
         self.branch = check_branch_name(config.branch or f"devswarm/{self.run_id}")
         self.dir = config.home / "runs" / self.run_id
+        # The orchestrator owns the run folder's files (state.json, config.json); a worker
+        # process (--executor deployment) only reads them.
+        self.orchestrator = worker_clones is None
         self.workspace: Workspace
         if worker_clones is None:
             self.workspace = Workspace(repo, config.home / "repos" / repo_key(repo), self.branch)
@@ -158,7 +161,9 @@ class Run:
     def fail(self, status: str, reason: str) -> None:
         """The run cannot make progress (`status`: no_plan, no_verdict): it ends with that
         status and `reason` (one line), and starts no new work."""
-        self.failure = self.failure or (status, " ".join(reason.split()))
+        if self.failure is None:
+            self.failure = (status, " ".join(reason.split()))
+            self.progress.emit(f"{status}: {self.failure[1]}")
         self.ledger.stop(status)
 
     def final_status(self, verdict: Verdict | None) -> str:
@@ -189,8 +194,16 @@ class Run:
             "tokens": self.ledger.tokens,
             "cost_usd": round(self.ledger.cost, 6),
             "verdict": verdict.model_dump() if verdict else None,
-            "reason": self.failure[1] if self.failure else None,
+            "reason": self._why(status),
         }
+
+    def _why(self, status: str) -> str | None:
+        """Why a run ended short of the judge's word, in one line (None when it did not)."""
+        if self.failure is not None:
+            return self.failure[1]
+        if status == "budget_exhausted":
+            return f"a budget ran out before the judge said done: {self.ledger.exhausted}"
+        return None
 
     # -- records ----------------------------------------------------------------------------
 
