@@ -615,7 +615,11 @@ def test_a_json_schema_refusal_offering_json_mode_gets_json_mode_with_the_schema
         (400 if style == "vllm" else 422 if style == "fastapi" else 500, "json_schema"),
         (200, "json_object"),  # once: the refusal is not retried
     ]
-    assert requests[1]["request"]["response_format"]["schema"] == Plan.model_json_schema()
+    sent = requests[1]["request"]["response_format"]["schema"]  # every field required in it
+    assert sent["required"] == ["summary", "tasks", "scopes"]
+    assert sent["$defs"]["TaskSpec"]["required"] == list(
+        Plan.model_json_schema()["$defs"]["TaskSpec"]["properties"]
+    )
     caps = client.book.get("offline-model")
     assert caps.json_schema is False and caps.json_object is True
     assert caps.agent_options()["json_mode"] is True

@@ -87,8 +87,21 @@ def json_mode_offered(exc: ModelCallError) -> bool:
 
 def json_mode(schema: type[BaseModel]) -> dict[str, Any]:
     """The response_format of JSON mode, with the schema (llama.cpp and llama-cpp-python turn it
-    into a grammar; others ignore it)."""
-    return {"type": "json_object", "schema": schema.model_json_schema()}
+    into a grammar; others ignore it). Every property is required there, as in OpenAI's strict
+    mode: a grammar lets a small model skip what is optional, and it skips the tasks."""
+    return {"type": "json_object", "schema": every_field_required(schema.model_json_schema())}
+
+
+def every_field_required(node: Any) -> Any:
+    """A JSON schema with every object's properties required, all the way down."""
+    if isinstance(node, list):
+        return [every_field_required(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: every_field_required(v) for k, v in node.items()}
+    if isinstance(out.get("properties"), dict):
+        out["required"] = list(out["properties"])
+    return out
 
 
 def other_output_limit(exc: ModelCallError, field: str) -> str | None:
