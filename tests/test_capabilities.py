@@ -392,6 +392,7 @@ def test_capabilities_survive_a_round_trip_and_a_resumed_client_does_not_learn_t
         "output_limit": "max_completion_tokens",
         "text_tools": True,
         "json_mode": False,  # json_object not known to be accepted
+        "tools_unconfirmed": False,
     }
     assert srv.requests == []
 

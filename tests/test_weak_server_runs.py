@@ -222,3 +222,24 @@ def test_a_model_the_endpoint_does_not_know_is_refused_at_preflight_in_one_line(
     assert "404" in line and "Traceback" not in result.output
     state = json.loads(next((tmp_path / "data" / "runs").glob("*/state.json")).read_text())
     assert set(state["capabilities"]) == {"offline-model", "listed"}
+
+
+def test_a_server_ignoring_tools_unseen_by_the_model_gets_them_in_the_prompt(
+    swarm_run, tmp_path: Path
+) -> None:
+    """llama.cpp's server without --jinja drops `tools`: the model never sees them and answers
+    in prose. No call at all from an endpoint never seen to answer one natively switches the
+    agent to tools in the prompt, and the run's later agents start that way."""
+    repo = make_repo(tmp_path / "user", {"README.md": "prose\n"})
+    worker = [{"content": "I will write hello.txt now."}, *SCRIPT[1]["steps"]]
+    script = [SCRIPT[0], {"match": "worker/*", "steps": worker}, JUDGE_DONE]
+    server = {"tools": "ignored", "tool_call_text": "hermes"}
+    summary, log = swarm_run({"agents": script, "server": server}, repo)
+    assert summary["status"] == "done" and summary["tasks_landed"] == 1
+    requests = chat_requests(log)
+    work = [r["request"] for r in requests if r["agent"].startswith("worker/")]
+    assert "tools" in work[0] and not any("tools" in w for w in work[1:])
+    assert "<tools>" in work[1]["messages"][-1]["content"]  # described once, in the nudge
+    judge = [r["request"] for r in requests if r["agent"].startswith("judge/")]
+    assert judge and not any("tools" in j for j in judge)
+    assert "<tools>" in judge[0]["messages"][0]["content"]  # in its system prompt from the start

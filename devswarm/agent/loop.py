@@ -83,6 +83,7 @@ class Agent:
         output_limit: str = "max_tokens",
         text_tools: bool = False,
         json_mode: bool = False,
+        tools_unconfirmed: bool = False,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
@@ -93,7 +94,9 @@ class Agent:
         `text_tools=True`: never send `tools`; describe them in the system prompt and read the
         calls the model writes as text (switched on when the server refuses `tools`).
         `json_mode=True` (with structured_output=False): ask for JSON mode with the schema
-        beside it (switched on when a refusal of json_schema offers json_object)."""
+        beside it (switched on when a refusal of json_schema offers json_object).
+        `tools_unconfirmed=True`: the endpoint never answered a native tool call yet, so a reply
+        without any call switches to text tools (the server may ignore `tools`)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -104,6 +107,7 @@ class Agent:
         self.output_limit = output_limit
         self.text_tools = text_tools
         self.json_mode = json_mode and not structured_output
+        self.tools_unconfirmed = tools_unconfirmed
         self.specs = toolbox.specs()
         if text_tools and self.specs:
             system = f"{system}\n\n{tools_prompt(self.specs)}"
@@ -234,6 +238,8 @@ class Agent:
                 }
                 for c in calls
             ]
+        if calls:
+            self.tools_unconfirmed = False
         self._add(message)  # saved before any tool runs: a kill mid-command keeps the intent
         step = self.outcome.steps - 1
         if not calls and not written.attempted:
@@ -310,12 +316,13 @@ class Agent:
     def _answer(self, content: str | None) -> Outcome | None:
         if self.answer_schema is None:
             self.stuck.add(NO_TOOL_CALL, content or "")
-            self._add(
-                {
-                    "role": "user",
-                    "content": "Use the tools to do the work; call `finish` when the task is done.",
-                }
-            )
+            nudge = "Use the tools to do the work; call `finish` when the task is done."
+            if self.tools_unconfirmed and not self.text_tools and self.specs:
+                # No call at all from an endpoint never seen to answer one natively: it may
+                # ignore `tools` (llama.cpp without --jinja), so the model never saw them.
+                self.text_tools = True
+                nudge = f"{nudge}\n\n{tools_prompt(self.specs)}"
+            self._add({"role": "user", "content": nudge})
             return None
         try:
             answer = parse_json_answer(content, self.answer_schema)

@@ -64,6 +64,7 @@ class Capabilities(BaseModel):
             "output_limit": self.output_limit,
             "text_tools": self.native_tools is False,
             "json_mode": self.json_schema is False and self.json_object is True,
+            "tools_unconfirmed": self.native_tools is None,
         }
 
 

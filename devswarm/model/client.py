@@ -290,6 +290,8 @@ class ModelClient:
                     for c in (message.tool_calls or [])
                     if getattr(c, "function", None) is not None
                 ]
+                if calls and self.book.get(model).native_tools is None:
+                    self.book.update(model, native_tools=True)  # seen: never doubted again
                 estimated = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
                 if estimated:  # the server reports none: estimated, so budgets stay enforced
                     input_tokens = estimate_tokens(request)
