@@ -17,7 +17,6 @@ to the model. Their results go back in one user message (such servers may refuse
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from devswarm.agent.compat import (
 )
 from devswarm.agent.stuck import NO_TOOL_CALL, StuckDetector
 from devswarm.agent.textcalls import TextCalls, parse_text_calls, tool_responses, tools_prompt
+from devswarm.agent.transcript import append_messages
 from devswarm.config import AgentLimits
 from devswarm.model.errors import ModelCallError
 from devswarm.model.ledger import BudgetExhausted
@@ -379,19 +379,8 @@ class Agent:
         self._save()
 
     def _save(self) -> None:
-        """Append the messages not yet saved to the transcript (JSONL, one message a line).
-
-        Called after every message, so the file is never more than one message behind; each
-        line is written whole and flushed (closing the file), so a kill leaves at most a torn
-        last line, which readers skip."""
-        if self.transcript is None or self._saved >= len(self.messages):
-            return
-        self.transcript.parent.mkdir(parents=True, exist_ok=True)
-        with self.transcript.open("a", encoding="utf-8") as f:
-            for m in self.messages[self._saved :]:
-                f.write(
-                    json.dumps({"agent_id": self.agent_id, "at": now(), "message": m}, default=str)
-                    + "\n"
-                )
-                f.flush()
-        self._saved = len(self.messages)
+        """Append the messages not yet saved to the transcript: called after every message, so
+        the file is never more than one message behind."""
+        if self.transcript is not None and self._saved < len(self.messages):
+            append_messages(self.transcript, self.agent_id, self.messages[self._saved :])
+            self._saved = len(self.messages)

@@ -1,0 +1,21 @@
+"""An agent's transcript: JSONL, one message a line, appended as the conversation goes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from devswarm.records import now
+
+
+def append_messages(path: Path, agent_id: str, messages: list[dict[str, Any]]) -> None:
+    """Append `messages` to the transcript at `path`. Each line is written whole and flushed
+    (closing the file), so a kill leaves at most a torn last line, which readers skip."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for m in messages:
+            f.write(
+                json.dumps({"agent_id": agent_id, "at": now(), "message": m}, default=str) + "\n"
+            )
+            f.flush()
