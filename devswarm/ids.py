@@ -86,9 +86,9 @@ def judge_id(run_id: str, cycle: int) -> str:
     return f"judge/{run_id}/c{cycle}"
 
 
-def probe_id(model: str) -> str:
-    """The agent id of the capability probe of `model` (its model_calls row)."""
-    return f"preflight/{model}"
+def probe_id(run_id: str, model: str) -> str:
+    """The agent id of the capability probe of `model` in a run (its model_calls row)."""
+    return f"preflight/{run_id}/{model}"
 
 
 def trailers(run_id: str, task: str, agent_id: str) -> dict[str, str]:

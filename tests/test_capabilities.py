@@ -351,7 +351,7 @@ def test_the_probe_learns_json_schema_in_one_request_from_the_offline_server(
         assert caps.agent_options()["structured_output"] is accepted
         assert len(chat_requests(log)) == 1  # one chat request, refused or not
         (row,) = [r for r in read_records(records.path) if r["kind"] == "model_call"]
-        assert row["agent_id"] == "preflight/offline-model"
+        assert row["agent_id"] == "preflight/r/offline-model"
 
 
 def test_the_probe_reads_the_context_window_and_slots_a_local_server_announces(loopback) -> None:
@@ -624,3 +624,22 @@ def test_a_json_schema_refusal_offering_json_mode_gets_json_mode_with_the_schema
     caps = client.book.get("offline-model")
     assert caps.json_schema is False and caps.json_object is True
     assert caps.agent_options()["json_mode"] is True
+
+
+def test_the_probe_tries_again_after_a_transient_failure_and_still_learns(loopback) -> None:
+    answers = iter([(503, {"error": {"message": "loading model"}})])
+
+    def answer(path: str, body: dict) -> Answer:
+        if path.endswith("/chat/completions"):
+            return next(
+                answers,
+                (200, completion('{"ok": true}', {"prompt_tokens": 9, "completion_tokens": 4})),
+            )
+        return 404, {"error": {"message": "no such path"}}
+
+    srv = loopback(answer)
+    client = ModelClient(srv.url, SecretStr("sk-test"))
+    caps = client.probe("m", run_id="r", log=None)
+    assert caps.json_schema is True
+    assert len(srv.chats()) == 2  # the 503, then the answer: like any model call's retry
+    assert client.slots.capacity == 4  # alone in flight: the 503 was not about our calls

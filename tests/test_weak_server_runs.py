@@ -64,7 +64,7 @@ def test_a_swarm_plans_works_and_lands_on_a_weak_server(
     requests = chat_requests(log)
     # every HTTP attempt is one row, the probe's included
     assert rows(db, "SELECT count(*) FROM model_calls")[0][0] == len(requests)
-    assert requests[0]["agent"] == "preflight/offline-model"
+    assert requests[0]["agent"] == f"preflight/{summary['run_id']}/offline-model"
     state = RunState.load(tmp_path / "data" / "runs" / summary["run_id"] / "state.json")
     caps = state.capabilities["offline-model"]
     if "json_schema" in server:

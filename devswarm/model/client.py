@@ -34,13 +34,14 @@ from devswarm.model.capabilities import (
     probe_request,
     props_limits,
 )
-from devswarm.model.errors import ModelCallError, from_status_error
+from devswarm.model.errors import ModelCallError, backoff_seconds, from_status_error
 from devswarm.model.ledger import Ledger
 from devswarm.model.pricing import Price
 from devswarm.model.slots import ModelSlots
 from devswarm.records import RecordLog, now, span_id
 
 POOL_SIZE = 32  # calls in flight per HTTP connection pool (see ModelClient)
+PROBE_ATTEMPTS = 3  # the capability probe's tries on transient failures (429, 5xx, timeouts)
 log_ = logging.getLogger("devswarm.model")  # `log` is a RecordLog here
 
 
@@ -159,7 +160,7 @@ class ModelClient:
         self.remember(model, self.book.get(model).model_copy(update=free))
         request = probe_request(model, self.book.get(model).output_limit)
         try:
-            self.call(request, run_id=run_id, agent_id=probe_id(model), step=0, attempt=1, log=log)
+            self._probe_call(request, probe_id(run_id, model), run_id, log)
         except ModelCallError as exc:
             if exc.status == 404 and model not in listed_models(self._listing):
                 # Ollama and gateways list only some of what they serve: unlisted alone is no
@@ -175,6 +176,21 @@ class ModelClient:
         else:
             self.book.update(model, json_schema=True)
         return self.book.get(model)
+
+    def _probe_call(
+        self, request: dict[str, Any], agent_id: str, run_id: str, log: RecordLog | None
+    ) -> None:
+        """The probe's request, tried again on transient failures like any model call."""
+        for attempt in range(1, PROBE_ATTEMPTS + 1):
+            try:
+                self.call(
+                    request, run_id=run_id, agent_id=agent_id, step=0, attempt=attempt, log=log
+                )
+                return
+            except ModelCallError as exc:
+                if not exc.transient or attempt == PROBE_ATTEMPTS:
+                    raise
+                time.sleep(backoff_seconds(exc, attempt))
 
     def remember(self, model: str, caps: Capabilities) -> None:
         """Take capabilities learned earlier (a resumed run's state): nothing is learned twice.

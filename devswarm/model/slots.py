@@ -66,11 +66,12 @@ class ModelSlots:
 
     def busy(self) -> tuple[int, int]:
         """The server refused a call for being busy with those in flight: one fewer at once
-        than allowed before, and than are held now (at least one). Returns (before, after)."""
+        than allowed before, and than are held now (at least one); none fewer when this call was
+        alone (the server is busy with others, or loading). Returns (before, after)."""
         with self._cond:
             before = self.capacity
             held = self.capacity - self._free
-        after = max(1, min(before - 1, held - 1))
+        after = before if held <= 1 else max(1, min(before - 1, held - 1))
         if after < before:
             self.resize(after)
         return before, after

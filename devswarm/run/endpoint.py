@@ -27,7 +27,9 @@ def know_models(run: Run) -> dict[str, Capabilities]:
     model the endpoint does not know."""
     for model in run.models:
         if model not in run.state.capabilities:
-            caps = run.client.probe(model, run_id=run.run_id, log=run.agent_log(probe_id(model)))
+            caps = run.client.probe(
+                model, run_id=run.run_id, log=run.agent_log(probe_id(run.run_id, model))
+            )
             keep(run, model, caps)
     return dict(run.state.capabilities)
 
