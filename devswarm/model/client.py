@@ -23,25 +23,20 @@ from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
 from devswarm.errors import UserError
-from devswarm.ids import probe_id
 from devswarm.model.capabilities import (
     Capabilities,
     CapabilityBook,
     endpoint_concurrency,
-    is_loopback,
-    listed_models,
-    listed_window,
-    probe_request,
     props_limits,
 )
-from devswarm.model.errors import ModelCallError, backoff_seconds, from_status_error
+from devswarm.model.errors import ModelCallError, from_status_error
 from devswarm.model.ledger import Ledger
 from devswarm.model.pricing import Price
+from devswarm.model.probe import probe
 from devswarm.model.slots import ModelSlots
 from devswarm.records import RecordLog, now, span_id
 
 POOL_SIZE = 32  # calls in flight per HTTP connection pool (see ModelClient)
-PROBE_ATTEMPTS = 3  # the capability probe's tries on transient failures (429, 5xx, timeouts)
 log_ = logging.getLogger("devswarm.model")  # `log` is a RecordLog here
 
 
@@ -119,7 +114,7 @@ class ModelClient:
         self.slots = ModelSlots(max_in_flight)
         # What the endpoint accepts, per model; the host only in warnings (no credentials).
         self.book = CapabilityBook(urlsplit(str(self._client.base_url)).netloc.rpartition("@")[2])
-        self._listing: Any = None  # GET /models, kept from preflight for the probe
+        self.listing: Any = None  # GET /models, kept from preflight for the probe
 
     def pool(self, agent_id: str) -> openai.OpenAI:
         """The client (and connection pool) an agent's calls go through: always the same one."""
@@ -143,54 +138,13 @@ class ModelClient:
         except openai.APIStatusError:
             return  # some servers have no /models; the first chat call will tell
         try:
-            self._listing = raw.json()
+            self.listing = raw.json()
         except ValueError:
-            self._listing = None
+            self.listing = None
 
     def probe(self, model: str, *, run_id: str, log: RecordLog | None) -> Capabilities:
-        """Learn what the endpoint accepts for `model`: the listing (and llama.cpp's /props on a
-        loopback endpoint) for free, then one tiny chat request, recorded like any call."""
-        if self._listing is None:
-            self.preflight()
-        free: dict[str, int] = {}
-        if (window := listed_window(self._listing, model)) is not None:
-            free["context_window"] = window
-        if is_loopback(self.base_url):
-            free.update(self._props())
-        self.remember(model, self.book.get(model).model_copy(update=free))
-        request = probe_request(model, self.book.get(model).output_limit)
-        try:
-            self._probe_call(request, probe_id(run_id, model), run_id, log)
-        except ModelCallError as exc:
-            if exc.status == 404 and model not in listed_models(self._listing):
-                # Ollama and gateways list only some of what they serve: unlisted alone is no
-                # proof, unlisted and refused is.
-                raise UserError(
-                    f"the model endpoint {self.book.endpoint} does not know the model {model!r} "
-                    f"(not listed by GET /models, and a call answered 404: {exc})"
-                ) from None
-            if exc.unsupported is None and exc.error_type != "context_length_exceeded":
-                log_.warning(
-                    "the capability probe of %s failed: %s: %s", model, exc.error_type, exc
-                )
-        else:
-            self.book.update(model, json_schema=True)
-        return self.book.get(model)
-
-    def _probe_call(
-        self, request: dict[str, Any], agent_id: str, run_id: str, log: RecordLog | None
-    ) -> None:
-        """The probe's request, tried again on transient failures like any model call."""
-        for attempt in range(1, PROBE_ATTEMPTS + 1):
-            try:
-                self.call(
-                    request, run_id=run_id, agent_id=agent_id, step=0, attempt=attempt, log=log
-                )
-                return
-            except ModelCallError as exc:
-                if not exc.transient or attempt == PROBE_ATTEMPTS:
-                    raise
-                time.sleep(backoff_seconds(exc, attempt))
+        """Learn what the endpoint accepts for `model` (devswarm.model.probe)."""
+        return probe(self, model, run_id=run_id, log=log)
 
     def remember(self, model: str, caps: Capabilities) -> None:
         """Take capabilities learned earlier (a resumed run's state): nothing is learned twice.
@@ -212,7 +166,7 @@ class ModelClient:
                 after,
             )
 
-    def _props(self) -> dict[str, int]:
+    def props(self) -> dict[str, int]:
         """llama.cpp's GET /props (at the server's root, beside /v1); {} from other servers."""
         root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
         try:
