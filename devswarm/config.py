@@ -137,7 +137,10 @@ class SwarmConfig(BaseModel):
     models: Models = Field(default_factory=Models)
     prices: dict[str, Price] = Field(default_factory=dict)
     request_timeout: Amount = 120.0
-    max_model_calls_at_once: Count = 32
+    # Model calls in flight at once across the swarm. None: 4 for an endpoint on this machine (a
+    # laptop's server takes few; requests queue in devswarm instead of timing out in it), 32 for
+    # a remote one. Fewer from the first "busy" answer (503) on.
+    max_model_calls_at_once: Count | None = None
 
     max_cycles: Count = 3
     max_workers: Count = 8

@@ -81,6 +81,7 @@ def demo_config(directory: Path, base_url: str) -> SwarmConfig:
         models=Models.single("offline-model"),
         max_cycles=2,
         max_workers=4,
+        max_model_calls_at_once=32,  # the offline server takes many: the demo keeps its speed
         home=directory / "data",
         api_key=SecretStr(DEMO_KEY),  # any string: the offline server checks none
     )

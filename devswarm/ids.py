@@ -91,6 +91,11 @@ def judge_id(run_id: str, cycle: int) -> str:
     return f"judge/{run_id}/c{cycle}"
 
 
+def probe_id(run_id: str, model: str) -> str:
+    """The agent id of the capability probe of `model` in a run (its model_calls row)."""
+    return f"preflight/{run_id}/{model}"
+
+
 def trailers(run_id: str, task: str, agent_id: str) -> dict[str, str]:
     """The trailers of a worker's commit."""
     return {TRAILERS["run"]: run_id, TRAILERS["task"]: task, TRAILERS["agent"]: agent_id}

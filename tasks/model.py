@@ -55,7 +55,7 @@ def _call_slot(run: Run) -> contextlib.AbstractContextManager[Any]:
     """A slot of the swarm-wide limit when workers are separate processes, else nothing."""
     if run.config.executor != "deployment":
         return contextlib.nullcontext()
-    ensure_model_call_limit(run.config.max_model_calls_at_once)
+    ensure_model_call_limit(run.client.slots.capacity)
     return concurrency(MODEL_CALL_LIMIT, occupy=1)
 
 

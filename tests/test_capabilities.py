@@ -136,6 +136,19 @@ REFUSALS = {
         },
         "tools",
     ),
+    "vLLM 400 for tools without a tool parser": (
+        400,
+        {
+            "error": {
+                "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                "--tool-call-parser to be set",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        },
+        "tools",
+    ),
     "OpenAI 400 unsupported_parameter": (
         400,
         {
@@ -338,7 +351,7 @@ def test_the_probe_learns_json_schema_in_one_request_from_the_offline_server(
         assert caps.agent_options()["structured_output"] is accepted
         assert len(chat_requests(log)) == 1  # one chat request, refused or not
         (row,) = [r for r in read_records(records.path) if r["kind"] == "model_call"]
-        assert row["agent_id"] == "preflight/offline-model"
+        assert row["agent_id"] == "preflight/r/offline-model"
 
 
 def test_the_probe_reads_the_context_window_and_slots_a_local_server_announces(loopback) -> None:
@@ -378,6 +391,8 @@ def test_capabilities_survive_a_round_trip_and_a_resumed_client_does_not_learn_t
         "structured_output": False,
         "output_limit": "max_completion_tokens",
         "text_tools": True,
+        "json_mode": False,  # json_object not known to be accepted
+        "tools_unconfirmed": False,
     }
     assert srv.requests == []
 
@@ -534,3 +549,97 @@ def test_on_a_json_schema_refusing_server_a_plan_takes_two_requests_probe_includ
     assert [r["status"] for r in chat_requests(log)] == [500, 200]  # today: six
     rows = [r for r in read_records(records.path) if r["kind"] == "model_call"]
     assert len(rows) == 2  # one row per HTTP request
+
+
+def test_a_busy_server_gets_fewer_calls_at_once_and_every_call_is_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Ollama's queue of one: a second request while one is answered gets 503 at once.
+    scenario = Scenario.from_data(
+        {"latency": 0.2, "server": {"max_concurrent": 1}, "default": {"content": "ok"}}
+    )
+    log = tmp_path / "requests.jsonl"
+    with ModelServer(scenario, log_path=log) as server:
+        client = ModelClient(server.url, SecretStr("sk-test"))
+        assert client.slots.capacity == 4  # a loopback endpoint's default
+        request = {"model": "offline-model", "messages": [{"role": "user", "content": "q"}]}
+
+        def ask(i: int) -> dict:
+            return _chat(client, request, attempts=8, agent_id=f"a{i}")
+
+        with caplog.at_level(logging.WARNING, logger="devswarm"), ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(ask, range(4)))
+    assert [r["content"] for r in replies] == ["ok"] * 4
+    assert client.slots.capacity < 4
+    assert client.book.get("offline-model").max_concurrent_requests == client.slots.capacity
+    statuses = [r["status"] for r in chat_requests(log)]
+    assert statuses.count(200) == 4 and set(statuses) <= {200, 503}
+    assert any("is busy (HTTP 503)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("style", ["vllm", "fastapi", "llama-cpp-python", "llama.cpp"])
+def test_a_json_schema_refusal_offering_json_mode_gets_json_mode_with_the_schema(
+    tmp_path: Path, style: str
+) -> None:
+    from devswarm.schemas import Plan
+    from tests.test_agent import PLAN as plan
+    from tests.test_agent import PLANNER
+
+    scenario = Scenario.from_data(
+        {
+            "server": {"json_schema": style},
+            "agents": [{"match": "planner/*", "steps": [{"json": plan}]}],
+        }
+    )
+    log = tmp_path / "requests.jsonl"
+    with ModelServer(scenario, log_path=log) as server:
+        client = ModelClient(server.url, SecretStr("sk-test"))
+        agent = Agent(
+            agent_id=PLANNER,
+            run_id="r",
+            role="planner",
+            model="offline-model",
+            call=lambda request, step: _chat(client, request, agent_id=PLANNER),
+            toolbox=Toolbox(make_repo(tmp_path / "repo", {"a.txt": "a\n"}), read_only=True),
+            system="s",
+            user="u",
+            limits=AgentLimits(),
+            log=RecordLog(tmp_path / "records.jsonl"),
+            answer_schema=Plan,
+        )
+        outcome = agent.run()
+    assert outcome.status == "finished" and agent.json_mode and not agent.structured_output
+    requests = chat_requests(log)
+    assert [(r["status"], r["request"]["response_format"]["type"]) for r in requests] == [
+        (400 if style == "vllm" else 422 if style == "fastapi" else 500, "json_schema"),
+        (200, "json_object"),  # once: the refusal is not retried
+    ]
+    sent = requests[1]["request"]["response_format"]["schema"]  # every field required in it
+    assert sent["required"] == ["summary", "tasks", "scopes"]
+    assert sent["$defs"]["TaskSpec"]["required"] == list(
+        Plan.model_json_schema()["$defs"]["TaskSpec"]["properties"]
+    )
+    caps = client.book.get("offline-model")
+    assert caps.json_schema is False and caps.json_object is True
+    assert caps.agent_options()["json_mode"] is True
+
+
+def test_the_probe_tries_again_after_a_transient_failure_and_still_learns(loopback) -> None:
+    answers = iter([(503, {"error": {"message": "loading model"}})])
+
+    def answer(path: str, body: dict) -> Answer:
+        if path.endswith("/chat/completions"):
+            return next(
+                answers,
+                (200, completion('{"ok": true}', {"prompt_tokens": 9, "completion_tokens": 4})),
+            )
+        return 404, {"error": {"message": "no such path"}}
+
+    srv = loopback(answer)
+    client = ModelClient(srv.url, SecretStr("sk-test"))
+    caps = client.probe("m", run_id="r", log=None)
+    assert caps.json_schema is True
+    assert len(srv.chats()) == 2  # the 503, then the answer: like any model call's retry
+    assert client.slots.capacity == 4  # alone in flight: the 503 was not about our calls

@@ -351,7 +351,8 @@ def test_a_run_on_a_model_that_refuses_max_tokens_pays_one_refusal(swarm_run, tm
     assert summary["status"] == "done" and summary["tasks_landed"] == 2
     requests = chat_requests(log)
     refused = [r for r in requests if r["status"] == 400]
-    assert len(refused) == 1 and refused[0]["agent"].startswith("planner/"), refused
+    # The capability probe at the run's start pays it; every agent starts with the right field.
+    assert len(refused) == 1 and refused[0]["agent"].startswith("preflight/"), refused
     later = [r for r in requests if r["status"] == 200]
     assert later and all("max_completion_tokens" in r["request"] for r in later)
     assert not any("max_tokens" in r["request"] for r in later)

@@ -555,9 +555,10 @@ def test_a_swarm_on_a_json_object_only_server_plans_works_and_judges(
             if r["agent"].startswith(role)
         ]
 
-    # The planner learns that the server refuses json_schema; the run remembers, so the judge
-    # puts the schema in its prompt from the start.
-    assert sent("planner/") == [(400, True), (200, False)]
+    # The capability probe learns that the server refuses json_schema; the run remembers, so
+    # the planner and the judge put the schema in their prompts from the start.
+    assert sent("preflight/") == [(400, True)]
+    assert sent("planner/") == [(200, False)]
     assert sent("judge/") == [(200, False)]
     judge = next(r for r in reqs if r["agent"].startswith("judge/"))
     assert judge["request"]["messages"][-1]["content"] == schema_prompt(Verdict)

@@ -3,8 +3,9 @@
 - Context: old tool outputs are cut (head and tail) in what is sent; after a
   `context_length_exceeded` the request goes once more with every tool output cut hard.
 - Structured output: a request with `response_format` that the server refuses (a 4xx, or a 5xx
-  still failing after the caller's retries: llama.cpp answers 500) is sent again without it,
-  with the JSON schema in the prompt. The JSON-in-text answer is parsed here.
+  still failing after the caller's retries: llama.cpp answers 500) is sent again with the JSON
+  schema in the prompt, in JSON mode where the refusal offers it, else without a format. The
+  JSON-in-text answer is parsed here.
 - Output limit: OpenAI's newest models refuse `max_tokens` and name `max_completion_tokens`;
   some servers the reverse. The other field is tried once.
 - Tools: a server that refuses `tools` (Ollama: "<model> does not support tools") gets them
@@ -75,6 +76,32 @@ def format_refused(exc: ModelCallError) -> bool:
     if exc.status >= 500:
         return True
     return not exc.transient and exc.status not in (401, 403, 404)
+
+
+def json_mode_offered(exc: ModelCallError) -> bool:
+    """Whether a refusal of json_schema says JSON mode is allowed instead (vLLM, llama.cpp and
+    llama-cpp-python: "must be one of text or json_object"). Those servers constrain JSON mode
+    to a schema given beside it, so even a small model answers valid JSON."""
+    return exc.unsupported == "response_format" and "json_object" in str(exc)
+
+
+def json_mode(schema: type[BaseModel]) -> dict[str, Any]:
+    """The response_format of JSON mode, with the schema (llama.cpp and llama-cpp-python turn it
+    into a grammar; others ignore it). Every property is required there, as in OpenAI's strict
+    mode: a grammar lets a small model skip what is optional, and it skips the tasks."""
+    return {"type": "json_object", "schema": every_field_required(schema.model_json_schema())}
+
+
+def every_field_required(node: Any) -> Any:
+    """A JSON schema with every object's properties required, all the way down."""
+    if isinstance(node, list):
+        return [every_field_required(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: every_field_required(v) for k, v in node.items()}
+    if isinstance(out.get("properties"), dict):
+        out["required"] = list(out["properties"])
+    return out
 
 
 def other_output_limit(exc: ModelCallError, field: str) -> str | None:

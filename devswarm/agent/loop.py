@@ -17,7 +17,6 @@ to the model. Their results go back in one user message (such servers may refuse
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,8 @@ from pydantic import BaseModel, ValidationError
 
 from devswarm.agent.compat import (
     HARD_BUDGET,
+    json_mode,
+    json_mode_offered,
     next_fallback,
     parse_json_answer,
     prepare_messages,
@@ -34,6 +35,7 @@ from devswarm.agent.compat import (
 )
 from devswarm.agent.stuck import NO_TOOL_CALL, StuckDetector
 from devswarm.agent.textcalls import TextCalls, parse_text_calls, tool_responses, tools_prompt
+from devswarm.agent.transcript import append_messages
 from devswarm.config import AgentLimits
 from devswarm.model.errors import ModelCallError
 from devswarm.model.ledger import BudgetExhausted
@@ -42,6 +44,7 @@ from devswarm.tools.toolbox import Toolbox, ToolResult
 
 ModelFn = Callable[[dict[str, Any], int], dict[str, Any]]
 ToolWatcher = Callable[[int, str, str, ToolResult], None]  # (step, tool, arguments, result)
+DRAINED = ("stopped", "budget_exhausted")  # ends that are the run's doing, not the model's
 
 
 class Outcome(BaseModel):
@@ -82,6 +85,8 @@ class Agent:
         text_tools: bool = False,
         on_tool: ToolWatcher | None = None,
         redact: Callable[[str], str] = str,
+        json_mode: bool = False,
+        tools_unconfirmed: bool = False,
     ) -> None:
         """`call(request, step)` sends one chat request (retrying transient failures itself) and
         returns the reply dict of `ModelClient.chat`, or raises ModelCallError. With an
@@ -93,7 +98,11 @@ class Agent:
         calls the model writes as text (switched on when the server refuses `tools`).
         `on_tool(step, name, arguments, result)` hears each tool call after it ran (the log).
         `redact` cleans tool output and every saved line of the run's secrets (Run.redact):
-        what a command printed reaches the model, the transcript and the records only so."""
+        what a command printed reaches the model, the transcript and the records only so.
+        `json_mode=True` (with structured_output=False): ask for JSON mode with the schema
+        beside it (switched on when a refusal of json_schema offers json_object).
+        `tools_unconfirmed=True`: the endpoint never answered a native tool call yet, so a reply
+        without any call switches to text tools (the server may ignore `tools`)."""
         self.agent_id, self.run_id, self.role, self.model = agent_id, run_id, role, model
         self.call, self.toolbox, self.limits, self.log = call, toolbox, limits, log
         self.transcript = transcript
@@ -105,6 +114,8 @@ class Agent:
         self.text_tools = text_tools
         self.on_tool = on_tool
         self.redact = redact
+        self.json_mode = json_mode and not structured_output
+        self.tools_unconfirmed = tools_unconfirmed
         self.specs = toolbox.specs()
         if text_tools and self.specs:
             system = f"{system}\n\n{tools_prompt(self.specs)}"
@@ -170,6 +181,8 @@ class Agent:
                     "schema": self.answer_schema.model_json_schema(),
                 },
             }
+        elif self.answer_schema is not None and self.json_mode:
+            request["response_format"] = json_mode(self.answer_schema)
         return request
 
     def _query(self) -> dict[str, Any]:
@@ -201,18 +214,21 @@ class Agent:
                     self.text_tools = True  # for the rest of this agent: tools in the prompt
                     self._add({"role": "user", "content": tools_prompt(self.specs)})
                 else:
-                    self._structured_output_off()
+                    self._structured_output_off(json_mode_offered(exc))
         self.outcome.steps += 1
         self.outcome.input_tokens += reply.get("input_tokens", 0)
         self.outcome.output_tokens += reply.get("output_tokens", 0)
         self.outcome.cost_usd += reply.get("cost_usd", 0.0)
         return reply
 
-    def _structured_output_off(self) -> None:
-        # Remembered for the rest of this agent: the server won't accept json_schema.
+    def _structured_output_off(self, json_mode_offered: bool) -> None:
+        # Remembered for the rest of this agent: json_schema refused (then JSON mode, when the
+        # refusal offered it), or JSON mode refused too. The schema goes in the prompt once.
+        if self.structured_output:
+            assert self.answer_schema is not None
+            self._add({"role": "user", "content": schema_prompt(self.answer_schema)})
+        self.json_mode = self.structured_output and json_mode_offered
         self.structured_output = False
-        assert self.answer_schema is not None
-        self._add({"role": "user", "content": schema_prompt(self.answer_schema)})
 
     def _observe(self, reply: dict[str, Any]) -> Outcome | None:
         calls = reply.get("tool_calls") or []
@@ -230,6 +246,8 @@ class Agent:
                 }
                 for c in calls
             ]
+        if calls:
+            self.tools_unconfirmed = False
         self._add(message)  # saved before any tool runs: a kill mid-command keeps the intent
         step = self.outcome.steps - 1
         if not calls and not written.attempted:
@@ -309,12 +327,13 @@ class Agent:
     def _answer(self, content: str | None) -> Outcome | None:
         if self.answer_schema is None:
             self.stuck.add(NO_TOOL_CALL, content or "")
-            self._add(
-                {
-                    "role": "user",
-                    "content": "Use the tools to do the work; call `finish` when the task is done.",
-                }
-            )
+            nudge = "Use the tools to do the work; call `finish` when the task is done."
+            if self.tools_unconfirmed and not self.text_tools and self.specs:
+                # No call at all from an endpoint never seen to answer one natively: it may
+                # ignore `tools` (llama.cpp without --jinja), so the model never saw them.
+                self.text_tools = True
+                nudge = f"{nudge}\n\n{tools_prompt(self.specs)}"
+            self._add({"role": "user", "content": nudge})
             return None
         try:
             answer = parse_json_answer(content, self.answer_schema)
@@ -371,19 +390,9 @@ class Agent:
         self._save()
 
     def _save(self) -> None:
-        """Append the messages not yet saved to the transcript (JSONL, one message a line).
-
-        Called after every message, so the file is never more than one message behind; each
-        line is written whole and flushed (closing the file), so a kill leaves at most a torn
-        last line, which readers skip."""
-        if self.transcript is None or self._saved >= len(self.messages):
-            return
-        self.transcript.parent.mkdir(parents=True, exist_ok=True)
-        with self.transcript.open("a", encoding="utf-8") as f:
-            for m in self.messages[self._saved :]:
-                line = json.dumps(
-                    {"agent_id": self.agent_id, "at": now(), "message": m}, default=str
-                )
-                f.write(self.redact(line) + "\n")
-                f.flush()
-        self._saved = len(self.messages)
+        """Append the messages not yet saved to the transcript (redacted of the run's secrets):
+        called after every message, so the file is never more than one message behind."""
+        if self.transcript is not None and self._saved < len(self.messages):
+            messages = self.messages[self._saved :]
+            append_messages(self.transcript, self.agent_id, messages, redact=self.redact)
+            self._saved = len(self.messages)

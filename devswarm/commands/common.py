@@ -12,9 +12,10 @@ import typer
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
 
-# done and stopped (by the judge or a person) are normal ends; an exhausted budget is not.
-EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4}
-UNPUBLISHED_EXIT = 5
+# done and stopped (by the judge or a person) are normal ends; an exhausted budget is not, nor
+# a model that never produced a valid plan or verdict (the run could not make progress).
+EXIT_CODES = {"done": 0, "stopped": 0, "budget_exhausted": 4, "no_plan": 5, "no_verdict": 6}
+UNPUBLISHED_EXIT = 7  # the work landed in devswarm's clone but is not on the user's branch
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -76,14 +77,14 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     everything recorded); a second one aborts.
     """
     from devswarm.commands.preflight import (
-        check_models,
         check_prefect_api,
         check_repository,
         dirty_tree_warning,
+        unlisted_warnings,
     )
     from devswarm.ids import new_run_id
     from devswarm.live import watch
-    from devswarm.model.client import ModelClient
+    from devswarm.run.endpoint import know_models
     from devswarm.run.registry import drain_on_signals
     from devswarm.run.run import Run
 
@@ -96,14 +97,17 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     check_repository(cfg)
     quiet_prefect()
     check_prefect_api()
-    client = ModelClient(cfg.base_url, cfg.api_key, timeout=10)
-    client.preflight()
-    for warning in check_models(client, {cfg.models.planner, cfg.models.worker, cfg.models.judge}):
-        typer.echo(f"devswarm: {warning}", err=True)
-    # The repository and branch again, now as the run takes them (a clone, its run folder).
-    probe = Run(cfg)
-    probe.close()
-    if warning := dirty_tree_warning(probe.workspace.user_repo, probe.workspace.base_commit):
+    # The repository and branch again as the run takes them (a clone, its run folder), and
+    # what the endpoint accepts for each model, learned once and kept in the run's state: an
+    # unknown model is one line here (the probe: not listed AND a call answered 404).
+    run = Run(cfg)
+    try:
+        know_models(run)
+        warnings = unlisted_warnings(run.client, run.models)
+        warnings.append(dirty_tree_warning(run.workspace.user_repo, run.workspace.base_commit))
+    finally:
+        run.close()
+    for warning in filter(None, warnings):
         typer.echo(f"devswarm: {warning}", err=True)
     # Answered model calls are cached with the run's data, so a resumed run replays them.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(cfg.home / "results"))
@@ -139,9 +143,12 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def finish(summary: dict[str, Any]) -> NoReturn:
-    """Print a run's summary and exit with its status's code (5 when its landings are in
-    devswarm's clone but did not reach the user's branch)."""
+    """Print a run's summary and exit with its status's code; a run that could not make
+    progress ends with its reason in one line, and one whose landings did not reach the
+    user's branch says so (exit 7)."""
     print_summary(summary)
+    if summary.get("reason"):
+        typer.secho(f"devswarm: {summary['reason']}", err=True, fg=typer.colors.RED)
     if summary.get("unpublished"):
         typer.secho(
             f"devswarm: landed in the clone, not published: {summary['unpublished']} "

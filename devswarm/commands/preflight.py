@@ -18,7 +18,6 @@ from devswarm.git.plumbing import check_branch_name
 from devswarm.git.repo import open_repo, read_user_repository
 from devswarm.ids import landing_branch
 from devswarm.model.client import ModelClient
-from devswarm.model.errors import ModelCallError
 
 
 def check_repository(cfg: SwarmConfig) -> None:
@@ -65,32 +64,18 @@ def _credentials() -> dict[str, str]:
     return {}
 
 
-def check_models(client: ModelClient, models: Iterable[str]) -> list[str]:
-    """Refuse a model id the endpoint does not serve: only when GET /models does not list it
-    AND a one-token call answers 404, since Ollama and gateways list only part of what they
-    serve. Returns a warning for each model served but not listed. Run after
-    client.preflight()."""
+def unlisted_warnings(client: ModelClient, models: Iterable[str]) -> list[str]:
+    """A warning for each model the endpoint's GET /models does not list but serves (the
+    capability probe, devswarm.model.probe, already refused one that is unlisted AND answers
+    404: Ollama and gateways list only part of what they serve)."""
     listed = client.listed_models()
-    if listed is None:  # no listing at all: the first call will tell
+    if listed is None:
         return []
-    warnings = []
-    for model in sorted(set(models) - listed):
-        request = {"model": model, "messages": [{"role": "user", "content": "ok"}], "max_tokens": 1}
-        try:
-            client.call(request, run_id="preflight", agent_id=f"preflight/{model}", step=0,
-                        attempt=1, log=None)  # fmt: skip
-        except ModelCallError as exc:
-            if exc.status == 404:
-                shown = ", ".join(sorted(listed)[:8]) or "none"
-                raise UserError(
-                    f"the endpoint {client.base_url or 'OpenAI'} does not serve model {model!r} "
-                    f"(not listed, and a call answered 404); it lists: {shown}"
-                ) from None
-        warnings.append(
-            f"warning: model {model!r} is not listed by the endpoint's GET /models; it answered "
-            "a call, so the run goes on"
-        )
-    return warnings
+    return [
+        f"warning: model {model!r} is not listed by the endpoint's GET /models; it answered "
+        "a call, so the run goes on"
+        for model in sorted(set(models) - listed)
+    ]
 
 
 def dirty_tree_warning(repo: Path, base: str) -> str | None:

@@ -63,6 +63,8 @@ class Capabilities(BaseModel):
             "structured_output": self.json_schema is not False,
             "output_limit": self.output_limit,
             "text_tools": self.native_tools is False,
+            "json_mode": self.json_schema is False and self.json_object is True,
+            "tools_unconfirmed": self.native_tools is None,
         }
 
 
@@ -99,6 +101,9 @@ class CapabilityBook:
             caps = self._caps.get(model, Capabilities())
             if error.unsupported is not None:
                 caps = caps.refused(error.unsupported, request)
+                kind = (request.get("response_format") or {}).get("type")
+                if kind == "json_schema" and "json_object" in str(error):
+                    caps = caps.model_copy(update={"json_object": True})  # offered instead
             if error.context_window is not None:
                 caps = caps.model_copy(update={"context_window": error.context_window})
             self._caps[model] = caps
@@ -145,6 +150,16 @@ def endpoint_concurrency(base_url: str | None, configured: int | None = None) ->
     if configured is not None:
         return max(1, configured)
     return LOOPBACK_CONCURRENCY if is_loopback(base_url) else REMOTE_CONCURRENCY
+
+
+def listed_models(listing: Any) -> set[str]:
+    """The model ids GET /models listed (none when it answered nothing usable)."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    return {
+        e["id"]
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict) and isinstance(e.get("id"), str)
+    }
 
 
 def listed_window(listing: Any, model: str) -> int | None:

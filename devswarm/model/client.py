@@ -27,14 +27,13 @@ from devswarm.model.capabilities import (
     Capabilities,
     CapabilityBook,
     endpoint_concurrency,
-    is_loopback,
-    listed_window,
-    probe_request,
+    listed_models,
     props_limits,
 )
 from devswarm.model.errors import ModelCallError, from_status_error
 from devswarm.model.ledger import Ledger
 from devswarm.model.pricing import Price
+from devswarm.model.probe import probe
 from devswarm.model.slots import ModelSlots
 from devswarm.records import RecordLog, now, span_id
 
@@ -116,7 +115,7 @@ class ModelClient:
         self.slots = ModelSlots(max_in_flight)
         # What the endpoint accepts, per model; the host only in warnings (no credentials).
         self.book = CapabilityBook(urlsplit(str(self._client.base_url)).netloc.rpartition("@")[2])
-        self._listing: Any = None  # GET /models, kept from preflight for the probe
+        self.listing: Any = None  # GET /models, kept from preflight for the probe
 
     def pool(self, agent_id: str) -> openai.OpenAI:
         """The client (and connection pool) an agent's calls go through: always the same one."""
@@ -140,41 +139,19 @@ class ModelClient:
         except openai.APIStatusError:
             return  # some servers have no /models; the first chat call will tell
         try:
-            self._listing = raw.json()
+            self.listing = raw.json()
         except ValueError:
-            self._listing = None
+            self.listing = None
 
     def listed_models(self) -> set[str] | None:
         """The model ids GET /models listed at preflight; None when there was no listing."""
-        entries = self._listing.get("data") if isinstance(self._listing, dict) else None
-        if not isinstance(entries, list):
+        if not isinstance(self.listing, dict) or not isinstance(self.listing.get("data"), list):
             return None
-        return {e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)}
+        return listed_models(self.listing)
 
     def probe(self, model: str, *, run_id: str, log: RecordLog | None) -> Capabilities:
-        """Learn what the endpoint accepts for `model`: the listing (and llama.cpp's /props on a
-        loopback endpoint) for free, then one tiny chat request, recorded like any call."""
-        if self._listing is None:
-            self.preflight()
-        free: dict[str, int] = {}
-        if (window := listed_window(self._listing, model)) is not None:
-            free["context_window"] = window
-        if is_loopback(self.base_url):
-            free.update(self._props())
-        self.remember(model, self.book.get(model).model_copy(update=free))
-        request = probe_request(model, self.book.get(model).output_limit)
-        try:
-            self.call(
-                request, run_id=run_id, agent_id=f"preflight/{model}", step=0, attempt=1, log=log
-            )
-        except ModelCallError as exc:
-            if exc.unsupported is None and exc.error_type != "context_length_exceeded":
-                log_.warning(
-                    "the capability probe of %s failed: %s: %s", model, exc.error_type, exc
-                )
-        else:
-            self.book.update(model, json_schema=True)
-        return self.book.get(model)
+        """Learn what the endpoint accepts for `model` (devswarm.model.probe)."""
+        return probe(self, model, run_id=run_id, log=log)
 
     def remember(self, model: str, caps: Capabilities) -> None:
         """Take capabilities learned earlier (a resumed run's state): nothing is learned twice.
@@ -183,7 +160,20 @@ class ModelClient:
         if caps.max_concurrent_requests is not None:
             self.slots.resize(min(self.slots.capacity, caps.max_concurrent_requests))
 
-    def _props(self) -> dict[str, int]:
+    def _fewer_at_once(self, model: str, error: ModelCallError) -> None:
+        """The server is busy with the calls in flight: fewer at once from now on (requests
+        queue in devswarm instead), remembered with the model's capabilities."""
+        before, after = self.slots.busy()
+        if after < before:
+            self.book.update(model, max_concurrent_requests=after)
+            log_.warning(
+                "%s is busy (HTTP %s): at most %d model calls at once from now on",
+                self.book.endpoint,
+                error.status,
+                after,
+            )
+
+    def props(self) -> dict[str, int]:
         """llama.cpp's GET /props (at the server's root, beside /v1); {} from other servers."""
         root = str(self._client.base_url).rstrip("/").removesuffix("/v1")
         try:
@@ -250,6 +240,8 @@ class ModelClient:
                 error = from_status_error(exc, request)
                 row.update(http_status=exc.status_code, error_type=error.error_type)
                 self.book.learn(model, error, request)
+                if error.busy:
+                    self._fewer_at_once(model, error)
                 raise error from None
             except openai.APITimeoutError:
                 row.update(error_type="timeout")
@@ -275,6 +267,8 @@ class ModelClient:
                     for c in (message.tool_calls or [])
                     if getattr(c, "function", None) is not None
                 ]
+                if calls and self.book.get(model).native_tools is None:
+                    self.book.update(model, native_tools=True)  # seen: never doubted again
                 estimated = usage is None or not (usage.prompt_tokens or usage.completion_tokens)
                 if estimated:  # the server reports none: estimated, so budgets stay enforced
                     input_tokens = estimate_tokens(request)

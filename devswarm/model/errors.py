@@ -17,13 +17,24 @@ import openai
 
 TRANSIENT_STATUS = {408, 409, 425, 429}
 MAX_BACKOFF = 60.0  # seconds; a longer Retry-After is cut to this
+# Words of a 429 that means "too many requests at once" (a local server's queue), not a quota.
+BUSY_WORDS = ("busy", "overloaded", "pending requests", "concurrent", "capacity", "slots")
 
 # The request fields a server may refuse, and the words its refusal may use for them. A field
 # only counts when the request had it; parallel_tool_calls before tools (its name holds "tool").
 FIELD_WORDS: dict[str, tuple[str, ...]] = {
     "response_format": ("response_format", "json_schema", "json schema", "structured output"),
     "parallel_tool_calls": ("parallel_tool_calls", "parallel tool calls"),
-    "tools": ("tool_choice", "tools", "tool calling", "function calling", "tool use"),
+    # vLLM without a tool parser: '"auto" tool choice requires --enable-auto-tool-choice ...'
+    "tools": (
+        "tool_choice",
+        "tool choice",
+        "tools",
+        "tool calling",
+        "function calling",
+        "tool use",
+        "tool-call-parser",
+    ),
     "max_completion_tokens": ("max_completion_tokens",),
     "max_tokens": ("max_tokens",),
 }
@@ -70,6 +81,14 @@ class ModelCallError(Exception):
         self.retry_after = retry_after
         self.unsupported = unsupported
         self.context_window = context_window
+
+    @property
+    def busy(self) -> bool:
+        """The server is busy with the calls in flight (a full queue), not rate-limiting."""
+        text = str(self).lower()
+        return self.status == 503 or (
+            self.status == 429 and any(w in text for w in BUSY_WORDS) and "rate" not in text
+        )
 
     @property
     def expected(self) -> bool:
@@ -141,7 +160,10 @@ def from_status_error(exc: openai.APIStatusError, request: dict[str, Any]) -> Mo
     type_ = inner.get("type") if isinstance(inner.get("type"), str) else None
     param = inner.get("param") if isinstance(inner.get("param"), str) else None
     text = f"{exc.message} {body}"
-    message = str(exc.message)[:500]
+    message = str(exc.message)
+    if body and message == f"Error code: {status}":  # FastAPI's {"detail": ...}: the body says it
+        message = f"{message} - {body}"
+    message = " ".join(message.split())[:500]  # one line
     if context_exceeded(status, text, code, type_):
         window = inner.get("n_ctx")
         if not isinstance(window, int):

@@ -64,11 +64,25 @@ class ModelSlots:
             for _ in range(delta):
                 self._give()
 
+    def busy(self) -> tuple[int, int]:
+        """The server refused a call for being busy with those in flight: one fewer at once
+        than allowed before, and than are held now (at least one); none fewer when this call was
+        alone (the server is busy with others, or loading). Returns (before, after)."""
+        with self._cond:
+            before = self.capacity
+            held = self.capacity - self._free
+        after = before if held <= 1 else max(1, min(before - 1, held - 1))
+        if after < before:
+            self.resize(after)
+        return before, after
+
     def _acquire(self, agent: str) -> None:
         with self._cond:
             age = self._age.setdefault(agent, len(self._age))
             if self._kept.pop(agent, None) is not None:
-                return  # back within its grace: its own slot
+                if self._free >= 0:
+                    return  # back within its grace: its own slot
+                self._give()  # shrunk meanwhile: its kept slot is one too many; queue anew
             if self._free > 0 and not self._waiting:
                 self._free -= 1
                 return

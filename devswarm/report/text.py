@@ -38,6 +38,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     ]
     if summary.get("sandbox"):
         lines.append(f"  sandbox        {summary['sandbox']}")
+    if summary.get("reason"):
+        lines.append(f"  why            {summary['reason'][:300]}")
     if summary.get("verdict"):
         lines.append(
             f"  judge          {summary['verdict']['decision']}: {summary['verdict']['reasons'][:160]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from devswarm.agent.loop import DRAINED
 from devswarm.ids import file_safe, judge_id
 from devswarm.roles import narrate, prompts
 from devswarm.roles.session import CallFactory, agent_session
@@ -38,10 +39,10 @@ def judge_cycle(
         )
         outcome = agent.run()
     if outcome.answer is None:
-        verdict = Verdict(
-            decision="stop",
-            reasons=f"the judge ended without a verdict: {outcome.status} {outcome.reason}",
-        )
+        why = f"the judge ended with {outcome.status}: {outcome.reason}"
+        verdict = Verdict(decision="stop", reasons=why)
+        if outcome.status not in DRAINED:  # a drain or a budget is no failure of the model's
+            run.fail("no_verdict", f"the model never produced a valid verdict: {why}")
     else:
         verdict = Verdict.model_validate(outcome.answer)
     narrate.verdict(run, agent_id, cycle, verdict)

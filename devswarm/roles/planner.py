@@ -3,6 +3,7 @@ tasks for workers and scopes for sub-planners."""
 
 from __future__ import annotations
 
+from devswarm.agent.loop import DRAINED
 from devswarm.ids import file_safe, followup_id, planner_id, task_key
 from devswarm.roles import narrate, prompts
 from devswarm.roles.rows import task_row
@@ -37,6 +38,7 @@ def plan_scope(
         allow_scopes=allow_scopes,
         system=prompts.planner_system(cfg.max_tasks_per_plan, allow_scopes, cfg.max_scopes),
         user=prompts.planner_user(goal, scope_paths, cfg.check, previous, run.progress.hot()),
+        required=depth == 0,
     )
 
 
@@ -71,7 +73,10 @@ def _planner(
     allow_scopes: bool,
     system: str,
     user: str,
+    required: bool = False,
 ) -> tuple[Plan, list[PlannedTask]]:
+    """One planner's session; `required`: the cycle's root planner, without whose plan the run
+    cannot go on (no plan ends it with status no_plan)."""
     cfg = run.config
     plan: Plan | None = None
     with (
@@ -97,7 +102,10 @@ def _planner(
             else:
                 plan = repair(plan, errors)
     if plan is None:
-        plan = Plan(summary=f"planner ended: {agent.outcome.status} {agent.outcome.reason}")
+        why = f"the planner ended with {agent.outcome.status}: {agent.outcome.reason}"
+        if required and agent.outcome.status not in DRAINED:  # nothing to work on or judge
+            run.fail("no_plan", f"the model never produced a valid plan: {why}")
+        plan = Plan(summary=why)
         narrate.planned(run, agent_id, plan_path, plan, [])
         return plan, []
     keys = {t.id: run.unique_task_key(task_key(cycle, plan_path, t.id)) for t in plan.tasks}

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
 from devswarm.agent.loop import Agent, ModelFn, Outcome
 from devswarm.records import RecordLog
 from devswarm.roles import rows
+from devswarm.run import endpoint
 from devswarm.run.run import Run
 from devswarm.schemas import WorkerReport
 from devswarm.tools.toolbox import Toolbox
@@ -27,6 +29,9 @@ class Session:
         self.agent_id, self.role, self.model = agent_id, role, model
         self.log: RecordLog = run.agent_log(agent_id)
         self.agent: Agent | None = None
+        # What the run knows of the endpoint when the agent is built (json_schema, the
+        # output-limit field, native tools); what the agent learns beyond it goes back.
+        self.options: dict[str, Any] = {}
         self.report: WorkerReport | None = None  # a worker's, for the agent row's end
 
     def new_agent(
@@ -38,6 +43,7 @@ class Session:
     ) -> Agent:
         """The session's Agent, with the run's limits and what the run knows of the server."""
         run = self.run
+        self.options = endpoint.agent_options(run, self.model)
         self.agent = Agent(
             agent_id=self.agent_id,
             run_id=run.run_id,
@@ -52,12 +58,11 @@ class Session:
             transcript=run.transcript(self.agent_id),
             answer_schema=answer_schema,
             should_stop=run.should_stop,
-            structured_output=run.structured_output,
-            output_limit=run.output_limit,
             on_tool=lambda step, name, arguments, result: run.story.tool_step(
                 self.role, self.agent_id, step, name, arguments, result
             ),
             redact=run.redact,
+            **self.options,
         )
         return self.agent
 
@@ -81,7 +86,7 @@ def agent_session(
 ) -> Iterator[Session]:
     """Record the agent's start, count it as `busy` on the live panel while it runs; at the end
     give its model-call slot to the next agent at once, keep what it learned about the server
-    (refused response_format, the output-limit field), and record its end."""
+    (refused response_format, the output-limit field, no native tools), and record its end."""
     session = Session(run, calls, agent_id, role, model)
     rows.agent_started(run, session.log, agent_id, role, cycle, plan_path, task_key, model)
     if busy:
@@ -93,6 +98,5 @@ def agent_session(
             run.progress.bump(busy, -1)
         run.client.slots.done(agent_id)
         if session.agent is not None:
-            run.structured_output = run.structured_output and session.agent.structured_output
-            run.output_limit = session.agent.output_limit
+            endpoint.take_lessons(run, session.model, session.agent, session.options)
         rows.agent_ended(session.log, agent_id, session.outcome, session.report)

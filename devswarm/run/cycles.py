@@ -14,6 +14,7 @@ from devswarm.errors import UserError
 from devswarm.records import now, span_id
 from devswarm.roles import prompts
 from devswarm.roles.rows import record_landed_before, record_skip
+from devswarm.run.endpoint import know_models
 from devswarm.run.registry import take_key
 from devswarm.run.run import Run
 from devswarm.scheduler import DRAINED, FollowupFn, Scheduler, WorkFn
@@ -28,6 +29,7 @@ def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
         key = take_key(config.run_id) or api_key_from_env()
         config = config.model_copy(update={"api_key": key})
     run = Run(config)
+    know_models(run)  # probed at preflight already (`devswarm run`): then read from the state
     if flow_run_id and flow_run_id not in run.state.flow_runs:
         run.state.flow_runs.append(flow_run_id)
         run.save_state()

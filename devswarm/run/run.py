@@ -54,6 +54,9 @@ class Run:
         self.run_id = config.run_id or new_run_id(repo)
         self.branch = check_branch_name(config.branch or landing_branch(self.run_id))
         self.dir = config.home / "runs" / self.run_id
+        # The orchestrator owns the run folder's files (state.json, config.json); a worker
+        # process (--executor deployment) only reads them.
+        self.orchestrator = worker_clones is None
         self.workspace: Workspace
         if worker_clones is None:
             self.workspace = Workspace(repo, config.home / "repos" / key, self.branch)
@@ -106,13 +109,15 @@ class Run:
             redact=self.redact,
         )
         self.records = RecordImporter(self.dir / "records", self.store_path, self.run_id)
-        # False once the server refused response_format: later agents put the schema in the prompt.
-        self.structured_output = True
-        # The request field capping an answer: switched for the whole run once a server refuses it.
-        self.output_limit = "max_tokens"
+        # What the endpoint accepts, learned earlier in this run (a resume, a worker process):
+        # agents are built with it and nothing is paid for twice (devswarm.run.endpoint).
+        for model, caps in self.state.capabilities.items():
+            self.client.remember(model, caps)
+        # Why the run cannot go on (no_plan, no_verdict), when a role could not do its part.
+        self.failure: tuple[str, str] | None = None
         self._task_keys: set[str] = set()
         self._lock = threading.Lock()
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # one state.json writer at a time
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
@@ -157,11 +162,27 @@ class Run:
             self.state.hot_files = self.progress.hot()
             self.state.save(self.dir / "state.json")
 
+    @property
+    def models(self) -> list[str]:
+        """The run's models, one each (planner, worker, judge may share one)."""
+        m = self.config.models
+        return list(dict.fromkeys([m.planner, m.worker, m.judge]))
+
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
         return self.workspace.landed_tasks(self.run_id)
 
+    def fail(self, status: str, reason: str) -> None:
+        """The run cannot make progress (`status`: no_plan, no_verdict): it ends with that
+        status and `reason` (one line), and starts no new work."""
+        if self.failure is None:
+            self.failure = (status, " ".join(reason.split()))
+            self.progress.emit(f"{status}: {self.failure[1]}")
+        self.ledger.stop(status)
+
     def final_status(self, verdict: Verdict | None) -> str:
+        if self.failure is not None:
+            return self.failure[0]
         if self.ledger.exhausted in BUDGETS and (verdict is None or verdict.decision != "done"):
             return "budget_exhausted"
         if self.stop_reason:
@@ -187,6 +208,7 @@ class Run:
             "cost_usd": round(self.ledger.cost, 6),
             "unpublished": self.unpublished,
             "verdict": verdict.model_dump() if verdict else None,
+            "reason": self._why(status),
         }
 
     def _budget_news(self, kind: str, budget: str) -> None:
@@ -200,6 +222,14 @@ class Run:
         else:
             self.progress.emit(f"budget: {budget} exhausted ({spent:g} of {cap:g}); draining")
             self.progress.notify("budget.exhausted", budget=budget, spent=spent, cap=cap)
+
+    def _why(self, status: str) -> str | None:
+        """Why a run ended short of the judge's word, in one line (None when it did not)."""
+        if self.failure is not None:
+            return self.failure[1]
+        if status == "budget_exhausted":
+            return f"a budget ran out before the judge said done: {self.ledger.exhausted}"
+        return None
 
     # -- records ----------------------------------------------------------------------------
 

@@ -10,16 +10,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from devswarm.model.capabilities import Capabilities
+
 
 class RunState(BaseModel):
     """The tips each cycle planned from, the finished cycles, the last green tip, hot files,
-    and the swarm flow runs that ran it (crash marking finds them by id)."""
+    the swarm flow runs that ran it (crash marking finds them by id), and what the endpoint
+    accepts for each model (a resume does not pay to learn it again)."""
 
     cycle_tips: dict[int, str] = {}
     cycles: list[dict[str, Any]] = []
     last_green: str | None = None
     hot_files: dict[str, int] = {}
     flow_runs: list[str] = []
+    capabilities: dict[str, Capabilities] = {}
 
     @classmethod
     def load(cls, path: Path) -> RunState:
