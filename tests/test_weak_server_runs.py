@@ -4,7 +4,6 @@ and lands. And runs that cannot make progress end with their own status and one 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -208,8 +207,7 @@ def test_a_model_the_endpoint_does_not_know_is_refused_at_preflight_in_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("devswarm: the model endpoint ") and "'no-such-model'" in line
     assert "404" in line and "Traceback" not in result.stdout + result.stderr
-    state = json.loads(next((tmp_path / "data" / "runs").glob("*/state.json")).read_text())
-    assert set(state["capabilities"]) == {"offline-model", "listed"}
+    assert not (tmp_path / "data" / "runs").exists()  # refused before it began: nothing left
 
 
 def test_a_server_ignoring_tools_unseen_by_the_model_gets_them_in_the_prompt(

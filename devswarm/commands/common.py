@@ -4,6 +4,7 @@ running a swarm in this process with a live view."""
 from __future__ import annotations
 
 import os
+import shutil
 import secrets
 from typing import Any, NoReturn
 
@@ -84,6 +85,7 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     )
     from devswarm.ids import new_run_id
     from devswarm.live import watch
+    from devswarm.model.client import ModelClient
     from devswarm.run.endpoint import know_models
     from devswarm.run.registry import drain_on_signals
     from devswarm.run.run import Run
@@ -97,14 +99,21 @@ def execute(cfg: SwarmConfig, *, resume: bool = False) -> dict[str, Any]:
     check_repository(cfg)
     quiet_prefect()
     check_prefect_api()
+    ModelClient(cfg.base_url, cfg.api_key, timeout=10).preflight()  # reachable, key accepted
     # The repository and branch again as the run takes them (a clone, its run folder), and
     # what the endpoint accepts for each model, learned once and kept in the run's state: an
     # unknown model is one line here (the probe: not listed AND a call answered 404).
+    folder = cfg.home / "runs" / cfg.run_id
+    fresh = [p for p in (folder.parent, folder) if not p.exists()]
     run = Run(cfg)
     try:
         know_models(run)
         warnings = unlisted_warnings(run.client, run.models)
         warnings.append(dirty_tree_warning(run.workspace.user_repo, run.workspace.base_commit))
+    except UserError:
+        if fresh:  # refused before it began: leave no run folder behind
+            shutil.rmtree(fresh[0], ignore_errors=True)
+        raise
     finally:
         run.close()
     for warning in filter(None, warnings):
