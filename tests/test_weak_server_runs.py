@@ -188,7 +188,7 @@ def test_devswarm_run_exits_non_zero_with_one_line_when_the_model_never_plans(
 
 
 def test_a_model_the_endpoint_does_not_know_is_refused_at_preflight_in_one_line(
-    tmp_path: Path,
+    prefect_server: None, tmp_path: Path
 ) -> None:
     from devswarm.offline.server import ModelServer, Scenario
 
