@@ -138,6 +138,13 @@ def test_dependency_chain_lands_in_order_and_a_failed_dependency_skips_its_depen
         "c1.root.broken": "failed",
         "c1.root.after-broken": "skipped",
     }
+    depends = {k: json.loads(v) for k, v in rows(db, "SELECT task_key, depends_on FROM tasks")}
+    assert depends == {
+        "c1.root.first": [],
+        "c1.root.second": ["c1.root.first"],
+        "c1.root.broken": [],
+        "c1.root.after-broken": ["c1.root.broken"],
+    }
     order = [
         r[0]
         for r in rows(db, "SELECT task_key FROM landings WHERE status = 'landed' ORDER BY ended_at")

@@ -21,7 +21,7 @@ from devswarm.git.plumbing import check_branch_name
 from devswarm.git.remote import RemoteWorkspace
 from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, new_run_id, repo_key
-from devswarm.model.client import ModelClient
+from devswarm.model.client import ModelClient, cache_key
 from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import Ledger
 from devswarm.records import RecordLog, now
@@ -248,6 +248,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
     log = run.agent_log(agent_id)
 
     def call(request: dict[str, Any], step: int) -> dict[str, Any]:
+        key = cache_key(run.run_id, agent_id, step, request)  # recorded as Prefect's would be
         for attempt in range(1, attempts + 1):
             try:
                 return run.client.call(
@@ -257,6 +258,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
                     step=step,
                     attempt=attempt,
                     log=log,
+                    cache_key=key,
                 )
             except ModelCallError as exc:
                 if not exc.transient or attempt == attempts:
