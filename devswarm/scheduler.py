@@ -4,13 +4,21 @@ Tasks start as soon as the tasks they depend on have landed (a failed dependency
 dependants). Each report is handled the moment its worker ends: records imported, counters
 updated, and the handoff given to the planner that owns the task, which may add follow-up tasks
 (bounded per cycle) while other workers still run. The cycle ends when nothing is pending or
-running.
+running and nobody holds it open.
+
+Tasks join a running cycle through one thread-safe entry, `Scheduler.add(tasks)`: planners hand
+their tasks to it the moment they return them (while sub-planners and siblings still plan), and
+anything else that finds work during the cycle (the verifier's retries and repairs) does the
+same. Whoever may still add tasks holds the cycle open with `Scheduler.hold()`; the scheduler's
+producers (run(producers=...): the cycle's planner tree) are held for as long as they run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -63,27 +71,67 @@ class Scheduler:
         self.landed: set[str] = set(landed or ())  # task keys already on the branch (resume)
         self.reports: dict[str, WorkerReport] = {}
         self.followups = 0
+        self._lock = threading.Lock()
+        self._inbox: list[PlannedTask] = []  # added, not yet seen by the run loop
+        self._holds = 0
+        self._wake: Future[None] = Future()  # completed by add and by a hold's release
 
-    def run(self, tasks: list[PlannedTask]) -> list[WorkerReport]:
-        pending = list(tasks)
+    def add(self, tasks: Iterable[PlannedTask]) -> None:
+        """Thread-safe: `tasks` join the cycle and start as soon as their dependencies (keys of
+        tasks added with them or before) have landed and a worker is free; a key already on the
+        branch counts as landed and does not run again. Added before `run`, they start with it;
+        added after the cycle ended, they are never run (hold the cycle open to add later)."""
+        with self._lock:
+            self._inbox.extend(tasks)
+            self._wake_up()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the cycle open while inside, even with nothing pending or running: for whoever
+        may still `add` tasks (a planner still planning, a verifier still checking)."""
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+                self._wake_up()
+
+    def run(
+        self,
+        tasks: Iterable[PlannedTask] = (),
+        *,
+        producers: Sequence[Callable[[], Any]] = (),
+    ) -> list[WorkerReport]:
+        """Run the cycle to its end and return its reports. Each producer runs on its own thread
+        (in a copy of this context), holding the cycle open, and adds tasks as it finds them;
+        the first one that raised re-raises here once everything started has settled."""
+        self.add(tasks)
+        pending: list[PlannedTask] = []
         running: dict[Future, tuple[str, PlannedTask, int]] = {}
         with (
             ThreadPoolExecutor(max(1, self.max_workers), thread_name_prefix="worker") as workers,
             ThreadPoolExecutor(
                 max(1, self.max_planners), thread_name_prefix="followup"
             ) as planners,
+            ThreadPoolExecutor(max(1, len(producers)), thread_name_prefix="producer") as makers,
         ):
-            while pending or running:
+            made = [submit(makers, self._produce, fn) for fn in producers]
+            while True:
+                wake, held = self._take(pending)
                 pending = self._start_ready(pending, running, workers)
-                if not running:
+                if not running and not held:
                     for task in pending:  # waiting on tasks that will never land
                         self._skip(task, "its dependencies never landed")
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait([*running, wake], return_when=FIRST_COMPLETED)
                 for fut in done:
+                    if fut is wake:
+                        continue
                     kind, task, attempt = running.pop(fut)
                     if kind == "followup":
-                        pending.extend(self._followup_result(fut))
+                        self.add(self._followup_result(fut))
                         continue
                     report = self._work_result(fut, task, attempt)
                     if report is None:  # crashed once: resubmitted from a fresh worktree
@@ -109,7 +157,28 @@ class Scheduler:
                             task,
                             0,
                         )
+        for fut in made:
+            fut.result()  # a producer's exception, now that what it started has settled
         return list(self.reports.values())
+
+    def _produce(self, fn: Callable[[], Any]) -> Any:
+        with self.hold():
+            return fn()
+
+    def _take(self, pending: list[PlannedTask]) -> tuple[Future, bool]:
+        """Move added tasks to `pending`; the future that the next add or release completes,
+        and whether the cycle is held open."""
+        with self._lock:
+            if self._wake.done():
+                self._wake = Future()
+            pending.extend(self._inbox)
+            self._inbox.clear()
+            return self._wake, self._holds > 0
+
+    def _wake_up(self) -> None:
+        """Wake the run loop (called with the lock held)."""
+        if not self._wake.done():
+            self._wake.set_result(None)
 
     def _start_ready(
         self, pending: list[PlannedTask], running: dict, pool: ThreadPoolExecutor

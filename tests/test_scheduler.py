@@ -163,6 +163,91 @@ def test_tasks_landed_before_a_resume_are_not_redone() -> None:
     assert reports["a"].status == "landed"
 
 
+def test_a_planners_tasks_start_while_the_planners_after_it_still_plan() -> None:
+    rec = Recorder()
+    root_started = threading.Event()
+    sched: Scheduler
+
+    def work(task, attempt):
+        rec.add("start", task.key)
+        if task.key == "root-a":
+            root_started.set()
+        return landed(task, attempt)
+
+    def plan_tree():
+        sched.add([planned("root-a"), planned("root-b", ["root-a"])])
+        rec.add("sub-planner starts", "sub")
+        assert root_started.wait(5)  # the sub-planner is still planning: no barrier
+        rec.add("sub-planner returns", "sub")
+        sched.add([planned("sub-a")])
+        return ["root-a", "root-b", "sub-a"]
+
+    sched = scheduler(rec, work)
+    reports = {r.task_key: r.status for r in sched.run(producers=[plan_tree])}
+    assert reports == {"root-a": "landed", "root-b": "landed", "sub-a": "landed"}
+    ev = rec.events
+    assert ev.index(("start", "root-a")) < ev.index(("sub-planner returns", "sub"))
+    assert ev.index(("report", "root-a")) < ev.index(("start", "root-b"))
+
+
+def test_tasks_added_from_many_threads_each_run_once_while_the_cycle_is_held() -> None:
+    rec = Recorder()
+    sched: Scheduler
+
+    def work(task, attempt):
+        rec.add("start", task.key)
+        return landed(task, attempt)
+
+    def verifier():  # finds work while the cycle runs, from threads of its own
+        with sched.hold():
+            holding.set()
+            threads = [
+                threading.Thread(target=sched.add, args=([planned(f"t{i}-{j}") for j in range(5)],))
+                for i in range(8)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+    sched, holding = scheduler(rec, work, max_workers=3), threading.Event()
+    holder = threading.Thread(target=verifier)
+    reports: list[WorkerReport] = []
+    runner = threading.Thread(target=lambda: reports.extend(sched.run()))
+    with sched.hold():  # until the verifier holds it: the cycle cannot end before its adds
+        runner.start()
+        holder.start()
+        assert holding.wait(5)
+    holder.join(10)
+    runner.join(10)
+    assert not runner.is_alive()
+    started = [key for kind, key in rec.events if kind == "start"]
+    assert sorted(started) == sorted(f"t{i}-{j}" for i in range(8) for j in range(5))
+    assert len(reports) == 40
+
+
+def test_a_planner_that_raises_fails_the_cycle_after_its_started_tasks_settle() -> None:
+    rec = Recorder()
+    sched: Scheduler
+
+    def work(task, attempt):
+        time.sleep(0.1)
+        return landed(task, attempt)
+
+    def plan_tree():
+        sched.add([planned("a")])
+        raise RuntimeError("the sub-planner's flow failed")
+
+    sched = scheduler(rec, work)
+    try:
+        sched.run(producers=[plan_tree])
+    except RuntimeError as exc:
+        assert "sub-planner" in str(exc)
+    else:
+        raise AssertionError("the planner's failure was lost")
+    assert rec.events == [("report", "a")]
+
+
 def test_start_gate_lets_a_few_subflows_start_at_once_and_opens_on_failure() -> None:
     from tasks.subflows import StartGate
 

@@ -92,6 +92,30 @@ def cycle_scheduler(
     )
 
 
+def plan_and_work(
+    run: Run,
+    cycle: int,
+    plan: Callable[[], list[PlannedTask]],
+    work: WorkFn,
+    followup: Callable[..., list[PlannedTask]],
+) -> list[WorkerReport]:
+    """One cycle's planning and work with no barrier between them: `plan` (the root planner,
+    which recurses into sub-planners) hands each planner's tasks to the cycle's scheduler
+    (run.scheduler) the moment that planner returns them (Run.dispatch), so the root's own
+    tasks start while its sub-planners and their siblings still plan. Returns the reports
+    when every task has settled and the planners are done."""
+
+    def planning() -> None:
+        tasks = plan()
+        run.progress.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
+
+    scheduler = run.scheduler = cycle_scheduler(run, work, followup)
+    try:
+        return scheduler.run(producers=[planning])
+    finally:
+        run.scheduler = None
+
+
 def finish_cycle(run: Run, cycle: int, verdict: Verdict, reports: list[WorkerReport]) -> None:
     """Record the cycle and what the next one starts from (a summary, not transcripts)."""
     tip = run.workspace.tip()

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
@@ -32,8 +32,11 @@ from devswarm.run.progress import Progress
 from devswarm.run.state import RunState, earlier_hot_files
 from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import require_sandbox
-from devswarm.schemas import Verdict
+from devswarm.schemas import PlannedTask, Verdict
 from devswarm.store.warehouse import publish_run, run_store_path
+
+if TYPE_CHECKING:
+    from devswarm.scheduler import Scheduler
 
 _log = logging.getLogger("devswarm")
 ModelFn = Any  # devswarm.agent.loop.ModelFn: (request, step) -> reply
@@ -95,6 +98,7 @@ class Run:
         # The request field capping an answer: switched for the whole run once a server refuses it.
         self.output_limit = "max_tokens"
         self._task_keys: set[str] = set()
+        self.scheduler: Scheduler | None = None  # the running cycle's (run.cycles.plan_and_work)
         self._lock = threading.Lock()
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -124,14 +128,30 @@ class Run:
             self._task_keys.add(key)
             return key
 
+    def dispatch(self, tasks: list[PlannedTask]) -> None:
+        """Hand a planner's tasks to the running cycle (Scheduler.add): they start as soon as
+        their dependencies land. Without a running cycle the planner's caller keeps them."""
+        if self.scheduler is not None:
+            self.scheduler.add(tasks)
+
     def cycle_base(self, cycle: int) -> str:
         """The tip a cycle plans against: recorded once, so a resumed run plans from the same state."""
         with self._lock:
             self.starts.setdefault(f"cycle-{cycle}", now())
-            if cycle not in self.state.cycle_tips:
-                self.state.cycle_tips[cycle] = self.workspace.tip()
+            state, changed = self.state, False
+            if cycle not in state.cycle_tips:
+                state.cycle_tips[cycle], changed = self.workspace.tip(), True
+            if cycle not in state.cycle_hot_files:
+                state.cycle_hot_files[cycle], changed = self.progress.hot(), True
+            if changed:
                 self.save_state()
-            return self.state.cycle_tips[cycle]
+            return state.cycle_tips[cycle]
+
+    def cycle_hot_files(self, cycle: int) -> dict[str, int]:
+        """The hot files a cycle's planners are told, recorded with its base: workers already
+        land (and conflict) while sub-planners plan, and a resumed run must ask the same."""
+        self.cycle_base(cycle)
+        return self.state.cycle_hot_files[cycle]
 
     def save_state(self) -> None:
         self.state.hot_files = self.progress.hot()

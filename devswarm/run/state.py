@@ -12,10 +12,12 @@ from pydantic import BaseModel
 
 
 class RunState(BaseModel):
-    """The tips each cycle planned from, the finished cycles, the last green tip, hot files,
+    """The tips each cycle planned from and the hot files its planners were told (so a resumed
+    run's planners send the same requests), the finished cycles, the last green tip, hot files,
     and the swarm flow runs that ran it (crash marking finds them by id)."""
 
     cycle_tips: dict[int, str] = {}
+    cycle_hot_files: dict[int, dict[str, int]] = {}
     cycles: list[dict[str, Any]] = []
     last_green: str | None = None
     hot_files: dict[str, int] = {}
