@@ -2,13 +2,21 @@
 
 N concurrent calls can therefore never overshoot a cap: a call that does not fit is refused
 before any HTTP request, and each reservation is settled with the real usage afterwards.
+
+A run's ledger outlives its process: what it has spent (`Spent`) is handed to `on_settle` after
+every settled call (the run keeps it in its folder) and given back to the ledger of a resumed
+run, so the budget is never spent twice. A call replayed from Prefect's cache never reaches
+the model client, so it reserves and settles nothing: a free replay is not counted as spend.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from pydantic import BaseModel
 
 
 class BudgetExhausted(Exception):
@@ -21,18 +29,42 @@ class Reservation:
     cost: float
 
 
-class Ledger:
-    """Thread-safe token and dollar ledger with hard caps and a wall-clock deadline."""
+class Spent(BaseModel):
+    """What a run has used of its budget so far, over all the processes that ran it."""
 
-    def __init__(self, max_tokens: int, max_cost_usd: float, max_wall_seconds: float) -> None:
+    tokens: int = 0
+    cost_usd: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class Ledger:
+    """Thread-safe token and dollar ledger with hard caps and a wall-clock deadline.
+
+    `spent`: what earlier processes of the run used (a resumed run starts from it).
+    `on_settle`: called after every settled call, outside the ledger's lock (to persist it).
+    """
+
+    def __init__(
+        self,
+        max_tokens: int,
+        max_cost_usd: float,
+        max_wall_seconds: float,
+        *,
+        spent: Spent | None = None,
+        on_settle: Callable[[], None] | None = None,
+    ) -> None:
+        spent = spent or Spent()
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
-        self.deadline = time.monotonic() + max_wall_seconds
-        self.tokens = 0  # settled
-        self.cost = 0.0
+        self._started = time.monotonic()
+        self._earlier_seconds = spent.wall_seconds
+        self.deadline = self._started + max_wall_seconds - spent.wall_seconds
+        self.tokens = spent.tokens  # settled
+        self.cost = spent.cost_usd
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._lock = threading.Lock()
+        self._on_settle = on_settle
         self.exhausted: str | None = None  # which cap ran out, once one did
 
     def reserve(self, tokens: int, cost: float) -> Reservation:
@@ -59,6 +91,17 @@ class Ledger:
             self._reserved_cost -= reservation.cost
             self.tokens += tokens
             self.cost += cost
+        if self._on_settle is not None:
+            self._on_settle()
+
+    def spent(self) -> Spent:
+        """What the run has used so far, this process's wall time included."""
+        with self._lock:
+            return Spent(
+                tokens=self.tokens,
+                cost_usd=self.cost,
+                wall_seconds=self._earlier_seconds + time.monotonic() - self._started,
+            )
 
     def stop(self, reason: str) -> None:
         """Refuse every further call (a stop request or a signal drains like an empty budget)."""

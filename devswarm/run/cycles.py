@@ -39,12 +39,18 @@ def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
         )
     if run.state.cycles:
         run.progress.emit(f"resuming after cycle {len(run.state.cycles)}")
+    if spent := run.ledger.tokens:
+        run.progress.emit(
+            f"spent before this resume: {spent:,} tokens, ${run.ledger.cost:.4f}; "
+            "calls answered then replay free"
+        )
     return run
 
 
 def end_run(run: Run, status: str, flow_run_id: str | None = None) -> Path | None:
     """Record the run's end, import every record, merge into the warehouse; the HTML report."""
     run.record_run(status, len(run.state.cycles), flow_run_id)
+    run.save_spent()  # this process's wall time too
     run.workspace.prune()
     run.records.import_now()
     report = run.publish()

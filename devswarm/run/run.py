@@ -29,7 +29,7 @@ from devswarm.run import registry
 from devswarm.run.checks import Checks
 from devswarm.run.importer import RecordImporter
 from devswarm.run.progress import Progress
-from devswarm.run.state import RunState, earlier_hot_files
+from devswarm.run.state import RunState, earlier_hot_files, load_spent, save_spent
 from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import require_sandbox
 from devswarm.schemas import PlannedTask, Verdict
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from devswarm.scheduler import Scheduler
 
 _log = logging.getLogger("devswarm")
+LEDGER_FILE = "ledger.json"  # in the run's folder: what the run has spent (run/state.py)
 ModelFn = Any  # devswarm.agent.loop.ModelFn: (request, step) -> reply
 
 
@@ -66,9 +67,15 @@ class Run:
         self.sandbox_notice = _sandbox_notice(config.sandbox)
         if self.sandbox_notice and registry.first_time(self.run_id, "sandbox"):
             _log.warning(self.sandbox_notice)  # once per run (stderr; Prefect's console)
-        self.ledger = Ledger(
-            config.budget.max_tokens, config.budget.max_cost_usd, config.budget.max_wall_seconds
-        )
+        budget = config.budget
+        self._spent_lock = threading.Lock()
+        if worker_clones is None:  # the orchestrator: the run's spend, kept across its processes
+            self.ledger = Ledger(
+                budget.max_tokens, budget.max_cost_usd, budget.max_wall_seconds,
+                spent=load_spent(self.dir / LEDGER_FILE), on_settle=self.save_spent,
+            )  # fmt: skip
+        else:  # a worker process: its config's budget is what the run had left
+            self.ledger = Ledger(budget.max_tokens, budget.max_cost_usd, budget.max_wall_seconds)
         models = {config.models.planner, config.models.worker, config.models.judge}
         self.client = ModelClient(
             config.base_url,
@@ -156,6 +163,12 @@ class Run:
     def save_state(self) -> None:
         self.state.hot_files = self.progress.hot()
         self.state.save(self.dir / "state.json")
+
+    def save_spent(self) -> None:
+        """Persist what the run has spent (after every settled model call and at the end);
+        read under the lock, so the file always ends with the newest figures."""
+        with self._spent_lock:
+            save_spent(self.dir / LEDGER_FILE, self.ledger.spent())
 
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
