@@ -34,6 +34,17 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any, **kwarg
     return pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
+class WorkerCrashed(Exception):
+    """A worker's process died (its flow run crashed): the scheduler resubmits its task once,
+    unless the task's commit reached the branch first. A worker that raised is not resubmitted:
+    Prefect's flow retries already ran it again (and its answered model calls replayed free)."""
+
+
+def already_landed(task_key: str, when: str) -> WorkerReport:
+    """The report of a task whose commit is already on the branch (its trailer): not run again."""
+    return WorkerReport(task_key=task_key, agent_id="", status="landed", reason=f"landed {when}")
+
+
 def wants_followup(report: WorkerReport) -> bool:
     """A handoff worth a planner's attention: the task did not land, or the worker left work."""
     if report.status in {"skipped", "stopped", "budget_exhausted"}:
@@ -59,7 +70,10 @@ class Scheduler:
         max_planners: int = 2,
         max_followups: int = 4,
         landed: set[str] | None = None,
+        on_branch: Callable[[], set[str]] = set,
     ) -> None:
+        """`landed`: task keys already on the branch (a resumed run's); `on_branch`: the task
+        keys on the branch now, read before a crashed worker's task is resubmitted."""
         self.work, self.followup = work, followup
         self.should_stop, self.tip = should_stop, tip
         self.on_report, self.on_skip = on_report, on_skip
@@ -69,6 +83,7 @@ class Scheduler:
             max_followups,
         )
         self.landed: set[str] = set(landed or ())  # task keys already on the branch (resume)
+        self.on_branch = on_branch
         self.reports: dict[str, WorkerReport] = {}
         self.followups = 0
         self._lock = threading.Lock()
@@ -134,7 +149,7 @@ class Scheduler:
                         self.add(self._followup_result(fut))
                         continue
                     report = self._work_result(fut, task, attempt)
-                    if report is None:  # crashed once: resubmitted from a fresh worktree
+                    if report is None:  # its process died once: resubmitted, fresh worktree
                         running[submit(workers, self.work, task, attempt + 1)] = (
                             "work",
                             task,
@@ -189,12 +204,7 @@ class Scheduler:
         for task in pending:
             failed = [d for d in task.depends_on if d in self.reports and d not in self.landed]
             if task.key in self.landed:
-                self.reports[task.key] = WorkerReport(
-                    task_key=task.key,
-                    agent_id="",
-                    status="landed",
-                    reason="landed before the resume",
-                )
+                self.reports[task.key] = already_landed(task.key, "before the resume")
             elif stop:
                 self._skip(task, f"not started: {stop}")
             elif failed:
@@ -215,19 +225,28 @@ class Scheduler:
         self.on_skip(task, reason)
 
     def _work_result(self, fut: Future, task: PlannedTask, attempt: int) -> WorkerReport | None:
+        """The worker's report; None to resubmit it (its process died, for the first time)."""
         try:
             return fut.result()
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # the subflow crashed or was killed: once more
+        except WorkerCrashed as exc:
+            if task.key in self.on_branch():  # it landed before it died: never twice
+                return already_landed(task.key, "before its worker crashed")
             if attempt < 2 and not self.should_stop():
                 return None
-            return WorkerReport(
-                task_key=task.key,
-                agent_id="",
-                status="crashed",
-                reason=f"{type(exc).__name__}: {exc}"[:500],
-            )
+            return self._crashed(task, exc)
+        except BaseException as exc:  # raised after Prefect's flow retries: reported, not rerun
+            return self._crashed(task, exc)
+
+    @staticmethod
+    def _crashed(task: PlannedTask, exc: BaseException) -> WorkerReport:
+        return WorkerReport(
+            task_key=task.key,
+            agent_id="",
+            status="crashed",
+            reason=f"{type(exc).__name__}: {exc}"[:500],
+        )
 
     def _followup_result(self, fut: Future) -> list[PlannedTask]:
         try:

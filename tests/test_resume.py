@@ -17,7 +17,8 @@ from pydantic import SecretStr
 
 from devswarm.config import Budget, Models, SwarmConfig
 from devswarm.offline.server import ModelServer, Scenario
-from devswarm.roles.worker import work_task
+from devswarm.records import read_records
+from devswarm.roles.worker import task_worker_id, work_task
 from devswarm.run.run import Run, plain_calls
 from devswarm.schemas import PlannedTask, TaskSpec
 from tests.conftest import chat_requests, git, make_repo
@@ -248,3 +249,45 @@ def test_a_run_killed_at_60_percent_of_its_budget_and_resumed_stops_at_the_budge
     answered = {_key(r) for r in before if r["status"] == 200}
     assert not [r for r in after if _key(r) in answered]
     assert len(dead) <= 2  # at most one call in flight per worker, paid at the server only
+
+
+@pytest.mark.parametrize("fails", ["landing", "after landing"])
+def test_a_work_flow_that_raises_is_retried_by_prefect_free_and_its_task_lands_once(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    import flows.work
+
+    repo = make_repo(tmp_path / "user", {"README.md": "x\n"})
+    scenario = {"agents": [{"match": "worker/*", "steps": write_and_finish("a.txt", "a\n")}]}
+    raised: list[str] = []
+
+    def once(real):  # the first call raises, as a full disk or a lost connection would
+        def call(*args):
+            if not raised:
+                raised.append(fails)
+                raise OSError("no space left on device")
+            return real(*args)
+
+        return call
+
+    name = "land" if fails == "landing" else "work_artifact"
+    monkeypatch.setattr(flows.work, name, once(getattr(flows.work, name)))
+    log = tmp_path / "requests.jsonl"
+    with ModelServer(Scenario.from_data(scenario), log_path=log) as server:
+        run = Run(
+            SwarmConfig(
+                goal="g", repo=repo, base_url=server.url, api_key=SecretStr("sk-x"),
+                models=Models.single("offline-model"), home=tmp_path / "data", run_id=f"retry-{name}",
+            )
+        )  # fmt: skip
+        try:
+            report = flows.work.work(run.run_id, _planned(run, "a"), 1)
+        finally:
+            run.close()
+    assert raised and report.status == "landed"
+    assert len(chat_requests(log)) == 2  # the retry's calls replayed from Prefect's cache
+    tasks = git(repo, "log", "--format=%(trailers:key=Devswarm-Task,valueonly)", run.branch)
+    assert tasks.split() == ["c1.root.a"]  # landed once
+    # A retry after the landing found the task's trailer and did not work or land it again.
+    records = read_records(run.agent_log(task_worker_id(run, _planned(run, "a"))).path)
+    assert [r["status"] for r in records if r["kind"] == "landing"] == ["landed"]

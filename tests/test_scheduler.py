@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from devswarm.scheduler import Scheduler
+from devswarm.scheduler import Scheduler, WorkerCrashed
 from devswarm.schemas import PlannedTask, TaskSpec, WorkerReport
 
 
@@ -114,7 +114,7 @@ def test_a_crashed_worker_is_resubmitted_once_then_reported() -> None:
     def work(task, attempt):
         attempts.append((task.key, attempt))
         if task.key == "flaky" and attempt == 1 or task.key == "broken":
-            raise RuntimeError("subflow crashed")
+            raise WorkerCrashed("subflow crashed")
         return landed(task, attempt)
 
     reports = {
@@ -122,6 +122,31 @@ def test_a_crashed_worker_is_resubmitted_once_then_reported() -> None:
     }
     assert reports["flaky"].status == "landed" and ("flaky", 2) in attempts
     assert reports["broken"].status == "crashed" and attempts.count(("broken", 2)) == 1
+
+
+def test_a_worker_that_raised_is_reported_not_resubmitted_its_flow_retries_ran_it_again() -> None:
+    rec, attempts = Recorder(), []
+
+    def work(task, attempt):
+        attempts.append(attempt)
+        raise RuntimeError("raised twice: the flow's run and its Prefect retry")
+
+    reports = scheduler(rec, work).run([planned("raises")])
+    assert attempts == [1]
+    assert reports[0].status == "crashed" and "raised twice" in reports[0].reason
+
+
+def test_a_crashed_worker_whose_commit_reached_the_branch_is_not_run_again() -> None:
+    rec, attempts, branch = Recorder(), [], set()
+
+    def work(task, attempt):
+        attempts.append(attempt)
+        branch.add(task.key)  # landed, then its process died before it reported
+        raise WorkerCrashed("the worker's process died")
+
+    reports = scheduler(rec, work, on_branch=lambda: set(branch)).run([planned("a")])
+    assert attempts == [1]
+    assert reports[0].status == "landed" and "crashed" in reports[0].reason
 
 
 def test_a_drain_skips_what_has_not_started_and_respects_the_worker_bound() -> None:

@@ -95,6 +95,7 @@ def cycle_scheduler(
         max_planners=run.config.max_planners,
         max_followups=run.config.max_followups,
         landed=run.landed_task_keys(),
+        on_branch=run.landed_task_keys,
     )
 
 

@@ -171,10 +171,12 @@ class Run:
             save_spent(self.dir / LEDGER_FILE, self.ledger.spent())
 
     def landed_task_keys(self) -> set[str]:
-        """Tasks of this run already on the branch, from the commits' trailers (resume)."""
+        """Tasks of this run on the branch now, from the commits' trailers (a resume, a retry:
+        no task lands twice). The tip is read first: a shared remote's is fetched."""
+        rev = f"{self.workspace.base_commit}..{self.workspace.tip()}"
         return {
             t["task"]
-            for t in self.workspace.landed_trailers()
+            for t in self.workspace.landed_trailers(rev)
             if t.get("run") == self.run_id and t.get("task")
         }
 
