@@ -104,14 +104,11 @@ class Scheduler:
     def hold(self) -> Iterator[None]:
         """Keep the cycle open while inside, even with nothing pending or running: for whoever
         may still `add` tasks (a planner still planning, a verifier still checking)."""
-        with self._lock:
-            self._holds += 1
+        self._hold()
         try:
             yield
         finally:
-            with self._lock:
-                self._holds -= 1
-                self._wake_up()
+            self._release()
 
     def run(
         self,
@@ -132,7 +129,10 @@ class Scheduler:
             ) as planners,
             ThreadPoolExecutor(max(1, len(producers)), thread_name_prefix="producer") as makers,
         ):
-            made = [submit(makers, self._produce, fn) for fn in producers]
+            made = []
+            for fn in producers:
+                self._hold()  # before the loop first looks: the cycle cannot end before it ran
+                made.append(submit(makers, self._produce, fn))
             while True:
                 wake, held = self._take(pending)
                 pending = self._start_ready(pending, running, workers)
@@ -177,8 +177,19 @@ class Scheduler:
         return list(self.reports.values())
 
     def _produce(self, fn: Callable[[], Any]) -> Any:
-        with self.hold():
+        try:
             return fn()
+        finally:
+            self._release()
+
+    def _hold(self) -> None:
+        with self._lock:
+            self._holds += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+            self._wake_up()
 
     def _take(self, pending: list[PlannedTask]) -> tuple[Future, bool]:
         """Move added tasks to `pending`; the future that the next add or release completes,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from functools import partial
 
 from devswarm.scheduler import Scheduler, WorkerCrashed
 from devswarm.schemas import PlannedTask, TaskSpec, WorkerReport
@@ -213,6 +215,19 @@ def test_a_planners_tasks_start_while_the_planners_after_it_still_plan() -> None
     ev = rec.events
     assert ev.index(("start", "root-a")) < ev.index(("sub-planner returns", "sub"))
     assert ev.index(("report", "root-a")) < ev.index(("start", "root-b"))
+
+
+def test_a_cycle_never_ends_before_its_planners_ran() -> None:
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the producer may start after the loop looks
+    try:
+        for i in range(200):
+            sched = scheduler(Recorder(), landed)
+            task = planned(f"t{i}")
+            reports = sched.run(producers=[partial(time.sleep, 0), partial(sched.add, [task])])
+            assert [r.task_key for r in reports] == [task.key]
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_tasks_added_from_many_threads_each_run_once_while_the_cycle_is_held() -> None:
