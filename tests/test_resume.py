@@ -291,3 +291,22 @@ def test_a_work_flow_that_raises_is_retried_by_prefect_free_and_its_task_lands_o
     # A retry after the landing found the task's trailer and did not work or land it again.
     records = read_records(run.agent_log(task_worker_id(run, _planned(run, "a"))).path)
     assert [r["status"] for r in records if r["kind"] == "landing"] == ["landed"]
+
+
+def test_planners_are_told_the_hot_files_of_the_cycles_start_also_after_a_resume(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "user", {"README.md": "x\n"})
+    cfg = SwarmConfig(goal="g", repo=repo, home=tmp_path / "data", run_id="hot")
+    run = Run(cfg)
+    run.progress.conflicted(["old.py"])
+    run.cycle_base(1)  # the root planner records the cycle's base
+    run.progress.conflicted(["new.py"])  # a worker's landing conflicts while sub-planners plan
+    assert run.cycle_hot_files(1) == {"old.py": 1}
+    run.save_state()
+    run.close()
+    resumed = Run(cfg)
+    assert resumed.progress.hot() == {"old.py": 1, "new.py": 1}
+    assert resumed.cycle_hot_files(1) == {"old.py": 1}  # the same request as before the crash
+    assert resumed.cycle_hot_files(2) == {"old.py": 1, "new.py": 1}
+    resumed.close()
