@@ -35,9 +35,10 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any, **kwarg
 
 
 class WorkerCrashed(Exception):
-    """A worker's process died (its flow run crashed): the scheduler resubmits its task once,
-    unless the task's commit reached the branch first. A worker that raised is not resubmitted:
-    Prefect's flow retries already ran it again (and its answered model calls replayed free)."""
+    """A worker's process died (its flow run crashed). The scheduler resubmits a crashed worker's
+    task once (this, or a BaseException that is no Exception: an in-process subflow killed),
+    unless the task's commit reached the branch first. A worker that raised an Exception is not
+    resubmitted: Prefect's flow retries already ran it again (its answered calls replayed free)."""
 
 
 def already_landed(task_key: str, when: str) -> WorkerReport:
@@ -236,18 +237,19 @@ class Scheduler:
         self.on_skip(task, reason)
 
     def _work_result(self, fut: Future, task: PlannedTask, attempt: int) -> WorkerReport | None:
-        """The worker's report; None to resubmit it (its process died, for the first time)."""
+        """The worker's report; None to resubmit it (it crashed, for the first time)."""
         try:
             return fut.result()
         except KeyboardInterrupt:
             raise
-        except WorkerCrashed as exc:
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, WorkerCrashed):
+                return self._crashed(task, exc)  # it raised: its flow retries ran it again
+            # It crashed (its process died, or its thread was killed): Prefect retries no crash.
             if task.key in self.on_branch():  # it landed before it died: never twice
                 return already_landed(task.key, "before its worker crashed")
             if attempt < 2 and not self.should_stop():
                 return None
-            return self._crashed(task, exc)
-        except BaseException as exc:  # raised after Prefect's flow retries: reported, not rerun
             return self._crashed(task, exc)
 
     @staticmethod

@@ -138,6 +138,23 @@ def test_a_worker_that_raised_is_reported_not_resubmitted_its_flow_retries_ran_i
     assert reports[0].status == "crashed" and "raised twice" in reports[0].reason
 
 
+class Killed(BaseException):
+    """A worker's thread killed in-process: Prefect marks its subflow Crashed, no retry."""
+
+
+def test_a_worker_killed_in_process_is_resubmitted_once() -> None:
+    rec, attempts = Recorder(), []
+
+    def work(task, attempt):
+        attempts.append(attempt)
+        if attempt == 1:
+            raise Killed()
+        return landed(task, attempt)
+
+    reports = scheduler(rec, work).run([planned("victim")])
+    assert attempts == [1, 2] and reports[0].status == "landed"
+
+
 def test_a_crashed_worker_whose_commit_reached_the_branch_is_not_run_again() -> None:
     rec, attempts, branch = Recorder(), [], set()
 
