@@ -2,14 +2,19 @@
 
     python bench/efficiency.py                              # N=8 k=4 L=2 C=4, both servers
     python bench/efficiency.py -N 100 -k 10 -L 10 -C 50 --server postgres   # the issue's target
+    python bench/efficiency.py --planner-latency 5 --sub-planners 3          # planning latency
 
 N workers, each making k model calls of latency L seconds at the offline server, at most C
 model calls in flight (the swarm's max_model_calls_at_once) and W workers at once (--workers,
 the swarm's max_workers; default C). With W > C, workers beyond C start while others' calls are
 in flight and wait for a slot, oldest worker first (devswarm.model.client.ModelSlots). Each
 worker's calls are k − 1 `list_files` steps and a last step that writes its file and finishes,
-so every worker also commits and lands. The planner and the judge answer at once (latency 0).
-The ideal is the model latency alone: ⌈N/C⌉ × k × L. Prints the wall time of the whole swarm
+so every worker also commits and lands. The planner and the judge answer at once (latency 0),
+unless `--planner-latency P`: then every planner answers after P s, and with `--sub-planners S`
+the root planner keeps 1/(S+1) of the tasks and hands the rest to S sub-planners (one scope
+each). It also prints the time from the run's start to the first worker start: P when the
+root's tasks need not wait for the sub-planners, 2 P when they do. The ideal is the model
+latency alone: ⌈N/C⌉ × k × L (planning not counted). Prints the wall time of the whole swarm
 run (Prefect's server already up; planning, landings, judge, records and Prefect's history
 included) ÷ the ideal, the orchestration CPU seconds per model call (this process, its git
 commands and the Prefect server — PostgreSQL included; not the model server), and where the
@@ -47,7 +52,14 @@ SUITE = {
 }
 
 
-def scenario(n: int, k: int, latency: float, run_step: str | None = None) -> dict:
+def scenario(
+    n: int,
+    k: int,
+    latency: float,
+    run_step: str | None = None,
+    planner_latency: float = 0.0,
+    subs: int = 0,
+) -> dict:
     specs, agents = [], [c.NO_FOLLOWUPS]
     for i in range(n):
         name = f"w{i:03}"
@@ -64,9 +76,27 @@ def scenario(n: int, k: int, latency: float, run_step: str | None = None) -> dic
                             c.tool_call("finish", summary="done")]}
         )  # fmt: skip
         agents.append({"match": f"worker/*/{name}/*", "steps": steps})
-    agents.insert(1, {"match": "planner/*", "steps": [c.plan_reply(specs)]})
+    agents[1:1] = planners(specs, planner_latency, subs)
     agents.append(c.JUDGE_DONE)
     return {"latency": latency, "agents": agents}
+
+
+def planners(specs: list[dict], latency: float, subs: int) -> list[dict]:
+    """The root planner (and its `subs` sub-planners, one scope each), answering after `latency`
+    s; the root keeps the first share of the tasks."""
+    shares = [specs[i :: subs + 1] for i in range(subs + 1)]
+    scopes = [
+        {"name": f"s{j}", "goal": f"part {j}", "paths": [f"s{j}"]} for j in range(1, subs + 1)
+    ]
+    root = {**c.plan_reply(shares[0]), "latency": latency}
+    root["json"] = {**root["json"], "scopes": scopes}
+    return [{"match": "planner/*/root", "steps": [root]}] + [
+        {
+            "match": f"planner/*/root.s{j}",
+            "steps": [{**c.plan_reply(shares[j]), "latency": latency}],
+        }
+        for j in range(1, subs + 1)
+    ]
 
 
 def child(params: dict) -> None:
@@ -81,8 +111,9 @@ def child(params: dict) -> None:
         goal="bench", repo=repo, base_url=params["url"], models=Models.single("offline-model"),
         home=work / "home", max_cycles=1, max_workers=workers, max_tasks_per_plan=n,
         max_model_calls_at_once=max(conc, 1), run_id="bench-efficiency",
-        request_timeout=params["latency"] + 60, check=params.get("check"),
-        sandbox=params.get("sandbox", True),
+        request_timeout=max(params["latency"], params.get("planner_latency", 0)) + 60,
+        check=params.get("check"), sandbox=params.get("sandbox", True),
+        max_scopes=max(4, params.get("subs", 0)), max_planners=max(4, params.get("subs", 0)),
     )  # fmt: skip
     os.environ["OPENAI_API_KEY"] = "sk-bench"
     summary, meter, started = c.run_swarm_measured(cfg)
@@ -96,6 +127,11 @@ def child(params: dict) -> None:
     run_ms = con.execute(
         "SELECT median(duration_ms) FROM tool_calls WHERE tool_name = 'run'"
     ).fetchone()[0]
+    # From the run's start (the swarm flow's) to the first worker's start.
+    first_worker = con.execute(
+        "SELECT epoch(min(a.started_at)) - epoch((SELECT min(started_at) FROM runs))"
+        " FROM agents a WHERE a.role = 'worker'"
+    ).fetchone()[0]
     con.close()
     c.child_result(
         {
@@ -108,6 +144,7 @@ def child(params: dict) -> None:
             "failed_calls": failed,
             "landed": landed,
             "run_ms": run_ms,
+            "first_worker": first_worker,
             "phases": where,
         }
     )
@@ -122,11 +159,15 @@ def measure(
     server: c.PrefectServer,
     **options: object,
 ) -> dict:
-    """One swarm run in a child process; `options`: sandbox, check, run_step."""
+    """One swarm run in a child process; `options`: sandbox, check, run_step, planner_latency,
+    subs."""
     work = c.scratch("efficiency")
     params = {"n": n, "k": k, "latency": latency, "c": conc, "workers": workers, **options}
-    run_step = options.get("run_step")
-    with c.model_server(scenario(n, k, latency, run_step), work / "model") as (url, log):  # type: ignore[arg-type]
+    plan = scenario(
+        n, k, latency, options.get("run_step"),  # type: ignore[arg-type]
+        float(options.get("planner_latency") or 0), int(options.get("subs") or 0),  # type: ignore[arg-type]
+    )  # fmt: skip
+    with c.model_server(plan, work / "model") as (url, log):
         res = c.run_child(__file__, {"work": str(work), "url": url, **params}, server)
         res["server_calls"] = len(c.chat_log(log))
     return res
@@ -186,6 +227,10 @@ def main() -> int:
         help="agents' commands in the sandbox, without (--no-sandbox), or both in turn",
     )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="runs of each sandbox setting")
+    parser.add_argument(
+        "--planner-latency", type=float, default=0.0, help="each planner's answer, seconds"
+    )
+    parser.add_argument("--sub-planners", type=int, default=0, help="sub-planners of the root")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -206,12 +251,19 @@ def main() -> int:
                 res = measure(
                     args.N, args.k, args.L, conc, c.worker_cap(kind, workers), server,
                     sandbox=sandbox, check=args.check, run_step=args.run_step,
+                    planner_latency=args.planner_latency, subs=args.sub_planners,
                 )  # fmt: skip
                 results.append((sandbox, res))
                 if "error" in res:
                     print(f"[{kind}, sandbox {'on' if sandbox else 'off'}] failed: {res['error']}")
                 else:
                     _report(kind, ideal, args.N, sandbox, res)
+                    if args.planner_latency or args.sub_planners:
+                        print(
+                            f"  first worker started {res['first_worker']:.1f} s after the "
+                            f"run's start (planners answer after {args.planner_latency:g} s; "
+                            f"{args.sub_planners} sub-planner(s) of the root)"
+                        )
         if args.sandbox == "both":
             _compare(kind, results)
         results = [(s, r) for s, r in results if "error" not in r]

@@ -4,13 +4,21 @@ Tasks start as soon as the tasks they depend on have landed (a failed dependency
 dependants). Each report is handled the moment its worker ends: records imported, counters
 updated, and the handoff given to the planner that owns the task, which may add follow-up tasks
 (bounded per cycle) while other workers still run. The cycle ends when nothing is pending or
-running.
+running and nobody holds it open.
+
+Tasks join a running cycle through one thread-safe entry, `Scheduler.add(tasks)`: planners hand
+their tasks to it the moment they return them (while sub-planners and siblings still plan), and
+anything else that finds work during the cycle (the verifier's retries and repairs) does the
+same. Whoever may still add tasks holds the cycle open with `Scheduler.hold()`; the scheduler's
+producers (run(producers=...): the cycle's planner tree) are held for as long as they run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -26,6 +34,18 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any, **kwarg
     """`pool.submit` in a copy of the caller's context: a Prefect subflow started in the
     thread keeps its parent flow run (Prefect keeps it in context variables)."""
     return pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+class WorkerCrashed(Exception):
+    """A worker's process died (its flow run crashed). The scheduler resubmits a crashed worker's
+    task once (this, or a BaseException that is no Exception: an in-process subflow killed),
+    unless the task's commit reached the branch first. A worker that raised an Exception is not
+    resubmitted: Prefect's flow retries already ran it again (its answered calls replayed free)."""
+
+
+def already_landed(task_key: str, when: str) -> WorkerReport:
+    """The report of a task whose commit is already on the branch (its trailer): not run again."""
+    return WorkerReport(task_key=task_key, agent_id="", status="landed", reason=f"landed {when}")
 
 
 def wants_followup(report: WorkerReport) -> bool:
@@ -54,7 +74,10 @@ class Scheduler:
         max_followups: int = 4,
         landed: set[str] | None = None,
         on_landed_before: Callable[[PlannedTask], None] | None = None,
+        on_branch: Callable[[], set[str]] = set,
     ) -> None:
+        """`landed`: task keys already on the branch (a resumed run's); `on_branch`: the task
+        keys on the branch now, read before a crashed worker's task is resubmitted."""
         self.work, self.followup = work, followup
         self.should_stop, self.tip = should_stop, tip
         self.on_report, self.on_skip = on_report, on_skip
@@ -65,32 +88,73 @@ class Scheduler:
         )
         self.landed: set[str] = set(landed or ())  # task keys already on the branch (resume)
         self.on_landed_before = on_landed_before
+        self.on_branch = on_branch
         self.reports: dict[str, WorkerReport] = {}
         self.followups = 0
+        self._lock = threading.Lock()
+        self._inbox: list[PlannedTask] = []  # added, not yet seen by the run loop
+        self._holds = 0
+        self._wake: Future[None] = Future()  # completed by add and by a hold's release
 
-    def run(self, tasks: list[PlannedTask]) -> list[WorkerReport]:
-        pending = list(tasks)
+    def add(self, tasks: Iterable[PlannedTask]) -> None:
+        """Thread-safe: `tasks` join the cycle and start as soon as their dependencies (keys of
+        tasks added with them or before) have landed and a worker is free; a key already on the
+        branch counts as landed and does not run again. Added before `run`, they start with it;
+        added after the cycle ended, they are never run (hold the cycle open to add later)."""
+        with self._lock:
+            self._inbox.extend(tasks)
+            self._wake_up()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the cycle open while inside, even with nothing pending or running: for whoever
+        may still `add` tasks (a planner still planning, a verifier still checking)."""
+        self._hold()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def run(
+        self,
+        tasks: Iterable[PlannedTask] = (),
+        *,
+        producers: Sequence[Callable[[], Any]] = (),
+    ) -> list[WorkerReport]:
+        """Run the cycle to its end and return its reports. Each producer runs on its own thread
+        (in a copy of this context), holding the cycle open, and adds tasks as it finds them;
+        the first one that raised re-raises here once everything started has settled."""
+        self.add(tasks)
+        pending: list[PlannedTask] = []
         running: dict[Future, tuple[str, PlannedTask, int]] = {}
         with (
             ThreadPoolExecutor(max(1, self.max_workers), thread_name_prefix="worker") as workers,
             ThreadPoolExecutor(
                 max(1, self.max_planners), thread_name_prefix="followup"
             ) as planners,
+            ThreadPoolExecutor(max(1, len(producers)), thread_name_prefix="producer") as makers,
         ):
-            while pending or running:
+            made = []
+            for fn in producers:
+                self._hold()  # before the loop first looks: the cycle cannot end before it ran
+                made.append(submit(makers, self._produce, fn))
+            while True:
+                wake, held = self._take(pending)
                 pending = self._start_ready(pending, running, workers)
-                if not running:
+                if not running and not held:
                     for task in pending:  # waiting on tasks that will never land
                         self._skip(task, "its dependencies never landed")
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait([*running, wake], return_when=FIRST_COMPLETED)
                 for fut in done:
+                    if fut is wake:
+                        continue
                     kind, task, attempt = running.pop(fut)
                     if kind == "followup":
-                        pending.extend(self._followup_result(fut))
+                        self.add(self._followup_result(fut))
                         continue
                     report = self._work_result(fut, task, attempt)
-                    if report is None:  # crashed once: resubmitted from a fresh worktree
+                    if report is None:  # its process died once: resubmitted, fresh worktree
                         running[submit(workers, self.work, task, attempt + 1)] = (
                             "work",
                             task,
@@ -113,7 +177,39 @@ class Scheduler:
                             task,
                             0,
                         )
+        for fut in made:
+            fut.result()  # a producer's exception, now that what it started has settled
         return list(self.reports.values())
+
+    def _produce(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        finally:
+            self._release()
+
+    def _hold(self) -> None:
+        with self._lock:
+            self._holds += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._holds -= 1
+            self._wake_up()
+
+    def _take(self, pending: list[PlannedTask]) -> tuple[Future, bool]:
+        """Move added tasks to `pending`; the future that the next add or release completes,
+        and whether the cycle is held open."""
+        with self._lock:
+            if self._wake.done():
+                self._wake = Future()
+            pending.extend(self._inbox)
+            self._inbox.clear()
+            return self._wake, self._holds > 0
+
+    def _wake_up(self) -> None:
+        """Wake the run loop (called with the lock held)."""
+        if not self._wake.done():
+            self._wake.set_result(None)
 
     def _start_ready(
         self, pending: list[PlannedTask], running: dict, pool: ThreadPoolExecutor
@@ -124,12 +220,7 @@ class Scheduler:
         for task in pending:
             failed = [d for d in task.depends_on if d in self.reports and d not in self.landed]
             if task.key in self.landed:
-                self.reports[task.key] = WorkerReport(
-                    task_key=task.key,
-                    agent_id="",
-                    status="landed",
-                    reason="landed before the resume",
-                )
+                self.reports[task.key] = already_landed(task.key, "before the resume")
                 if self.on_landed_before:
                     self.on_landed_before(task)
             elif stop:
@@ -152,19 +243,29 @@ class Scheduler:
         self.on_skip(task, reason)
 
     def _work_result(self, fut: Future, task: PlannedTask, attempt: int) -> WorkerReport | None:
+        """The worker's report; None to resubmit it (it crashed, for the first time)."""
         try:
             return fut.result()
         except KeyboardInterrupt:
             raise
-        except BaseException as exc:  # the subflow crashed or was killed: once more
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, WorkerCrashed):
+                return self._crashed(task, exc)  # it raised: its flow retries ran it again
+            # It crashed (its process died, or its thread was killed): Prefect retries no crash.
+            if task.key in self.on_branch():  # it landed before it died: never twice
+                return already_landed(task.key, "before its worker crashed")
             if attempt < 2 and not self.should_stop():
                 return None
-            return WorkerReport(
-                task_key=task.key,
-                agent_id="",
-                status="crashed",
-                reason=f"{type(exc).__name__}: {exc}"[:500],
-            )
+            return self._crashed(task, exc)
+
+    @staticmethod
+    def _crashed(task: PlannedTask, exc: BaseException) -> WorkerReport:
+        return WorkerReport(
+            task_key=task.key,
+            agent_id="",
+            status="crashed",
+            reason=f"{type(exc).__name__}: {exc}"[:500],
+        )
 
     def _followup_result(self, fut: Future) -> list[PlannedTask]:
         try:

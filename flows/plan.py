@@ -1,5 +1,6 @@
-"""The plan flow: a planner explores the tip read-only and returns tasks; sub-scopes go to
-sub-plan flows, concurrently and recursively, up to the depth limit."""
+"""The plan flow: a planner explores the cycle's base read-only and hands its tasks to the running
+cycle at once; sub-scopes go to sub-plan flows, concurrently and recursively, up to the depth
+limit."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def plan(
     depth: int = 0,
     previous: str | None = None,
 ) -> list[PlannedTask]:
-    """Plan one scope; return its tasks and those of all its sub-scopes."""
+    """Plan one scope; hand its tasks to the running cycle at once, then plan its sub-scopes;
+    return its tasks and those of all its sub-scopes."""
     run = get_run(run_id)
     the_plan, tasks = plan_scope(
         run,
@@ -42,6 +44,7 @@ def plan(
         previous=previous,
     )
     plan_artifact(plan_path, cycle, the_plan, tasks)
+    run.dispatch(tasks)  # workers start on them now, while the sub-planners below still plan
 
     def sub(scope):
         return plan(run_id, cycle, f"{plan_path}.{scope.name}", scope.goal, scope.paths, depth + 1)

@@ -1,12 +1,14 @@
 """The swarm flow: cycles of plan → work → judge until the judge says done/stop or a budget ends.
 
 swarm ── plan (root) ── sub-plans (concurrent, recursive)
-      ── work × N (concurrent, bounded, streamed; handoffs → follow-up plans)
+      ── work × N (each planner's tasks start as it returns them; bounded, streamed;
+         handoffs → follow-up plans)
       ── judge
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prefect import flow
@@ -15,7 +17,7 @@ from prefect.states import State
 
 from devswarm.config import SwarmConfig
 from devswarm.ids import SWARM_RUN_NAME
-from devswarm.run.cycles import cycle_scheduler, finish_cycle, next_cycle, start_run
+from devswarm.run import cycles
 from devswarm.run.registry import drain_on_signals
 from devswarm.run.run import Run
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
@@ -31,7 +33,7 @@ from tasks.watching import ended, final_state, watched
 def swarm(config: SwarmConfig) -> State:
     """Run (or resume) the whole swarm for one goal on one repository. Its final state says how
     it ended; its data is the run's summary (tasks/watching.py)."""
-    run = start_run(config, str(flow_run.id))
+    run = cycles.start_run(config, str(flow_run.id))
     verdict: Verdict | None = None
     status = "crashed"
     try:
@@ -48,18 +50,18 @@ def swarm(config: SwarmConfig) -> State:
 
 
 def run_cycles(run: Run) -> Verdict | None:
-    """Plan → work → judge until the judge says done/stop, a budget ends, or a drain. Planning
-    and judging run off the main thread, so the drain's signal handler stays in place."""
+    """Plan and work (no barrier: each planner's tasks start as it returns them) → judge, until
+    the judge says done/stop, a budget ends, or a drain. Planners and the judge run off the
+    main thread, so the drain's signal handler stays in place."""
     verdict = None
-    while (cycle := next_cycle(run)) is not None:
+    while (cycle := cycles.next_cycle(run)) is not None:
         previous = run.state.cycles[-1]["summary"] if run.state.cycles else None
-        tasks = off_main_thread(plan, run.run_id, cycle, "root", run.config.goal, [], 0, previous)
-        run.progress.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
-        reports = cycle_scheduler(run, _work_fn(run), followup).run(tasks)
+        root = partial(plan, run.run_id, cycle, "root", run.config.goal, [], 0, previous)
+        reports = cycles.plan_and_work(run, cycle, root, _work_fn(run), followup)
         if run.should_stop():  # drained: the judge would be a call past the budget
             break
         verdict = off_main_thread(judge, run.run_id, cycle, reports)
-        finish_cycle(run, cycle, verdict, reports)
+        cycles.finish_cycle(run, cycle, verdict, reports)
         run.progress.emit(f"cycle {cycle}: judge says {verdict.decision}: {verdict.reasons[:160]}")
         if verdict.decision != "continue":
             break

@@ -29,7 +29,13 @@ from tasks.scaleout import ENTRYPOINT, deliver
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@flow(name="work-remote", flow_run_name=WORK_RUN_NAME, persist_result=False)
+@flow(
+    name="work-remote",
+    flow_run_name=WORK_RUN_NAME,
+    persist_result=False,
+    retries=1,  # as flows/work.py; a process that dies is resubmitted by the orchestrator
+    retry_delay_seconds=0,
+)
 def work_remote(
     config: SwarmConfig, task: PlannedTask, attempt: int = 1, provider: str | None = None
 ) -> WorkerReport:
@@ -46,8 +52,11 @@ def work_remote(
     run = Run.for_worker(config, clones=default_home() / "workers")
     report: WorkerReport | None = None
     try:
+        retried = runtime.flow_run.run_count > 1
         with events_to_prefect(run):
-            report = work_task(run, prefect_calls, task, attempt=attempt, land=land)
+            report = work_task(
+                run, prefect_calls, task, attempt=attempt, land=land, retried=retried
+            )
         work_artifact(report, task)
     finally:  # records go back even when the worker crashed; the report only when it exists
         deliver(run, task_worker_id(run, task, attempt), str(runtime.flow_run.id), report)

@@ -35,7 +35,7 @@ _log = logging.getLogger(__name__)
 def board_markdown(run: Run, recent: list[str]) -> str:
     """The board: the run's counters, spend, tip and latest event lines, as markdown tables."""
     b = run.progress.board()
-    spent = run.ledger.spent()
+    spent = run.ledger.usage()
     tokens, max_tokens = spent["tokens"]
     cost, max_cost = spent["cost"]
     draining = f"; draining: {run.ledger.exhausted}" if run.ledger.exhausted else ""

@@ -16,8 +16,8 @@ from prefect.runtime import task_run
 from prefect.utilities.annotations import quote
 
 from devswarm.agent.loop import ModelFn
-from devswarm.ids import MODEL_CALL_RUN_NAME, model_call_cache_key
-from devswarm.model.client import request_hash
+from devswarm.ids import MODEL_CALL_RUN_NAME
+from devswarm.model.client import cache_key
 from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import BudgetExhausted
 from devswarm.run.registry import get_run
@@ -60,12 +60,7 @@ def _call_slot(run: Run) -> contextlib.AbstractContextManager[Any]:
 
 
 def _cache_key(_context: Any, parameters: dict[str, Any]) -> str:
-    return model_call_cache_key(
-        parameters["run_id"],
-        parameters["agent_id"],
-        parameters["step"],
-        request_hash(parameters["request"]),
-    )
+    return parameters["cache_key"]  # computed once per call, by prefect_calls
 
 
 def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -88,8 +83,11 @@ def _transient(_task: Any, _task_run: Any, state: Any) -> bool:
     persist_result=True,
     log_prints=False,
 )
-def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -> dict[str, Any]:
-    """One chat completion (one HTTP attempt per Prefect task attempt)."""
+def model_call(
+    run_id: str, agent_id: str, step: int, request: dict[str, Any], cache_key: str
+) -> dict[str, Any]:
+    """One chat completion (one HTTP attempt per Prefect task attempt), cached under
+    `cache_key` (devswarm.model.client.cache_key of the other parameters)."""
     run = get_run(run_id)
     attempt = task_run.run_count or 1
     try:
@@ -101,6 +99,7 @@ def model_call(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -
                 step=step,
                 attempt=attempt,
                 log=run.agent_log(agent_id),
+                cache_key=cache_key,
             )
     except ModelCallError as exc:
         if exc.expected:  # returned, not raised: Prefect would log it as an ERROR with a traceback
@@ -118,7 +117,8 @@ def prefect_calls(run: Run, agent_id: str) -> ModelFn:
             raise BudgetExhausted(reason)
         # quote: Prefect would walk the whole request (every message) twice per call looking for
         # futures, ~13 % of the swarm process's CPU (bench/scale.py); the task gets the dict.
-        reply = model_call(run.run_id, agent_id, step, quote(request))
+        key = cache_key(run.run_id, agent_id, step, request)
+        reply = model_call(run.run_id, agent_id, step, quote(request), key)
         if REFUSED in reply:  # the agent takes its fallback (or ends in one line)
             raise ModelCallError.from_dict(reply[REFUSED])
         return reply

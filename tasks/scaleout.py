@@ -33,6 +33,7 @@ from devswarm.model.ledger import Reservation
 from devswarm.records import now, read_records
 from devswarm.roles.worker import task_worker_id
 from devswarm.run.run import Run
+from devswarm.scheduler import WorkerCrashed
 from devswarm.schemas import PlannedTask, WorkerReport
 
 ENTRYPOINT = "flows/worker_deployment.py:work_remote"
@@ -158,8 +159,9 @@ def worker_config(run: Run, remote: str) -> dict[str, Any]:
 def deployment_work(run: Run) -> Callable[[PlannedTask, int], WorkerReport]:
     """The scheduler's work function for --executor deployment: (task, attempt) -> report.
 
-    Raises UserError if the worker deployment does not exist. A worker flow run that ends
-    without a report (crashed, failed) raises, so the scheduler resubmits it once.
+    Raises UserError if the worker deployment does not exist. A worker flow run that crashed
+    without a report (its process died) raises WorkerCrashed, so the scheduler resubmits it
+    once; one that failed (it raised, after its own flow retries) raises RuntimeError.
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -203,10 +205,13 @@ def deployment_work(run: Run) -> Callable[[PlannedTask, int], WorkerReport]:
             return WorkerReport(
                 task_key=task.key, agent_id=agent_id, status="stopped", reason="cancelled"
             )
-        raise RuntimeError(
+        ended = (
             f"worker flow run {flow_run.name} ended {state.type.value if state else '?'} "
             f"without a report: {(state.message if state else '') or ''}"[:400]
         )
+        if state is None or state.is_crashed():  # its process died: the scheduler resubmits
+            raise WorkerCrashed(ended)
+        raise RuntimeError(ended)  # it raised, after its own Prefect flow retries
 
     return work
 

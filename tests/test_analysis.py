@@ -260,6 +260,19 @@ def test_prefect_history_joins_tasks_agents_and_calls(demo: SimpleNamespace) -> 
     )
 
 
+def test_each_model_call_row_records_the_cache_key_prefect_stored_its_answer_under(
+    demo: SimpleNamespace,
+) -> None:
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
+
+    keys = query(demo.db, "SELECT cache_key, http_status FROM model_calls")
+    assert len(keys) == len(demo.requests) and all(k["cache_key"] for k in keys)
+    # Prefect names each cached answer's file by its cache key (the 429 and its retry share one).
+    stored = {p.name for p in Path(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value()).iterdir()}
+    ours = {k for k in stored if k.startswith(f"devswarm-{demo.run_id}-")}
+    assert {k["cache_key"] for k in keys if k["http_status"] == 200} == ours
+
+
 def test_history_import_command_is_idempotent(demo: SimpleNamespace) -> None:
     from prefect.settings import PREFECT_API_URL
 

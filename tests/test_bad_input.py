@@ -157,7 +157,11 @@ REFUSED: list[tuple[str, list[str], str]] = [
     ("pass-env-name", [*RUN, "--pass-env", "MY-VAR"], "'MY-VAR': not an environment variable"),
     ("pass-env-git", [*RUN, "--pass-env", "GIT_DIR"], "devswarm sets git's environment"),
     ("model-empty", [*RUN, "--model", ""], "--model: String should have at least 1"),
-    ("model-unknown", [*RUN, *LIVE, "--judge-model", "no-such-model"], "does not know the model 'no-such-model'"),
+    (
+        "model-unknown",
+        [*RUN, *LIVE, "--judge-model", "no-such-model"],
+        "does not know the model 'no-such-model'",
+    ),
     ("db-folder", [*RUN, "--db", "{root}"], "a folder, not a DuckDB file"),
     ("option-misspelt", [*RUN, "--wrokers", "3"], "No such option: --wrokers"),
     ("port-too-high", ["model-server", "--scenario", "x", "--port", "70000"], "or equal to 65535"),

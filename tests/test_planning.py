@@ -138,6 +138,13 @@ def test_dependency_chain_lands_in_order_and_a_failed_dependency_skips_its_depen
         "c1.root.broken": "failed",
         "c1.root.after-broken": "skipped",
     }
+    depends = {k: json.loads(v) for k, v in rows(db, "SELECT task_key, depends_on FROM tasks")}
+    assert depends == {
+        "c1.root.first": [],
+        "c1.root.second": ["c1.root.first"],
+        "c1.root.broken": [],
+        "c1.root.after-broken": ["c1.root.broken"],
+    }
     order = [
         r[0]
         for r in rows(db, "SELECT task_key FROM landings WHERE status = 'landed' ORDER BY ended_at")
@@ -328,6 +335,52 @@ def test_no_barrier_fast_workers_report_and_follow_up_before_the_slow_one_ends(
     assert fu_start < slow_end
     imported = rows(db, "SELECT min(recorded_at) FROM tool_calls WHERE agent_id LIKE '%/fast1/%'")
     assert imported[0][0] is not None
+
+
+def test_no_planning_barrier_the_roots_tasks_land_while_a_slow_sub_planner_still_plans(
+    swarm_run, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "user", {**FILES, "slow/s.txt": "", "quick/q.txt": ""})
+    scopes = [
+        {"name": "slow", "goal": "do slow", "paths": ["slow"]},
+        {"name": "quick", "goal": "do quick", "paths": ["quick"]},
+    ]
+    scenario = {
+        "agents": [
+            NO_FOLLOWUPS,
+            {
+                "match": "planner/*/root",
+                "steps": [
+                    plan_reply(task("top", ["top.txt"]), task("top2", ["top2.txt"]), scopes=scopes)
+                ],
+            },
+            {
+                "match": "planner/*/root.slow",
+                "steps": [{**plan_reply(task("deep", ["slow/deep.txt"])), "latency": 8.0}],
+            },
+            {"match": "planner/*/root.quick", "steps": [plan_reply(task("near", ["quick/n.txt"]))]},
+            worker("top"),
+            worker("top2"),
+            worker("deep"),
+            worker("near"),
+            JUDGE_DONE,
+        ]
+    }
+    summary, _ = swarm_run(scenario, repo, max_workers=4)
+    db = Path(summary["db"])
+    assert summary["status"] == "done"
+    landed = dict(rows(db, "SELECT task_key, ended_at FROM landings WHERE status = 'landed'"))
+    assert set(landed) == {"c1.root.top", "c1.root.top2", "c1.root.slow.deep", "c1.root.quick.near"}
+    planners = dict(rows(db, "SELECT plan_path, ended_at FROM agents WHERE role = 'planner'"))
+    # The root's tasks landed, and the quick sibling's too, while the slow sub-planner planned.
+    for key in ("c1.root.top", "c1.root.top2", "c1.root.quick.near"):
+        assert landed[key] < planners["root.slow"]
+    # The root's tasks went first (dispatched before any sub-planner started).
+    started = rows(db, "SELECT task_key FROM agents WHERE role = 'worker' ORDER BY started_at")
+    assert started[0][0] in {"c1.root.top", "c1.root.top2"}
+    # A resumed run's planners replay: each planned against the cycle's recorded base.
+    state = json.loads((tmp_path / "data" / "runs" / summary["run_id"] / "state.json").read_text())
+    assert state["cycle_tips"]["1"] == git(repo, "rev-parse", "main")
 
 
 @pytest.mark.parametrize("how", ["stop command", "SIGTERM", "SIGINT"])

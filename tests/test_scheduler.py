@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from functools import partial
 
-from devswarm.scheduler import Scheduler
+from devswarm.scheduler import Scheduler, WorkerCrashed
 from devswarm.schemas import PlannedTask, TaskSpec, WorkerReport
 
 
@@ -114,7 +116,7 @@ def test_a_crashed_worker_is_resubmitted_once_then_reported() -> None:
     def work(task, attempt):
         attempts.append((task.key, attempt))
         if task.key == "flaky" and attempt == 1 or task.key == "broken":
-            raise RuntimeError("subflow crashed")
+            raise WorkerCrashed("subflow crashed")
         return landed(task, attempt)
 
     reports = {
@@ -122,6 +124,48 @@ def test_a_crashed_worker_is_resubmitted_once_then_reported() -> None:
     }
     assert reports["flaky"].status == "landed" and ("flaky", 2) in attempts
     assert reports["broken"].status == "crashed" and attempts.count(("broken", 2)) == 1
+
+
+def test_a_worker_that_raised_is_reported_not_resubmitted_its_flow_retries_ran_it_again() -> None:
+    rec, attempts = Recorder(), []
+
+    def work(task, attempt):
+        attempts.append(attempt)
+        raise RuntimeError("raised twice: the flow's run and its Prefect retry")
+
+    reports = scheduler(rec, work).run([planned("raises")])
+    assert attempts == [1]
+    assert reports[0].status == "crashed" and "raised twice" in reports[0].reason
+
+
+class Killed(BaseException):
+    """A worker's thread killed in-process: Prefect marks its subflow Crashed, no retry."""
+
+
+def test_a_worker_killed_in_process_is_resubmitted_once() -> None:
+    rec, attempts = Recorder(), []
+
+    def work(task, attempt):
+        attempts.append(attempt)
+        if attempt == 1:
+            raise Killed()
+        return landed(task, attempt)
+
+    reports = scheduler(rec, work).run([planned("victim")])
+    assert attempts == [1, 2] and reports[0].status == "landed"
+
+
+def test_a_crashed_worker_whose_commit_reached_the_branch_is_not_run_again() -> None:
+    rec, attempts, branch = Recorder(), [], set()
+
+    def work(task, attempt):
+        attempts.append(attempt)
+        branch.add(task.key)  # landed, then its process died before it reported
+        raise WorkerCrashed("the worker's process died")
+
+    reports = scheduler(rec, work, on_branch=lambda: set(branch)).run([planned("a")])
+    assert attempts == [1]
+    assert reports[0].status == "landed" and "crashed" in reports[0].reason
 
 
 def test_a_drain_skips_what_has_not_started_and_respects_the_worker_bound() -> None:
@@ -161,6 +205,104 @@ def test_tasks_landed_before_a_resume_are_not_redone() -> None:
     }
     assert started == ["b"]
     assert reports["a"].status == "landed"
+
+
+def test_a_planners_tasks_start_while_the_planners_after_it_still_plan() -> None:
+    rec = Recorder()
+    root_started = threading.Event()
+    sched: Scheduler
+
+    def work(task, attempt):
+        rec.add("start", task.key)
+        if task.key == "root-a":
+            root_started.set()
+        return landed(task, attempt)
+
+    def plan_tree():
+        sched.add([planned("root-a"), planned("root-b", ["root-a"])])
+        rec.add("sub-planner starts", "sub")
+        assert root_started.wait(5)  # the sub-planner is still planning: no barrier
+        rec.add("sub-planner returns", "sub")
+        sched.add([planned("sub-a")])
+        return ["root-a", "root-b", "sub-a"]
+
+    sched = scheduler(rec, work)
+    reports = {r.task_key: r.status for r in sched.run(producers=[plan_tree])}
+    assert reports == {"root-a": "landed", "root-b": "landed", "sub-a": "landed"}
+    ev = rec.events
+    assert ev.index(("start", "root-a")) < ev.index(("sub-planner returns", "sub"))
+    assert ev.index(("report", "root-a")) < ev.index(("start", "root-b"))
+
+
+def test_a_cycle_never_ends_before_its_planners_ran() -> None:
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the producer may start after the loop looks
+    try:
+        for i in range(200):
+            sched = scheduler(Recorder(), landed)
+            task = planned(f"t{i}")
+            reports = sched.run(producers=[partial(time.sleep, 0), partial(sched.add, [task])])
+            assert [r.task_key for r in reports] == [task.key]
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def test_tasks_added_from_many_threads_each_run_once_while_the_cycle_is_held() -> None:
+    rec = Recorder()
+    sched: Scheduler
+
+    def work(task, attempt):
+        rec.add("start", task.key)
+        return landed(task, attempt)
+
+    def verifier():  # finds work while the cycle runs, from threads of its own
+        with sched.hold():
+            holding.set()
+            threads = [
+                threading.Thread(target=sched.add, args=([planned(f"t{i}-{j}") for j in range(5)],))
+                for i in range(8)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+    sched, holding = scheduler(rec, work, max_workers=3), threading.Event()
+    holder = threading.Thread(target=verifier)
+    reports: list[WorkerReport] = []
+    runner = threading.Thread(target=lambda: reports.extend(sched.run()))
+    with sched.hold():  # until the verifier holds it: the cycle cannot end before its adds
+        runner.start()
+        holder.start()
+        assert holding.wait(5)
+    holder.join(10)
+    runner.join(10)
+    assert not runner.is_alive()
+    started = [key for kind, key in rec.events if kind == "start"]
+    assert sorted(started) == sorted(f"t{i}-{j}" for i in range(8) for j in range(5))
+    assert len(reports) == 40
+
+
+def test_a_planner_that_raises_fails_the_cycle_after_its_started_tasks_settle() -> None:
+    rec = Recorder()
+    sched: Scheduler
+
+    def work(task, attempt):
+        time.sleep(0.1)
+        return landed(task, attempt)
+
+    def plan_tree():
+        sched.add([planned("a")])
+        raise RuntimeError("the sub-planner's flow failed")
+
+    sched = scheduler(rec, work)
+    try:
+        sched.run(producers=[plan_tree])
+    except RuntimeError as exc:
+        assert "sub-planner" in str(exc)
+    else:
+        raise AssertionError("the planner's failure was lost")
+    assert rec.events == [("report", "a")]
 
 
 def test_start_gate_lets_a_few_subflows_start_at_once_and_opens_on_failure() -> None:

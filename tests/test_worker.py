@@ -241,6 +241,26 @@ def test_a_check_failure_is_fixed_on_the_agents_next_turn_and_lands(tmp_path: Pa
     assert "AssertionError: -1 != 5" in told["content"]  # the check's own output
 
 
+def test_model_call_rows_without_prefect_record_the_key_prefect_would_cache_under(
+    tmp_path: Path,
+) -> None:
+    from devswarm.model.client import cache_key
+
+    repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
+    steps = [calls(tc("write_file", path="b.txt", content="b\n")), finish()]
+    with running(tmp_path, {"agents": [{"match": "worker/*", "steps": steps}]}, repo) as (run, log):
+        task = planned(run, "b")
+        assert work(run, task).status == "landed"
+    agent = worker_id(run, task)
+    recorded = [r for r in read_records(run.agent_log(agent).path) if r["kind"] == "model_call"]
+    sent = [r["request"] for r in chat_requests(log)]
+    expected = [
+        cache_key(run.run_id, agent, r["step"], q) for r, q in zip(recorded, sent, strict=True)
+    ]
+    assert [r["cache_key"] for r in recorded] == expected
+    assert len(set(expected)) == 2
+
+
 def test_a_conflict_is_resolved_by_the_agent_and_lands(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "user", {"greet.py": GREET})
     merged = "def greet(name):\n    return 'Hello, dear ' + name + '!'\n"

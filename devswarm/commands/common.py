@@ -4,8 +4,8 @@ running a swarm in this process with a live view."""
 from __future__ import annotations
 
 import os
-import shutil
 import secrets
+import shutil
 from typing import Any, NoReturn
 
 import typer

@@ -23,6 +23,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
 from devswarm.errors import UserError
+from devswarm.ids import model_call_cache_key
 from devswarm.model.capabilities import (
     Capabilities,
     CapabilityBook,
@@ -45,6 +46,12 @@ def request_hash(request: dict[str, Any]) -> str:
     """A stable hash of a chat request (messages, tools, model, format)."""
     blob = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cache_key(run_id: str, agent_id: str, step: int, request: dict[str, Any]) -> str:
+    """The cache key of one model call: Prefect caches the answer under it (tasks/model.py) and
+    its `model_calls` row records it, with or without Prefect."""
+    return model_call_cache_key(run_id, agent_id, step, request_hash(request))
 
 
 def estimate_tokens(request: dict[str, Any]) -> int:
@@ -193,9 +200,11 @@ class ModelClient:
         step: int,
         attempt: int,
         log: RecordLog | None,
+        cache_key: str | None = None,
     ) -> dict[str, Any]:
         """Send one chat request; return a JSON-safe reply dict or raise ModelCallError.
-        Waits for a slot first (oldest agent first); the row's time starts with the slot."""
+        Waits for a slot first (oldest agent first); the row's time starts with the slot.
+        `cache_key`: the call's (devswarm.model.client.cache_key), recorded in its row."""
         with self.slots.hold(agent_id):
             model = request["model"]
             price = self.price(model)
@@ -220,6 +229,7 @@ class ModelClient:
                 "provider_name": "openai",
                 "request_model": model,
                 "started_at": started,
+                "cache_key": cache_key,
                 "span_id": span_id(agent_id, str(step), str(attempt), started, "llm"),
                 "parent_span_id": span_id(agent_id),
             }

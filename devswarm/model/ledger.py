@@ -4,6 +4,11 @@ N concurrent calls can therefore never overshoot a cap: a call that does not fit
 before any HTTP request, and each reservation is settled with the real usage afterwards.
 Whoever watches the budget (`on_budget`) hears once when a budget is 80 % spent and once when
 one runs out.
+
+A run's ledger outlives its process: what it has spent (`Spent`) is handed to `on_settle` after
+every settled call (the run keeps it in its folder) and given back to the ledger of a resumed
+run, so the budget is never spent twice. A call replayed from Prefect's cache never reaches
+the model client, so it reserves and settles nothing: a free replay is not counted as spend.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from pydantic import BaseModel
 
 # The run's budgets: what `exhausted` names when one ran out (a stop names its reason instead).
 BUDGETS = ("tokens", "cost", "wall_seconds", "cycles")
@@ -29,20 +36,43 @@ class Reservation:
     cost: float
 
 
-class Ledger:
-    """Thread-safe token and dollar ledger with hard caps and a wall-clock deadline."""
+class Spent(BaseModel):
+    """What a run has used of its budget so far, over all the processes that ran it."""
 
-    def __init__(self, max_tokens: int, max_cost_usd: float, max_wall_seconds: float) -> None:
+    tokens: int = 0
+    cost_usd: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class Ledger:
+    """Thread-safe token and dollar ledger with hard caps and a wall-clock deadline.
+
+    `spent`: what earlier processes of the run used (a resumed run starts from it).
+    `on_settle`: called after every settled call, outside the ledger's lock (to persist it).
+    """
+
+    def __init__(
+        self,
+        max_tokens: int,
+        max_cost_usd: float,
+        max_wall_seconds: float,
+        *,
+        spent: Spent | None = None,
+        on_settle: Callable[[], None] | None = None,
+    ) -> None:
+        spent = spent or Spent()
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
         self.max_wall_seconds = max_wall_seconds
-        self.started = time.monotonic()
-        self.deadline = self.started + max_wall_seconds
-        self.tokens = 0  # settled
-        self.cost = 0.0
+        self._started = time.monotonic()
+        self._earlier_seconds = spent.wall_seconds
+        self.deadline = self._started + max_wall_seconds - spent.wall_seconds
+        self.tokens = spent.tokens  # settled
+        self.cost = spent.cost_usd
         self._reserved_tokens = 0
         self._reserved_cost = 0.0
         self._lock = threading.Lock()
+        self._on_settle = on_settle
         self.exhausted: str | None = None  # which cap ran out, once one did
         self.on_budget: BudgetWatcher | None = None
         self._told: set[tuple[str, str]] = set()
@@ -73,6 +103,8 @@ class Ledger:
             self._reserved_cost -= reservation.cost
             self.tokens += tokens
             self.cost += cost
+        if self._on_settle is not None:
+            self._on_settle()
         self._tell()
 
     def stop(self, reason: str) -> None:
@@ -81,14 +113,23 @@ class Ledger:
             self.exhausted = self.exhausted or reason
         self._tell()
 
-    def spent(self) -> dict[str, tuple[float, float]]:
-        """(spent, cap) of each budget the ledger keeps: tokens, cost, wall_seconds."""
+    def spent(self) -> Spent:
+        """What the run has used so far, this process's wall time included."""
         with self._lock:
-            return {
-                "tokens": (self.tokens, self.max_tokens),
-                "cost": (round(self.cost, 6), self.max_cost_usd),
-                "wall_seconds": (round(time.monotonic() - self.started, 1), self.max_wall_seconds),
-            }
+            return Spent(
+                tokens=self.tokens,
+                cost_usd=self.cost,
+                wall_seconds=self._earlier_seconds + time.monotonic() - self._started,
+            )
+
+    def usage(self) -> dict[str, tuple[float, float]]:
+        """(spent, cap) of each budget the ledger keeps: tokens, cost, wall_seconds."""
+        spent = self.spent()
+        return {
+            "tokens": (spent.tokens, self.max_tokens),
+            "cost": (round(spent.cost_usd, 6), self.max_cost_usd),
+            "wall_seconds": (round(spent.wall_seconds, 1), self.max_wall_seconds),
+        }
 
     def _tell(self) -> None:
         """Tell the watcher what it has not heard yet: a budget 80 % spent, one exhausted."""
@@ -96,7 +137,7 @@ class Ledger:
             return
         news = [
             ("running-low", k)
-            for k, (spent, cap) in self.spent().items()
+            for k, (spent, cap) in self.usage().items()
             if cap and spent >= RUNNING_LOW * cap
         ]
         if self.exhausted in BUDGETS:

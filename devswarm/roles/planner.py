@@ -37,7 +37,9 @@ def plan_scope(
         scope_paths=scope_paths,
         allow_scopes=allow_scopes,
         system=prompts.planner_system(cfg.max_tasks_per_plan, allow_scopes, cfg.max_scopes),
-        user=prompts.planner_user(goal, scope_paths, cfg.check, previous, run.progress.hot()),
+        user=prompts.planner_user(
+            goal, scope_paths, cfg.check, previous, run.cycle_hot_files(cycle)
+        ),
         required=depth == 0,
     )
 

@@ -81,7 +81,7 @@ def task_row(
         "acceptance": "\n".join(task.spec.acceptance),
         "files": json.dumps(task.spec.files),
         "check_command": task.check,
-        "depends_on": "[]",
+        "depends_on": json.dumps(task.depends_on),
         "status": status,
         "reason": reason,
         "attempts": attempts,

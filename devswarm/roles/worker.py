@@ -21,6 +21,7 @@ from devswarm.roles import narrate, prompts
 from devswarm.roles.rows import landing_row, task_row
 from devswarm.roles.session import CallFactory, Session, agent_session
 from devswarm.run.run import Run
+from devswarm.scheduler import already_landed
 from devswarm.schemas import PlannedTask, WorkerReport
 from devswarm.tools.toolbox import Toolbox
 
@@ -36,9 +37,19 @@ def _land_plain(workspace: Workspace, worktree: Path, _agent_id: str) -> LandRes
 
 
 def work_task(
-    run: Run, calls: CallFactory, task: PlannedTask, *, attempt: int = 1, land: LandFn = _land_plain
+    run: Run,
+    calls: CallFactory,
+    task: PlannedTask,
+    *,
+    attempt: int = 1,
+    land: LandFn = _land_plain,
+    retried: bool = False,
 ) -> WorkerReport:
-    """One worker: worktree at the task's base → agent → checks → commit → land → report."""
+    """One worker: worktree at the task's base → agent → checks → commit → land → report.
+    `retried`: the same worker runs again after raising (a Prefect flow retry): a task whose
+    commit reached the branch is not done twice; otherwise its answered calls replay free."""
+    if retried and task.key in run.landed_task_keys():
+        return already_landed(task.key, "before its worker's retry")
     cfg = run.config
     agent_id = task_worker_id(run, task, attempt)
     report = WorkerReport(

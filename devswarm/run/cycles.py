@@ -40,6 +40,11 @@ def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
         )
     if run.state.cycles:
         run.progress.emit(f"resuming after cycle {len(run.state.cycles)}")
+    if spent := run.ledger.tokens:
+        run.progress.emit(
+            f"spent before this resume: {spent:,} tokens, ${run.ledger.cost:.4f}; "
+            "calls answered then replay free"
+        )
     return run
 
 
@@ -51,6 +56,7 @@ def end_run(run: Run, status: str, flow_run_id: str | None = None) -> Path | Non
     except UserError as exc:
         run.unpublished = str(exc)
         run.progress.emit(f"landed in the clone, not published: {exc}")
+    run.save_spent()  # this process's wall time too
     run.workspace.prune()
     run.records.import_now()
     report = run.publish()
@@ -97,6 +103,7 @@ def cycle_scheduler(
         max_followups=run.config.max_followups,
         landed=run.landed_task_keys(),
         on_landed_before=lambda task: record_landed_before(run, task),
+        on_branch=run.landed_task_keys,
     )
 
 
@@ -119,6 +126,30 @@ def settled_event(run: Run, report: WorkerReport) -> None:
             status=report.status,
             reason=report.reason or "",
         )
+
+
+def plan_and_work(
+    run: Run,
+    cycle: int,
+    plan: Callable[[], list[PlannedTask]],
+    work: WorkFn,
+    followup: Callable[..., list[PlannedTask]],
+) -> list[WorkerReport]:
+    """One cycle's planning and work with no barrier between them: `plan` (the root planner,
+    which recurses into sub-planners) hands each planner's tasks to the cycle's scheduler
+    (run.scheduler) the moment that planner returns them (Run.dispatch), so the root's own
+    tasks start while its sub-planners and their siblings still plan. Returns the reports
+    when every task has settled and the planners are done."""
+
+    def planning() -> None:
+        tasks = plan()
+        run.progress.emit(f"cycle {cycle}: {len(tasks)} tasks planned")
+
+    scheduler = run.scheduler = cycle_scheduler(run, work, followup)
+    try:
+        return scheduler.run(producers=[planning])
+    finally:
+        run.scheduler = None
 
 
 def finish_cycle(run: Run, cycle: int, verdict: Verdict, reports: list[WorkerReport]) -> None:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
@@ -21,7 +21,7 @@ from devswarm.git.plumbing import check_branch_name
 from devswarm.git.remote import RemoteWorkspace
 from devswarm.git.workspace import Workspace
 from devswarm.ids import file_safe, landing_branch, new_run_id, repo_key
-from devswarm.model.client import ModelClient
+from devswarm.model.client import ModelClient, cache_key
 from devswarm.model.errors import ModelCallError, backoff_seconds
 from devswarm.model.ledger import BUDGETS, RUNNING_LOW, Ledger
 from devswarm.records import RecordLog, now
@@ -29,16 +29,20 @@ from devswarm.run import registry
 from devswarm.run.checks import Checks
 from devswarm.run.importer import RecordImporter
 from devswarm.run.progress import Progress
-from devswarm.run.state import RunState, earlier_hot_files
+from devswarm.run.state import RunState, earlier_hot_files, load_spent, save_spent
 from devswarm.run.story import Story
 from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import NO_SANDBOX_NOTICE, sandbox_description
 from devswarm.sandbox.redact import Redactor, process_secrets
-from devswarm.schemas import Verdict
+from devswarm.schemas import PlannedTask, Verdict
 from devswarm.server.folder import ROOT_DEFAULT_DIR, server_dir
 from devswarm.store.warehouse import publish_run, run_store_path
 
+if TYPE_CHECKING:
+    from devswarm.scheduler import Scheduler
+
 _log = logging.getLogger("devswarm")
+LEDGER_FILE = "ledger.json"  # in the run's folder: what the run has spent (run/state.py)
 ModelFn = Any  # devswarm.agent.loop.ModelFn: (request, step) -> reply
 
 
@@ -69,9 +73,15 @@ class Run:
         self.sandbox_notice = None if config.sandbox else NO_SANDBOX_NOTICE
         if self.sandbox_notice and registry.first_time(self.run_id, "sandbox"):
             _log.warning(self.sandbox_notice)  # once per run (stderr; Prefect's console)
-        self.ledger = Ledger(
-            config.budget.max_tokens, config.budget.max_cost_usd, config.budget.max_wall_seconds
-        )
+        budget = config.budget
+        self._spent_lock = threading.Lock()
+        if worker_clones is None:  # the orchestrator: the run's spend, kept across its processes
+            self.ledger = Ledger(
+                budget.max_tokens, budget.max_cost_usd, budget.max_wall_seconds,
+                spent=load_spent(self.dir / LEDGER_FILE), on_settle=self.save_spent,
+            )  # fmt: skip
+        else:  # a worker process: its config's budget is what the run had left
+            self.ledger = Ledger(budget.max_tokens, budget.max_cost_usd, budget.max_wall_seconds)
         models = {config.models.planner, config.models.worker, config.models.judge}
         self.client = ModelClient(
             config.base_url,
@@ -116,6 +126,7 @@ class Run:
         # Why the run cannot go on (no_plan, no_verdict), when a role could not do its part.
         self.failure: tuple[str, str] | None = None
         self._task_keys: set[str] = set()
+        self.scheduler: Scheduler | None = None  # the running cycle's (run.cycles.plan_and_work)
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()  # one state.json writer at a time
         self._logs: dict[str, RecordLog] = {}
@@ -146,14 +157,30 @@ class Run:
             self._task_keys.add(key)
             return key
 
+    def dispatch(self, tasks: list[PlannedTask]) -> None:
+        """Hand a planner's tasks to the running cycle (Scheduler.add): they start as soon as
+        their dependencies land. Without a running cycle the planner's caller keeps them."""
+        if self.scheduler is not None:
+            self.scheduler.add(tasks)
+
     def cycle_base(self, cycle: int) -> str:
         """The tip a cycle plans against: recorded once, so a resumed run plans from the same state."""
         with self._lock:
             self.starts.setdefault(f"cycle-{cycle}", now())
-            if cycle not in self.state.cycle_tips:
-                self.state.cycle_tips[cycle] = self.workspace.tip()
+            state, changed = self.state, False
+            if cycle not in state.cycle_tips:
+                state.cycle_tips[cycle], changed = self.workspace.tip(), True
+            if cycle not in state.cycle_hot_files:
+                state.cycle_hot_files[cycle], changed = self.progress.hot(), True
+            if changed:
                 self.save_state()
-            return self.state.cycle_tips[cycle]
+            return state.cycle_tips[cycle]
+
+    def cycle_hot_files(self, cycle: int) -> dict[str, int]:
+        """The hot files a cycle's planners are told, recorded with its base: workers already
+        land (and conflict) while sub-planners plan, and a resumed run must ask the same."""
+        self.cycle_base(cycle)
+        return self.state.cycle_hot_files[cycle]
 
     def save_state(self) -> None:
         """Write state.json with the hot files so far. One writer at a time: the flow, planners
@@ -167,6 +194,12 @@ class Run:
         """The run's models, one each (planner, worker, judge may share one)."""
         m = self.config.models
         return list(dict.fromkeys([m.planner, m.worker, m.judge]))
+
+    def save_spent(self) -> None:
+        """Persist what the run has spent (after every settled model call and at the end);
+        read under the lock, so the file always ends with the newest figures."""
+        with self._spent_lock:
+            save_spent(self.dir / LEDGER_FILE, self.ledger.spent())
 
     def landed_task_keys(self) -> set[str]:
         """Tasks of this run already on the branch, from the commits' trailers (resume)."""
@@ -213,7 +246,7 @@ class Run:
 
     def _budget_news(self, kind: str, budget: str) -> None:
         """A budget 80 % spent, or exhausted: an event line and an event."""
-        spent, cap = self.ledger.spent().get(
+        spent, cap = self.ledger.usage().get(
             budget, (len(self.state.cycles), self.config.max_cycles)
         )
         if kind == "running-low":
@@ -317,6 +350,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
     log = run.agent_log(agent_id)
 
     def call(request: dict[str, Any], step: int) -> dict[str, Any]:
+        key = cache_key(run.run_id, agent_id, step, request)  # recorded as Prefect's would be
         for attempt in range(1, attempts + 1):
             try:
                 return run.client.call(
@@ -326,6 +360,7 @@ def plain_calls(run: Run, agent_id: str, *, attempts: int = 4) -> ModelFn:
                     step=step,
                     attempt=attempt,
                     log=log,
+                    cache_key=key,
                 )
             except ModelCallError as exc:
                 if not exc.transient or attempt == attempts:

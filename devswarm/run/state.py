@@ -1,4 +1,6 @@
-"""What a run remembers across a crash (its `state.json`), and what earlier runs tell it."""
+"""What a run remembers across a crash (its `state.json`, and its spend in `ledger.json`, rewritten
+after every model call: state.json can hold tens of KB of cycle summaries), and what earlier
+runs tell it."""
 
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from devswarm.model.capabilities import Capabilities
+from devswarm.model.ledger import Spent
 
 
 class RunState(BaseModel):
-    """The tips each cycle planned from, the finished cycles, the last green tip, hot files,
+    """The tips each cycle planned from and the hot files its planners were told (so a resumed
+    run's planners send the same requests), the finished cycles, the last green tip, hot files,
     the swarm flow runs that ran it (crash marking finds them by id), and what the endpoint
     accepts for each model (a resume does not pay to learn it again)."""
 
     cycle_tips: dict[int, str] = {}
+    cycle_hot_files: dict[int, dict[str, int]] = {}
     cycles: list[dict[str, Any]] = []
     last_green: str | None = None
     hot_files: dict[str, int] = {}
@@ -30,11 +35,24 @@ class RunState(BaseModel):
         return cls.model_validate_json(path.read_text()) if path.exists() else cls()
 
     def save(self, path: Path) -> None:
-        """Write atomically: a crash leaves the old state or the new one, never half."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        os.replace(tmp, path)
+        _write_atomically(path, self.model_dump_json(indent=1))
+
+
+def load_spent(path: Path) -> Spent:
+    """What the run spent in its earlier processes (nothing if it has no ledger file yet)."""
+    return Spent.model_validate_json(path.read_text()) if path.exists() else Spent()
+
+
+def save_spent(path: Path, spent: Spent) -> None:
+    _write_atomically(path, spent.model_dump_json())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A crash leaves the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def recorded_flow_runs(run_dir: Path) -> list[str]:
