@@ -277,7 +277,7 @@ def test_a_work_flow_that_raises_is_retried_by_prefect_free_and_its_task_lands_o
         run = Run(
             SwarmConfig(
                 goal="g", repo=repo, base_url=server.url, api_key=SecretStr("sk-x"),
-                models=Models.single("offline-model"), home=tmp_path / "data", run_id=f"retry-{name}",
+                models=Models.single("offline-model"), home=tmp_path / "data", run_id=f"retry-{name.replace('_', '-')}",
             )
         )  # fmt: skip
         try:
