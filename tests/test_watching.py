@@ -233,7 +233,7 @@ def test_devswarm_run_out_of_budget_prints_its_summary_and_exits_4(tmp_path: Pat
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "budget_exhausted after 0 cycle(s)" in proc.stdout
     assert "Traceback" not in proc.stderr and "budget exhausted (tokens)" not in proc.stderr
-    assert "budget: tokens exhausted (0 of 2000); draining" in proc.stderr  # an event line
+    assert "budget: tokens exhausted (" in proc.stderr  # an event line
     assert SECRET not in proc.stdout + proc.stderr
 
 
