@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -41,6 +41,12 @@ class LandResult(BaseModel):
     published: bool = False  # the user's refs/heads/<branch> reached new_tip
     wait_ms: float = 0.0  # time spent waiting for the landing lane
     duration_ms: float = 0.0
+
+
+class Lander(Protocol):
+    """What lands a worker's worktree: the workspace's lane, or the verifier's merge queue."""
+
+    def land(self, worktree: Path) -> LandResult: ...
 
 
 class LandingLane:
@@ -75,6 +81,42 @@ class LandingLane:
                 result = self._land_in_lane(worktree, gate)
             except GitError as exc:  # e.g. the worktree is gone; the branch was not touched
                 result = LandResult(status="error", reason=str(exc))
+        result.wait_ms = waited * 1000
+        if result.status == "landed" and self._publishes:
+            try:
+                self.publish()
+                result.published = True
+            except UserError as exc:
+                result.reason = str(exc)
+        result.duration_ms = (time.perf_counter() - start) * 1000
+        return result
+
+    def land_made(self, make: Callable[[str], str | LandResult]) -> LandResult:
+        """Land a commit made from the tip inside the lane: `make(tip)` returns a commit whose
+        parent is `tip` (a revert, a candidate the merge queue checked), or a LandResult that
+        refuses; then compare-and-swap and publish as land() does. `make` must be quick (plain
+        git objects, milliseconds): the lane is held while it runs."""
+        start = time.perf_counter()
+        with self._lane:
+            waited = time.perf_counter() - start
+            result = LandResult(status="error", reason="not attempted")
+            for retries in range(MAX_CAS_RETRIES + 1):
+                tip = self.tip()
+                try:
+                    made = make(tip)
+                except GitError as exc:
+                    result = LandResult(status="error", old_tip=tip, reason=str(exc))
+                    break
+                if isinstance(made, LandResult):
+                    result = made
+                    break
+                failure = self._swap(made, tip)
+                if failure is None:
+                    result = LandResult(
+                        status="landed", commit=made, old_tip=tip, new_tip=made, cas_retries=retries
+                    )
+                    break
+                result = LandResult(status="error", cas_retries=retries, reason=first_line(failure))
         result.wait_ms = waited * 1000
         if result.status == "landed" and self._publishes:
             try:

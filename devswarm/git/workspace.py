@@ -47,6 +47,7 @@ from devswarm.git.plumbing import (
     zsplit,
 )
 from devswarm.git.publish import Publishing
+from devswarm.git.replay import Merged, revert_change
 from devswarm.git.repo import read_user_repository
 from devswarm.git.worktrees import Worktrees
 
@@ -59,7 +60,12 @@ __all__ = [
 ]
 
 _TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_TRAILERS = {"run": "Devswarm-Run", "task": "Devswarm-Task", "agent": "Devswarm-Agent"}
+_TRAILERS = {
+    "run": "Devswarm-Run",
+    "task": "Devswarm-Task",
+    "agent": "Devswarm-Agent",
+    "revert": "Devswarm-Revert",  # a revert by the verifier: the commit it undoes
+}
 
 
 class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
@@ -208,6 +214,26 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
             raise GitError(f"git commit failed: {first_line(proc.stderr)}", proc.stderr)
         return worktree_head(worktree)
 
+    def revert(self, first: str, last: str, message: str, trailers: dict[str, str]) -> LandResult:
+        """Land, through the lane, a commit on the tip that undoes the commits `first..last`
+        (first included): status "conflict" with the files when later landings changed the
+        same lines (nothing lands then)."""
+        text = _message_with_trailers(message, trailers)
+
+        def make(tip: str) -> str | LandResult:
+            made = revert_change(self.clone, first, last, tip, text)
+            if isinstance(made, Merged):
+                return LandResult(
+                    status="conflict",
+                    commit=last,
+                    old_tip=tip,
+                    conflict_files=made.conflicts,
+                    reason=f"the revert of {last[:12]} conflicts in {', '.join(made.conflicts)}",
+                )
+            return made
+
+        return self.land_made(make)
+
     def changed_files(self, worktree: Path, base: str) -> list[str]:
         """Paths that differ between `base` and the worktree's files, untracked ones included."""
         tracked = git(worktree, "diff", "--name-only", "--no-renames", "-z", base, "--").stdout
@@ -227,7 +253,8 @@ class Workspace(Worktrees, ConflictTurns, LandingLane, Publishing):
 
     def landed_trailers(self, rev_range: str | None = None) -> list[dict]:
         """Commits in `rev_range` (default base..branch), oldest first, with their devswarm
-        trailers: {"commit", "subject", "run", "task", "agent"} (None when a trailer is absent)."""
+        trailers: {"commit", "subject", "run", "task", "agent", "revert"} (None when a trailer
+        is absent)."""
         fields = ["%H", "%s"] + [
             f"%(trailers:key={k},valueonly,unfold)" for k in _TRAILERS.values()
         ]
