@@ -5,11 +5,17 @@ dependants). Each report is handled the moment its worker ends: records imported
 updated, and the handoff given to the planner that owns the task, which may add follow-up tasks
 (bounded per cycle) while other workers still run. The cycle ends when nothing is pending or
 running.
+
+Others may add tasks to a running cycle (thread-safe: add, retry, unland): the verifier gives a
+culprit's task back as its next attempt after a revert, or a repair task to its planner. When
+nothing is pending or running, `settle` (the verifier's) is waited for before the cycle ends,
+so what it adds in the meantime still runs in this cycle.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -51,6 +57,7 @@ class Scheduler:
         max_planners: int = 2,
         max_followups: int = 4,
         landed: set[str] | None = None,
+        settle: Callable[[], None] | None = None,
     ) -> None:
         self.work, self.followup = work, followup
         self.should_stop, self.tip = should_stop, tip
@@ -63,9 +70,78 @@ class Scheduler:
         self.landed: set[str] = set(landed or ())  # task keys already on the branch (resume)
         self.reports: dict[str, WorkerReport] = {}
         self.followups = 0
+        self.settle = settle
+        self.tasks: dict[str, PlannedTask] = {}  # every task of the cycle by key
+        self.attempts: dict[str, int] = {}  # key -> the last attempt started
+        self._inbox: list[tuple[str, PlannedTask | str]] = []  # from other threads
+        self._deferred: list[PlannedTask] = []  # retries waiting for their last attempt's report
+        self._inbox_lock = threading.Lock()
+        self._wake: Future = Future()  # done when the inbox has something
+        self._active: set[str] = set()  # keys with an attempt running
+
+    # -- from other threads --------------------------------------------------------------------
+
+    def add(self, task: PlannedTask) -> None:
+        """A new task for the running cycle (thread-safe)."""
+        self._post("add", task)
+
+    def retry(self, task: PlannedTask) -> None:
+        """A task that landed, run again as its next attempt (its landing was reverted); it
+        starts once its last attempt has reported (thread-safe)."""
+        self._post("retry", task)
+
+    def unland(self, key: str) -> None:
+        """A landed task's landing was reverted and it will not run again: its dependants that
+        have not started are skipped (thread-safe)."""
+        self._post("unland", key)
+
+    def task(self, key: str) -> PlannedTask | None:
+        """The cycle's task with this key (None if it is not this cycle's)."""
+        return self.tasks.get(key)
+
+    def settled(self, key: str) -> bool:
+        """Whether no attempt of this task is running (its last report is in)."""
+        with self._inbox_lock:
+            return key not in self._active
+
+    def _post(self, kind: str, item: PlannedTask | str) -> None:
+        with self._inbox_lock:
+            self._inbox.append((kind, item))
+            if not self._wake.done():
+                self._wake.set_result(None)
+
+    def _take_inbox(self) -> list[PlannedTask]:
+        """New tasks from the inbox (and deferred retries whose last attempt reported)."""
+        with self._inbox_lock:
+            items, self._inbox = self._inbox, []
+            if self._wake.done():
+                self._wake = Future()
+            active = set(self._active)
+        items = [("retry", t) for t in self._deferred] + items
+        self._deferred = []
+        new: list[PlannedTask] = []
+        for kind, item in items:
+            if isinstance(item, str):  # unland
+                self.landed.discard(item)
+                if item in self.reports:
+                    self.reports[item] = self.reports[item].model_copy(
+                        update={"status": "reverted", "reason": "its landing was reverted"}
+                    )
+            elif kind == "retry" and item.key in active:
+                self._deferred.append(item)
+            else:
+                if kind == "retry":
+                    self.landed.discard(item.key)
+                    self.reports.pop(item.key, None)
+                self.tasks[item.key] = item
+                new.append(item)
+        return new
+
+    # -- the cycle -----------------------------------------------------------------------------
 
     def run(self, tasks: list[PlannedTask]) -> list[WorkerReport]:
         pending = list(tasks)
+        self.tasks.update((t.key, t) for t in tasks)
         running: dict[Future, tuple[str, PlannedTask, int]] = {}
         with (
             ThreadPoolExecutor(max(1, self.max_workers), thread_name_prefix="worker") as workers,
@@ -73,26 +149,31 @@ class Scheduler:
                 max(1, self.max_planners), thread_name_prefix="followup"
             ) as planners,
         ):
-            while pending or running:
-                pending = self._start_ready(pending, running, workers)
+            while True:
+                pending = self._start_ready(pending + self._take_inbox(), running, workers)
+                if not running and self.settle is not None:
+                    self.settle()  # the verifier may still give tasks back to this cycle
+                    pending = self._start_ready(pending + self._take_inbox(), running, workers)
                 if not running:
                     for task in pending:  # waiting on tasks that will never land
                         self._skip(task, "its dependencies never landed")
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait([*running, self._wake], return_when=FIRST_COMPLETED)
                 for fut in done:
+                    if fut not in running:  # the inbox's wake-up
+                        continue
                     kind, task, attempt = running.pop(fut)
                     if kind == "followup":
-                        pending.extend(self._followup_result(fut))
+                        followups = self._followup_result(fut)
+                        self.tasks.update((t.key, t) for t in followups)
+                        pending.extend(followups)
                         continue
                     report = self._work_result(fut, task, attempt)
                     if report is None:  # crashed once: resubmitted from a fresh worktree
-                        running[submit(workers, self.work, task, attempt + 1)] = (
-                            "work",
-                            task,
-                            attempt + 1,
-                        )
+                        self._submit(workers, running, task, attempt + 1)
                         continue
+                    with self._inbox_lock:
+                        self._active.discard(task.key)
                     self.reports[task.key] = report
                     if report.status == "landed":
                         self.landed.add(task.key)
@@ -133,11 +214,19 @@ class Scheduler:
             elif all(d in self.landed for d in task.depends_on) and busy < self.max_workers:
                 if task.depends_on:  # start from the tip that holds its dependencies
                     task.base_commit = self.tip()
-                running[submit(pool, self.work, task, 1)] = ("work", task, 1)
+                self._submit(pool, running, task, self.attempts.get(task.key, 0) + 1)
                 busy += 1
             else:
                 left.append(task)
         return left
+
+    def _submit(
+        self, pool: ThreadPoolExecutor, running: dict, task: PlannedTask, attempt: int
+    ) -> None:
+        self.attempts[task.key] = attempt
+        with self._inbox_lock:
+            self._active.add(task.key)
+        running[submit(pool, self.work, task, attempt)] = ("work", task, attempt)
 
     def _skip(self, task: PlannedTask, reason: str) -> None:
         self.reports[task.key] = WorkerReport(
