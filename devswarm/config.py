@@ -101,6 +101,13 @@ class SwarmConfig(BaseModel):
     conflict_turns: int = 2
     check_turns: int = 2
     command_timeout: float = 300.0
+    # The verifier (devswarm.verify): checks the tip after landings, bisects a red one to its
+    # culprit and acts on it during the cycle. Needs `check`.
+    verify: bool = True
+    on_red: Literal["revert", "repair"] = "revert"  # what happens to a confirmed culprit
+    max_repairs: int = Field(default=2, ge=0)  # retries of a reverted task, or repairs, per culprit
+    # Strict mode: the check runs on each landing candidate before the branch moves (merge queue).
+    verify_before_land: bool = False
     # Agents' commands, checks and setup run in a sandbox (bubblewrap); False only when the user
     # says --no-sandbox: then agents can read the key and write the user's files.
     sandbox: bool = True

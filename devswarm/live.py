@@ -27,6 +27,7 @@ def _panel(started: float) -> Table:
         "tokens",
         "US$",
         "conflicts",
+        "tip",
         "elapsed",
     ):
         table.add_column(col)
@@ -41,13 +42,14 @@ def _panel(started: float) -> Table:
             f"{run.ledger.tokens:,}",
             f"{run.ledger.cost:.4f}",
             str(s["conflicts"]),
+            run.progress.tip,
             f"{time.monotonic() - started:.0f} s",
         ]
     for row in _last_rows.values():
         table.add_row(*row)
     if not _last_rows:
         table.add_row(
-            "(starting Prefect)", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
+            "(starting Prefect)", "", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
         )
     return table
 

@@ -97,10 +97,12 @@ def task_row(
 
 def landing_row(
     run: Run, task: PlannedTask, agent_id: str, result: LandResult, started: str, *, resolved: bool
-) -> None:
+) -> str:
+    """The landing attempt's row; returns its landing id."""
+    landing_id = span_id(agent_id, "landing", started)
     run.agent_log(agent_id).write(
         "landing",
-        landing_id=span_id(agent_id, "landing", started),
+        landing_id=landing_id,
         run_id=run.run_id,
         cycle=task.cycle,
         task_key=task.key,
@@ -116,9 +118,10 @@ def landing_row(
         started_at=started,
         ended_at=now(),
         duration_ms=result.duration_ms,
-        span_id=span_id(agent_id, "landing", started),
+        span_id=landing_id,
         parent_span_id=span_id(agent_id),
     )
+    return landing_id
 
 
 def record_skip(run: Run, task: PlannedTask, reason: str) -> None:

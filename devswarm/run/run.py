@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devswarm.config import SwarmConfig
 from devswarm.errors import UserError
@@ -34,6 +34,11 @@ from devswarm.sandbox.env import command_env
 from devswarm.sandbox.probe import require_sandbox
 from devswarm.schemas import Verdict
 from devswarm.store.warehouse import publish_run, run_store_path
+from devswarm.verify.landings import net_landed
+
+if TYPE_CHECKING:
+    from devswarm.verify.queue import MergeQueue
+    from devswarm.verify.verifier import Verifier
 
 _log = logging.getLogger("devswarm")
 ModelFn = Any  # devswarm.agent.loop.ModelFn: (request, step) -> reply
@@ -96,6 +101,11 @@ class Run:
         self.output_limit = "max_tokens"
         self._task_keys: set[str] = set()
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # the verifier's thread saves the state too
+        # The orchestrator's verifier and, in strict mode, its merge queue (run/cycles.py
+        # start_run starts them; a worker process has neither).
+        self.verifier: Verifier | None = None
+        self.merge_queue: MergeQueue | None = None
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be
@@ -134,16 +144,16 @@ class Run:
             return self.state.cycle_tips[cycle]
 
     def save_state(self) -> None:
-        self.state.hot_files = self.progress.hot()
-        self.state.save(self.dir / "state.json")
+        with self._save_lock:
+            self.state.hot_files = self.progress.hot()
+            self.state.save(self.dir / "state.json")
 
     def landed_task_keys(self) -> set[str]:
-        """Tasks of this run already on the branch, from the commits' trailers (resume)."""
-        return {
-            t["task"]
-            for t in self.workspace.landed_trailers()
-            if t.get("run") == self.run_id and t.get("task")
-        }
+        """Tasks of this run already on the branch, from the commits' trailers (resume); a task
+        whose landing the verifier reverted counts again only once it landed after the revert."""
+        return net_landed(
+            [t for t in self.workspace.landed_trailers() if t.get("run") == self.run_id]
+        )
 
     def final_status(self, verdict: Verdict | None) -> str:
         if self.ledger.exhausted in {"tokens", "cost", "wall_seconds", "cycles"} and (

@@ -1,0 +1,338 @@
+"""The verifier: a thread beside the landing lane that keeps the branch tip green.
+
+After landings it runs the repository check on the newest tip (one check covers the batch of
+landings since the last check, cached per commit). Green: that tip is the last green tip (kept
+in the run's state). Red: it bisects the landings since the last green tip with parallel probes
+(devswarm.verify.bisect), confirms the first bad one — the culprit — by checking it a second
+time (a flaky check that passes then is recorded as a flake and nothing is reverted), and acts
+on it at once (devswarm.verify.actions): a revert through the lane and the task back to the
+cycle, or a repair task for its planner. It never holds the lane while a check runs, and no
+agent ever waits on it: workers keep landing while it works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from devswarm.ids import revert_trailers
+from devswarm.records import now
+from devswarm.schemas import PlannedTask
+from devswarm.verify.actions import repair_key, repair_task, retry_task, revert_message
+from devswarm.verify.bisect import first_bad
+from devswarm.verify.landings import Landing, landings_since
+from devswarm.verify.rows import VerifierRows
+
+if TYPE_CHECKING:
+    from devswarm.run.run import Run
+    from devswarm.scheduler import Scheduler
+
+_log = logging.getLogger("devswarm")
+MAX_FLAKES_PER_TIP = 2  # after that many flakes in a row a red tip waits for the next landing
+
+
+class Verifier:
+    """Checks the tip after landings, bisects a red one, and acts on its culprit."""
+
+    def __init__(self, run: Run, *, poll_seconds: float = 2.0, width: int | None = None) -> None:
+        self.run, self.ws, self.checks = run, run.workspace, run.checks
+        self.check = run.config.check or ""
+        self.rows = VerifierRows(run)
+        self.poll_seconds = poll_seconds
+        # Bisection probes at once: a small pool, as many as the cores allow (up to 4).
+        self.width = width or max(1, min(4, os.cpu_count() or 1))
+        self._cond = threading.Condition()
+        self._dirty = True  # something landed since the last verification
+        self._busy = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.verified: str | None = None  # the tip last verified
+        self.landing_ids: dict[str, str] = {}  # a landing's last commit -> its landing id
+        self.findings: dict[str, str] = {}  # a landing's last commit -> green/red/culprit/...
+        self.scheduler: Scheduler | None = None  # the running cycle's, when there is one
+        self.fixes: Counter[str] = Counter()  # retries and repairs given, per culprit task
+        self.origin: dict[str, str] = {}  # a repair task's key -> the task it repairs
+        self.awaiting: dict[str, str] = {}  # culprit commit -> the task in flight fixing it
+        self.flakes: Counter[str] = Counter()  # tip -> flakes seen verifying it
+        self.red_since: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Verifier:
+        self._thread = threading.Thread(target=self._loop, name="verifier", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def serve(self, scheduler: Scheduler | None) -> None:
+        """The cycle whose scheduler takes the tasks given back (None between cycles)."""
+        self.scheduler = scheduler
+
+    # -- what others tell it -----------------------------------------------------------------
+
+    def landed(self, landing_id: str, commit: str | None) -> None:
+        """A landing of this process reached the branch (its new tip `commit`)."""
+        with self._cond:
+            if commit:
+                self.landing_ids[commit] = landing_id
+            self._dirty = True
+            self._cond.notify_all()
+
+    def task_ended(self, key: str, status: str) -> None:
+        """A task's report arrived: a fix in flight that did not land frees its culprit."""
+        with self._cond:
+            freed = [c for c, k in self.awaiting.items() if k == key]
+            for commit in freed:
+                del self.awaiting[commit]
+            if freed and status != "landed":
+                self.verified, self._dirty = None, True  # act on that culprit again
+                self._cond.notify_all()
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait until the current tip is verified and acted on (the cycle's end waits, so what
+        the verifier gives back still runs in the cycle); at once when the run stops."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._idle():
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                self._cond.wait(0.25)
+
+    def _idle(self) -> bool:
+        if self._stopped or self._thread is None or not self._thread.is_alive():
+            return True
+        if self.run.should_stop():
+            return True
+        return not self._busy and not self._dirty and self.verified == self.ws.tip()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and not self._dirty:
+                    self._cond.wait(self.poll_seconds)
+                    if self.ws.tip() != self.verified:  # another process may have landed
+                        self._dirty = True
+                if self._stopped:
+                    return
+                self._dirty, self._busy = False, True
+            tip = self.ws.tip()
+            try:
+                self.verify(tip)
+            except Exception as exc:  # the verifier must never take the run down
+                _log.warning("verifier: %s", exc, exc_info=True)
+                self.run.progress.emit(f"verifier: could not verify {tip[:10]}: {exc}")
+                self.verified = tip
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def verify(self, tip: str) -> None:
+        """Verify `tip`: check it; if red, bisect, confirm and act."""
+        if tip == self.verified:
+            return
+        started, t0 = now(), time.perf_counter()
+        green = self.run.state.last_green
+        units = landings_since(self.ws, green, tip) if green and green != tip else []
+        self.run.progress.set_tip(f"checking {tip[:10]} ({len(units)} landings)")
+        result = self.checks.at(tip)
+        if result is None:  # no repository check: nothing to verify
+            self.verified = tip
+            return
+        if result.passed:
+            self._green(tip, units)
+            self.rows.verification(
+                tip, started, _ms(t0), verdict="green", batch_size=len(units), bisect_steps=0
+            )
+            self.verified = tip
+            return
+        if not units:  # red, and no green tip to bisect from (the suite is red from the start)
+            self.run.progress.set_tip("red (no green tip yet)")
+            self.rows.verification(
+                tip, started, _ms(t0), verdict="red", batch_size=0, bisect_steps=0,
+                action="none: no green tip to bisect from", output=result.output,
+            )  # fmt: skip
+            self.verified = tip
+            return
+        self.run.progress.set_tip(f"red: bisecting {len(units)} landings")
+        index, steps = first_bad(len(units), self._green_at(units), self.width)
+        culprit = units[index]
+        again = self.checks.at(culprit.last, fresh=True)  # the culprit red a second time?
+        found = {
+            "batch_size": len(units),
+            "bisect_steps": steps,
+            "culprit_sha": culprit.last,
+            "culprit_task_key": culprit.task,
+            "culprit_landing_id": self.landing_ids.get(culprit.last),
+        }
+        if again is not None and again.passed:
+            self._flake(tip, units, culprit, started, t0, found, result.output)
+            return
+        self._found(units, index)
+        if self.red_since is None:
+            self.red_since = time.monotonic()
+        action, moved = self._act(culprit, (again or result).output, tip)
+        self.rows.verification(
+            tip, started, _ms(t0), verdict="red", confirmed=True, flake=False, action=action,
+            action_commit=moved, output=(again or result).output, **found,
+        )  # fmt: skip
+        self.run.progress.emit(
+            f"verifier: tip {tip[:10]} red; culprit {culprit.last[:10]} (task {culprit.task},"
+            f" found in {steps} checks over {len(units)} landings): {action}"
+        )
+        with self._cond:
+            self.verified = None if moved else tip
+            self._dirty = self._dirty or moved is not None
+
+    def _green_at(self, units: list[Landing]):
+        def green(i: int) -> bool:
+            res = self.checks.at(units[i].last)
+            return res is None or res.passed
+
+        return green
+
+    # -- findings ----------------------------------------------------------------------------
+
+    def _green(self, tip: str, units: list[Landing]) -> None:
+        self.run.state.last_green = tip
+        self.run.save_state()
+        self._mark({u.last: "green" for u in units if u.last not in self.findings})
+        self.run.progress.set_tip(f"green at {tip[:10]}")
+        if self.red_since is not None:
+            self.run.progress.emit(
+                f"verifier: tip green again at {tip[:10]} after"
+                f" {time.monotonic() - self.red_since:.0f} s"
+            )
+            self.red_since = None
+
+    def _found(self, units: list[Landing], index: int) -> None:
+        """Before the culprit green, the culprit itself, after it red (it is on the tip)."""
+        verdicts = {u.last: "green" for u in units[:index] if u.last not in self.findings}
+        verdicts[units[index].last] = "culprit"
+        verdicts |= {u.last: "red" for u in units[index + 1 :]}
+        self._mark(verdicts)
+        self.run.progress.set_tip(f"red since task {units[index].task}")
+
+    def _mark(self, verdicts: dict[str, str]) -> None:
+        self.findings.update(verdicts)
+        self.rows.verified(
+            {self.landing_ids[c]: v for c, v in verdicts.items() if c in self.landing_ids}
+        )
+        self.rows.flush()
+
+    def _flake(
+        self,
+        tip: str,
+        units: list[Landing],
+        culprit: Landing,
+        started: str,
+        t0: float,
+        found: dict,
+        output: str,
+    ) -> None:
+        """The culprit passed its second check: the red was a flake; check the range anew."""
+        reds = [u.last for u in units if (r := self.checks.known(u.last)) and not r.passed]
+        self.checks.forget([c for c in [*reds, tip] if c != culprit.last])
+        self.flakes[tip] += 1
+        self.rows.verification(
+            tip, started, _ms(t0), verdict="flake", confirmed=False, flake=True,
+            action="none: the check is flaky (the culprit passed its second check)",
+            output=output, **found,
+        )  # fmt: skip
+        self.run.progress.emit(
+            f"verifier: flaky check at {tip[:10]}: {culprit.last[:10]} failed, then passed;"
+            " nothing reverted"
+        )
+        with self._cond:
+            again = self.flakes[tip] <= MAX_FLAKES_PER_TIP
+            self.verified = None if again else tip
+            self._dirty = self._dirty or again
+
+    # -- acting on a culprit -----------------------------------------------------------------
+
+    def _act(self, culprit: Landing, output: str, tip: str) -> tuple[str, str | None]:
+        """Revert or repair; (what was done, the commit the verifier landed, if any)."""
+        run, cfg = self.run, self.run.config
+        key = culprit.task
+        if culprit.run != run.run_id or not key or culprit.revert:
+            return "none: not a landing of this run's tasks", None
+        if culprit.last in self.awaiting:
+            return f"none: {self.awaiting[culprit.last]} is fixing it", None
+        root = self.origin.get(key, key)
+        scheduler = self.scheduler
+        task = scheduler.task(key) if scheduler is not None else None
+        may_fix = task is not None and self.fixes[root] < cfg.max_repairs and not run.should_stop()
+        if cfg.on_red == "repair" and may_fix and task is not None and scheduler is not None:
+            return self._repair(scheduler, task, culprit, tip, output, root), None
+        if scheduler is not None:  # the worker's rows first, then the revert's
+            _wait_until(lambda: scheduler.settled(key), 60.0)
+        result = self.ws.revert(
+            culprit.first,
+            culprit.last,
+            revert_message(culprit, self.check),
+            revert_trailers(run.run_id, key, culprit.last),
+        )
+        if result.status != "landed":
+            if may_fix and task is not None and scheduler is not None:
+                done = self._repair(scheduler, task, culprit, tip, output, root)
+                return f"revert failed ({result.reason}); {done}", None
+            return f"none: the revert failed ({result.reason})", None
+        revert_id = self.rows.revert_landing(key, task.cycle if task else None, result)
+        if result.new_tip:
+            self.landing_ids[result.new_tip] = revert_id
+        self._mark({culprit.last: "reverted"})
+        self.rows.task_reverted(key, f"reverted by the verifier: `{self.check}` failed with it")
+        run.progress.bump("landed", -1)
+        if may_fix and task is not None and scheduler is not None:
+            retry = retry_task(task, result.new_tip or tip, self.check, output)
+            self.fixes[root] += 1
+            self.awaiting[culprit.last] = key
+            scheduler.retry(retry)
+            done = f"reverted by {(result.new_tip or '')[:10]}; task retried"
+        else:
+            if scheduler is not None:
+                scheduler.unland(key)
+            run.progress.bump("reverted")
+            done = f"reverted by {(result.new_tip or '')[:10]}; not retried"
+        self.rows.flush()
+        return done, result.new_tip
+
+    def _repair(
+        self,
+        scheduler: Scheduler,
+        task: PlannedTask,
+        culprit: Landing,
+        tip: str,
+        output: str,
+        root: str,
+    ) -> str:
+        key = self.run.unique_task_key(repair_key(task))
+        repair = repair_task(self.ws, task, culprit, tip, self.check, output, key)
+        self.fixes[root] += 1
+        self.origin[key] = root
+        self.awaiting[culprit.last] = key
+        self.run.progress.bump("planned")
+        scheduler.add(repair)
+        return f"repair task {key} given to {task.planner_agent_id}"
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+def _wait_until(ready, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
