@@ -163,7 +163,7 @@ def test_a_semantic_break_is_bisected_confirmed_reverted_and_its_task_retried(
         assert "retried" in red[0]["action"]
         (task,) = records(run, "task")
         assert task["task_key"] == "c1.root.caller" and task["status"] == "reverted"
-        assert verifier.fixes["c1.root.caller"] == 1
+        assert verifier.culprits.fixes["c1.root.caller"] == 1
 
 
 def test_a_flaky_red_is_recorded_as_a_flake_and_nothing_is_reverted(tmp_path: Path) -> None:
@@ -299,3 +299,32 @@ def test_the_verifier_thread_settles_after_acting(tmp_path: Path, policy: str) -
             verifier.stop()
         assert [k for k, _ in cycle.given] == ["retry" if policy == "revert" else "add"]
         assert verifier.verified == run.workspace.tip()
+
+
+def test_a_break_hidden_behind_a_reverted_one_is_found_next(tmp_path: Path) -> None:
+    """Two pairs break the tip one after the other: the second break lands on an already red
+    tip. After the first culprit's revert the tip is still red; the next bisection judges each
+    landing with the first culprit undone and names the second culprit, not the first again."""
+    files = {"lib.py": LIB, "test_lib.py": LIB_TEST, "lib2.py": LIB.replace("total", "count"),
+             "test_lib2.py": LIB_TEST.replace("total", "count").replace("lib", "lib2")}  # fmt: skip
+    renamed2 = {k.replace("lib", "lib2"): v.replace("sum_of", "count_of").replace("lib", "lib2")
+                for k, v in RENAMED.items()}  # fmt: skip
+    caller2 = {k.replace("report", "report2"): v.replace("total", "count").replace("lib", "lib2")
+               .replace("report", "report2") for k, v in CALLER.items()}  # fmt: skip
+    with a_run(tmp_path, files) as run:
+        verifier = Verifier(run, width=2)
+        verifier.verify(run.workspace.tip())
+        cycle = Cycle([planned(run, n) for n in ("rename", "caller", "rename2", "caller2")])
+        verifier.serve(cycle)  # type: ignore[arg-type]
+        land(run, "rename", RENAMED, verifier)
+        first = land(run, "caller", CALLER, verifier)
+        land(run, "rename2", renamed2, verifier)
+        second = land(run, "caller2", caller2, verifier)
+        verifier.verify(run.workspace.tip())
+        verifier.verify(run.workspace.tip())  # still red: the second break
+        tip = run.workspace.tip()
+        reverts = [r["revert"] for r in run.workspace.landed_trailers(f"{second}..{tip}")]
+        assert reverts == [first, second]
+        verifier.verify(tip)
+        assert run.state.last_green == tip and run.checks.at(tip).passed
+        assert [k for k, _ in cycle.given] == ["retry", "retry"]

@@ -1,4 +1,5 @@
-"""What the verifier does with a confirmed culprit: the tasks it gives back, the revert's text.
+"""What a confirmed culprit gets (devswarm.verify.culprits acts): the tasks the verifier gives
+back to the cycle, and its revert's message.
 
 Policy `revert` lands a revert commit through the lane and gives the task back to the cycle as
 its next attempt, from the (green) tip, with the check's output in its description. Policy

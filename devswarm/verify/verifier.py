@@ -19,13 +19,12 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from devswarm.ids import revert_trailers
 from devswarm.records import now
-from devswarm.schemas import PlannedTask
-from devswarm.verify.actions import repair_key, repair_task, retry_task, revert_message
 from devswarm.verify.bisect import first_bad
+from devswarm.verify.culprits import Culprits
 from devswarm.verify.landings import Landing, landings_since
 from devswarm.verify.rows import VerifierRows
+from devswarm.verify.suspects import Suspects
 
 if TYPE_CHECKING:
     from devswarm.run.run import Run
@@ -53,10 +52,7 @@ class Verifier:
         self.verified: str | None = None  # the tip last verified
         self.landing_ids: dict[str, str] = {}  # a landing's last commit -> its landing id
         self.findings: dict[str, str] = {}  # a landing's last commit -> green/red/culprit/...
-        self.scheduler: Scheduler | None = None  # the running cycle's, when there is one
-        self.fixes: Counter[str] = Counter()  # retries and repairs given, per culprit task
-        self.origin: dict[str, str] = {}  # a repair task's key -> the task it repairs
-        self.awaiting: dict[str, str] = {}  # culprit commit -> the task in flight fixing it
+        self.culprits = Culprits(run, self.rows, self._mark, self.landing_ids.__setitem__)
         self.flakes: Counter[str] = Counter()  # tip -> flakes seen verifying it
         self.red_since: float | None = None
 
@@ -76,7 +72,7 @@ class Verifier:
 
     def serve(self, scheduler: Scheduler | None) -> None:
         """The cycle whose scheduler takes the tasks given back (None between cycles)."""
-        self.scheduler = scheduler
+        self.culprits.scheduler = scheduler
 
     # -- what others tell it -----------------------------------------------------------------
 
@@ -91,10 +87,7 @@ class Verifier:
     def task_ended(self, key: str, status: str) -> None:
         """A task's report arrived: a fix in flight that did not land frees its culprit."""
         with self._cond:
-            freed = [c for c, k in self.awaiting.items() if k == key]
-            for commit in freed:
-                del self.awaiting[commit]
-            if freed and status != "landed":
+            if self.culprits.ended(key) and status != "landed":
                 self.verified, self._dirty = None, True  # act on that culprit again
                 self._cond.notify_all()
 
@@ -167,9 +160,11 @@ class Verifier:
             self.verified = tip
             return
         self.run.progress.set_tip(f"red: bisecting {len(units)} landings")
-        index, steps = first_bad(len(units), self._green_at(units), self.width)
-        culprit = units[index]
-        again = self.checks.at(culprit.last, fresh=True)  # the culprit red a second time?
+        suspects = Suspects(self.ws.clone, units)
+        index, steps = first_bad(len(suspects), self._green_at(suspects), self.width)
+        culprit = suspects.landing(index)
+        # The culprit red a second time (its parent was green: that is how bisection found it).
+        again = self.checks.at(suspects.probe(index), fresh=True)
         found = {
             "batch_size": len(units),
             "bisect_steps": steps,
@@ -178,12 +173,12 @@ class Verifier:
             "culprit_landing_id": self.landing_ids.get(culprit.last),
         }
         if again is not None and again.passed:
-            self._flake(tip, units, culprit, started, t0, found, result.output)
+            self._flake(tip, suspects, index, started, t0, found, result.output)
             return
-        self._found(units, index)
+        self._found(units, suspects.indices[index])
         if self.red_since is None:
             self.red_since = time.monotonic()
-        action, moved = self._act(culprit, (again or result).output, tip)
+        action, moved = self.culprits.act(culprit, (again or result).output, tip)
         self.rows.verification(
             tip, started, _ms(t0), verdict="red", confirmed=True, flake=False, action=action,
             action_commit=moved, output=(again or result).output, **found,
@@ -196,9 +191,9 @@ class Verifier:
             self.verified = None if moved else tip
             self._dirty = self._dirty or moved is not None
 
-    def _green_at(self, units: list[Landing]):
-        def green(i: int) -> bool:
-            res = self.checks.at(units[i].last)
+    def _green_at(self, suspects: Suspects):
+        def green(k: int) -> bool:
+            res = self.checks.at(suspects.probe(k))
             return res is None or res.passed
 
         return green
@@ -235,16 +230,17 @@ class Verifier:
     def _flake(
         self,
         tip: str,
-        units: list[Landing],
-        culprit: Landing,
+        suspects: Suspects,
+        index: int,
         started: str,
         t0: float,
         found: dict,
         output: str,
     ) -> None:
         """The culprit passed its second check: the red was a flake; check the range anew."""
-        reds = [u.last for u in units if (r := self.checks.known(u.last)) and not r.passed]
-        self.checks.forget([c for c in [*reds, tip] if c != culprit.last])
+        culprit = suspects.landing(index)
+        reds = [p for p in suspects.probed() if (r := self.checks.known(p)) and not r.passed]
+        self.checks.forget([c for c in [*reds, tip] if c != suspects.probe(index)])
         self.flakes[tip] += 1
         self.rows.verification(
             tip, started, _ms(t0), verdict="flake", confirmed=False, flake=True,
@@ -260,79 +256,6 @@ class Verifier:
             self.verified = None if again else tip
             self._dirty = self._dirty or again
 
-    # -- acting on a culprit -----------------------------------------------------------------
-
-    def _act(self, culprit: Landing, output: str, tip: str) -> tuple[str, str | None]:
-        """Revert or repair; (what was done, the commit the verifier landed, if any)."""
-        run, cfg = self.run, self.run.config
-        key = culprit.task
-        if culprit.run != run.run_id or not key or culprit.revert:
-            return "none: not a landing of this run's tasks", None
-        if culprit.last in self.awaiting:
-            return f"none: {self.awaiting[culprit.last]} is fixing it", None
-        root = self.origin.get(key, key)
-        scheduler = self.scheduler
-        task = scheduler.task(key) if scheduler is not None else None
-        may_fix = task is not None and self.fixes[root] < cfg.max_repairs and not run.should_stop()
-        if cfg.on_red == "repair" and may_fix and task is not None and scheduler is not None:
-            return self._repair(scheduler, task, culprit, tip, output, root), None
-        if scheduler is not None:  # the worker's rows first, then the revert's
-            _wait_until(lambda: scheduler.settled(key), 60.0)
-        result = self.ws.revert(
-            culprit.first,
-            culprit.last,
-            revert_message(culprit, self.check),
-            revert_trailers(run.run_id, key, culprit.last),
-        )
-        if result.status != "landed":
-            if may_fix and task is not None and scheduler is not None:
-                done = self._repair(scheduler, task, culprit, tip, output, root)
-                return f"revert failed ({result.reason}); {done}", None
-            return f"none: the revert failed ({result.reason})", None
-        revert_id = self.rows.revert_landing(key, task.cycle if task else None, result)
-        if result.new_tip:
-            self.landing_ids[result.new_tip] = revert_id
-        self._mark({culprit.last: "reverted"})
-        self.rows.task_reverted(key, f"reverted by the verifier: `{self.check}` failed with it")
-        run.progress.bump("landed", -1)
-        if may_fix and task is not None and scheduler is not None:
-            retry = retry_task(task, result.new_tip or tip, self.check, output)
-            self.fixes[root] += 1
-            self.awaiting[culprit.last] = key
-            scheduler.retry(retry)
-            done = f"reverted by {(result.new_tip or '')[:10]}; task retried"
-        else:
-            if scheduler is not None:
-                scheduler.unland(key)
-            run.progress.bump("reverted")
-            done = f"reverted by {(result.new_tip or '')[:10]}; not retried"
-        self.rows.flush()
-        return done, result.new_tip
-
-    def _repair(
-        self,
-        scheduler: Scheduler,
-        task: PlannedTask,
-        culprit: Landing,
-        tip: str,
-        output: str,
-        root: str,
-    ) -> str:
-        key = self.run.unique_task_key(repair_key(task))
-        repair = repair_task(self.ws, task, culprit, tip, self.check, output, key)
-        self.fixes[root] += 1
-        self.origin[key] = root
-        self.awaiting[culprit.last] = key
-        self.run.progress.bump("planned")
-        scheduler.add(repair)
-        return f"repair task {key} given to {task.planner_agent_id}"
-
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
-
-
-def _wait_until(ready, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready() and time.monotonic() < deadline:
-        time.sleep(0.05)
