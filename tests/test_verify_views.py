@@ -53,3 +53,14 @@ def test_tip_health_of_a_run_without_verifier_findings_has_no_share(tmp_path: Pa
     (row,) = [dict(zip(cols, r, strict=True)) for r in rows]
     assert row["green_share"] is None and row["breaks"] == 0 and row["landings"] == 1
     assert row["mean_seconds_to_green"] is None
+
+
+def test_an_unjudged_landing_neither_makes_nor_hides_a_break(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.duckdb") as store:
+        store.add("run", run_id="r", started_at=at(0), ended_at=at(40))
+        landing(store, 1, 10, "culprit")
+        landing(store, 2, 20, None)  # landed while the verifier looked elsewhere
+        landing(store, 3, 25, "red")
+        landing(store, 4, 30, "green")
+        cols, rows = store.query("SELECT breaks, green_share FROM tip_health")
+    assert rows == [(1, pytest.approx(10 / 25))]

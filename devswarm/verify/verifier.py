@@ -81,6 +81,8 @@ class Verifier:
         with self._cond:
             if commit:
                 self.landing_ids[commit] = landing_id
+                if commit in self.findings:  # verified before this word arrived
+                    self.rows.verified({landing_id: self.findings[commit]})
             self._dirty = True
             self._cond.notify_all()
 

@@ -10,12 +10,18 @@ WITH tips AS (
              WHEN verified IN ('red', 'culprit', 'reverted') THEN 'red' END AS state
     FROM landings
     WHERE status = 'landed' AND ended_at IS NOT NULL AND new_tip IS DISTINCT FROM old_tip
+), judged AS (
+    -- The state before each judged landing: the last judged one before it (unjudged ones
+    -- in between are skipped, so they neither make nor hide a break).
+    SELECT landing_id, lag(state) OVER (PARTITION BY run_id ORDER BY landed_at, landing_id)
+        AS state_before
+    FROM tips WHERE state IS NOT NULL
 ), ordered AS (
-    SELECT t.*,
-        lead(landed_at) OVER w AS next_at,
-        lag(state) OVER w AS state_before,
+    SELECT t.*, j.state_before,
+        lead(t.landed_at) OVER w AS next_at,
         row_number() OVER w AS n
-    FROM tips t WINDOW w AS (PARTITION BY run_id ORDER BY landed_at, landing_id)
+    FROM tips t LEFT JOIN judged j USING (landing_id)
+    WINDOW w AS (PARTITION BY t.run_id ORDER BY t.landed_at, t.landing_id)
 ), ends AS (
     SELECT run_id, max(ended_at) AS end_at FROM (
         SELECT run_id, ended_at FROM runs
