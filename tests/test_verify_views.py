@@ -64,3 +64,21 @@ def test_an_unjudged_landing_neither_makes_nor_hides_a_break(tmp_path: Path) -> 
         landing(store, 4, 30, "green")
         cols, rows = store.query("SELECT breaks, green_share FROM tip_health")
     assert rows == [(1, pytest.approx(10 / 25))]
+
+
+def test_the_html_report_draws_the_tip_over_the_run(tmp_path: Path) -> None:
+    from devswarm.report.data import load_report
+    from devswarm.report.html import render_html
+
+    with Store(tmp_path / "s.duckdb") as store:
+        store.add("run", run_id="r", goal="g", branch="b", started_at=at(0), ended_at=at(50),
+                  status="done", cycles=1)  # fmt: skip
+        landing(store, 1, 10, "green")
+        landing(store, 2, 20, "reverted")
+        landing(store, 3, 30, "green", agent="verifier/r")
+        landing(store, 4, 40, None)
+        page = render_html(load_report(store, "r"))
+    assert 'id="chart-tip"' in page
+    assert page.count('fill="#b5534f"><title>red from 20.0 s') == 1
+    assert "not checked from 40.0 s" in page
+    assert "1 break(s), 1 revert(s), 0 flake(s)" in page
