@@ -328,3 +328,39 @@ def test_a_break_hidden_behind_a_reverted_one_is_found_next(tmp_path: Path) -> N
         verifier.verify(tip)
         assert run.state.last_green == tip and run.checks.at(tip).passed
         assert [k for k, _ in cycle.given] == ["retry", "retry"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--on-red", "ignore"], "devswarm: --on-red must be revert or repair, not 'ignore'"),
+        (["--max-repairs", "-1"], "devswarm: --max-repairs must be 0 or more, not -1"),
+    ],
+)
+def test_the_cli_refuses_bad_verifier_flags_in_one_line(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    import subprocess
+    import sys
+
+    repo = make_repo(tmp_path / "user", {"README.md": "x\n"})
+    done = subprocess.run(
+        [sys.executable, "-m", "devswarm.cli", "run", "--repo", str(repo), "--goal", "g", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stderr.strip() == message
+
+
+def test_a_config_file_sets_the_policy_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    from devswarm.errors import UserError
+    from devswarm.settings import read_file
+
+    good = tmp_path / "good.toml"
+    good.write_text('on_red = "repair"\nmax_repairs = 1\nverify_before_land = true\n')
+    assert read_file(good) == {"on_red": "repair", "max_repairs": 1, "verify_before_land": True}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('on_red = "ignore"\n')
+    with pytest.raises(UserError, match=r"bad.toml: on_red: Input should be 'revert' or 'repair'"):
+        read_file(bad)

@@ -230,3 +230,46 @@ def test_the_checker_allows_a_task_again_only_after_its_own_revert() -> None:
         on_branch(("a1", "a", None), ("x", "a", "zz"), ("a2", "a", None))
     )
     assert twice and "not its landing" in twice[0]
+
+
+@pytest.mark.slow
+def test_strict_mode_never_lets_the_tip_go_red(drill, tmp_path: Path) -> None:  # noqa: F811
+    """--verify-before-land: the pair's second change is checked on the tip before it lands,
+    refused (its worker told why), and every commit of the branch passes the check."""
+    repo = make_repo(
+        tmp_path / "user",
+        {"mod0.py": mod(0, "old"), "test_mod0.py": mod_test(0, "old"), "README.md": "strict\n"},
+    )
+    base = checker.git(repo, "rev-parse", "HEAD").strip()
+    again = {"match": "worker/*", "contains": "landing candidate",
+             "steps": [{"tool_calls": [tc("finish", summary="again")]}]}  # fmt: skip
+    scenario = {
+        "latency": 0.05,
+        "rules": [again],
+        "agents": [
+            NO_FOLLOWUPS,
+            {"match": "planner/*", "steps": [plan_reply(
+                task("rename", []), task("use", []), task("a", []), task("b", []))]},
+            worker("rename", writes({"mod0.py": mod(0, "new"), "test_mod0.py": mod_test(0, "new")})),
+            worker("use", writes({"use0.py": use(0, "old"), "test_use0.py": use_test(0)}, 2.0)),
+            worker("a", [{"tool_calls": [tc("run", command="env")]},
+                         *writes({"a.txt": "a\n"})]),
+            worker("b", writes({"b.txt": "b\n"})),
+            JUDGE_DONE,
+        ],
+    }  # fmt: skip
+    d = drill(scenario, repo, run_id="drill-strict", check=CHECK, verify_before_land=True)
+    db = d.home / "devswarm.duckdb"
+    statuses = dict(rows(db, "SELECT task_key, status FROM tasks"))
+    assert statuses == {"c1.root.rename": "landed", "c1.root.use": "failed",
+                        "c1.root.a": "landed", "c1.root.b": "landed"}, statuses  # fmt: skip
+    assert (
+        "landing refused"
+        in rows(db, "SELECT reason FROM tasks WHERE task_key = 'c1.root.use'")[0][0]
+    )
+    facts = drill.check(d)
+    truth = verify_checker.assert_verified(
+        repo=repo, branch=d.summary["branch"], base=base, check=CHECK, db=db,
+        run_id="drill-strict", policy="revert",
+    )  # fmt: skip
+    assert truth["breaks"] == 0 and truth["reverts"] == 0 and facts["landed"] == 3

@@ -218,3 +218,11 @@ def red_gate(check: str, output: str) -> str:
         "it does not make the tip pass either. Output of the check with your change on the "
         f"last passing commit:\n\n{output}\n\nFix your change, then call `finish` again."
     )
+
+
+def candidate_failed(check: str, reason: str) -> str:
+    return (
+        f"Your change was put on the current branch tip, and the repository check `{check}` "
+        f"fails there, so it cannot land (strict mode checks what would land):\n\n{reason}\n\n"
+        "Make your change work with what is on the branch now, then call `finish` again."
+    )

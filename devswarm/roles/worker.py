@@ -184,7 +184,7 @@ def _finish(
         if result.status == "refused" and check_turns < cfg.check_turns:
             # Strict mode: the check failed on the landing candidate (the change on the tip).
             check_turns += 1
-            agent.tell(prompts.regression(cfg.check or "", result.reason or ""))
+            agent.tell(prompts.candidate_failed(cfg.check or "", result.reason or ""))
             agent.run()
             continue
         if result.status != "conflict":
