@@ -4,6 +4,7 @@
     python bench/landing.py --workers 8 --rounds 2 --no-product
     python bench/landing.py --product-only --server postgres --product-tasks 64
     python bench/landing.py --profile             # where the landing path's time goes, per git command
+    python bench/landing.py --verify              # the verifier on vs off (bench/landing_verify.py)
 
 Three ways to land, in the same run, on the same kind of repository:
 - lane:    devswarm's landing path alone (devswarm.git.workspace.Workspace: worktree at the tip →
@@ -404,11 +405,31 @@ def main() -> int:
     parser.add_argument("--no-product", action="store_true")
     parser.add_argument("--product-only", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--verify", action="store_true", help="the verifier on vs off")
+    parser.add_argument("--verify-tasks", type=int, default=40)
+    parser.add_argument("--verify-workers", type=int, default=4)
+    parser.add_argument("--verify-break-rate", type=float, default=0.05)
+    parser.add_argument("--verify-latency", type=float, default=10.0, help="s per model reply")
+    parser.add_argument("--check-seconds", type=float, default=1.0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(json.loads(args.child))
+        params = json.loads(args.child)
+        if params.pop("verify", False):
+            import landing_verify
+
+            landing_verify.child(params)
+        else:
+            child(params)
         return 0
+    if args.verify:
+        import landing_verify
+
+        kinds = c.server_kinds(args.server)
+        return landing_verify.main(
+            __file__, kinds[-1], args.verify_workers, args.verify_tasks,
+            args.verify_break_rate, args.verify_latency, args.check_seconds,
+        )  # fmt: skip
     W = args.workers  # noqa: N806
     results: list[Outcome] = []
     print(f"W={W} concurrent workers; lane and naive: {args.rounds} commits each; "

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from devswarm.records import now
@@ -163,10 +164,19 @@ class Verifier:
             return
         self.run.progress.set_tip(f"red: bisecting {len(units)} landings")
         suspects = Suspects(self.ws.clone, units)
-        index, steps = first_bad(len(suspects), self._green_at(suspects), self.width)
+        with ThreadPoolExecutor(1, thread_name_prefix="confirm") as spare:
+            # The tip once more while bisecting: the confirmation when the tip is the culprit
+            # (most batches are small), and a flake is seen without waiting for the bisection.
+            tip_again = spare.submit(self.checks.at, tip, fresh=True)
+            index, steps = first_bad(len(suspects), self._green_at(suspects), self.width)
+            rerun = tip_again.result()
         culprit = suspects.landing(index)
-        # The culprit red a second time (its parent was green: that is how bisection found it).
-        again = self.checks.at(suspects.probe(index), fresh=True)
+        if (
+            rerun is not None and rerun.passed or suspects.probe(index) == tip
+        ):  # a flaky check fails; it never passes by luck
+            again = rerun
+        else:  # the culprit red a second time (its parent green: bisection found it so)
+            again = self.checks.at(suspects.probe(index), fresh=True)
         found = {
             "batch_size": len(units),
             "bisect_steps": steps,
@@ -241,8 +251,10 @@ class Verifier:
     ) -> None:
         """The culprit passed its second check: the red was a flake; check the range anew."""
         culprit = suspects.landing(index)
-        reds = [p for p in suspects.probed() if (r := self.checks.known(p)) and not r.passed]
-        self.checks.forget([c for c in [*reds, tip] if c != suspects.probe(index)])
+        reds = [
+            p for p in [*suspects.probed(), tip] if (r := self.checks.known(p)) and not r.passed
+        ]
+        self.checks.forget([c for c in reds if c != suspects.probe(index)])
         self.flakes[tip] += 1
         self.rows.verification(
             tip, started, _ms(t0), verdict="flake", confirmed=False, flake=True,
