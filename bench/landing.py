@@ -411,6 +411,7 @@ def main() -> int:
     parser.add_argument("--verify-break-rate", type=float, default=0.05)
     parser.add_argument("--verify-latency", type=float, default=10.0, help="s per model reply")
     parser.add_argument("--check-seconds", type=float, default=1.0)
+    parser.add_argument("--verify-policies", default="revert", help="e.g. revert,repair")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -429,6 +430,7 @@ def main() -> int:
         return landing_verify.main(
             __file__, kinds[-1], args.verify_workers, args.verify_tasks,
             args.verify_break_rate, args.verify_latency, args.check_seconds,
+            args.verify_policies.split(","),
         )  # fmt: skip
     W = args.workers  # noqa: N806
     results: list[Outcome] = []

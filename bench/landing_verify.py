@@ -1,7 +1,7 @@
 """`bench/landing.py --verify`: the verifier's cost and effect, through the whole product.
 
-One invocation, two swarm runs of the same scenario on one Prefect server: the verifier off, then
-on (--on-red revert). The repository check takes ~1 s (`python check.py`: a sleep, then the
+One invocation, swarm runs of the same scenario on one Prefect server: the verifier off, then on
+with each policy asked for (`--verify-policies`, default revert). The repository check takes ~1 s (`python check.py`: a sleep, then the
 repository's invariant) and the landing rate is fixed by the scripted model's latency. A share
 of the tasks (`--verify-break-rate`, 5 %) are the later half of a pair that passes alone and
 breaks together (pairs/a<k>.txt and pairs/b<k>.txt with "B-old" break the check). Printed:
@@ -57,6 +57,8 @@ def scenario(tasks: int, pairs: int, latency: float) -> tuple[dict, list[str]]:
         agents += [
             _worker(f"a{k}", a | fixed, "a[2-9]"),  # a retried `a` keeps b working
             _worker(f"b{k}", fixed, "a[2-9]"),
+            _worker(f"repair-a{k}", fixed),  # --on-red repair: the culprit's repair task
+            _worker(f"repair-b{k}", fixed),
         ]
     agents += [_worker(n, files) for n, _paths, files in plan]
     agents.insert(1, {"match": "planner/*", "steps": [c.plan_reply([
@@ -91,7 +93,8 @@ def child(params: dict) -> None:
         home=work / "home", max_cycles=1, max_workers=params["workers"],
         max_tasks_per_plan=params["tasks"], max_model_calls_at_once=max(32, params["workers"]),
         run_id=f"bench-verify-{params['mode']}", branch=BRANCH, check="python check.py",
-        verify=params["mode"] == "on", request_timeout=600,
+        verify=params["mode"] != "off", on_red=params["mode"] if params["mode"] != "off"
+        else "revert", request_timeout=600,
     )  # fmt: skip
     os.environ["OPENAI_API_KEY"] = "sk-bench"
     summary, meter, _started = c.run_swarm_measured(cfg)
@@ -114,7 +117,7 @@ def child(params: dict) -> None:
     c.child_result(
         {
             "status": summary["status"],
-            "landed": len(standing),
+            "landed": len([t for t in standing if ".repair-" not in t]),  # planned tasks only
             "work_seconds": (last - first).total_seconds(),
             "run_seconds": meter.wall,
             "cpu": meter.cpu,
@@ -198,14 +201,15 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def main(script: str, kind: str, workers: int, tasks: int, rate: float, latency: float,
-         check_seconds: float) -> int:  # fmt: skip
-    """Both runs on one server; prints the figures and one ratio line; 1 if something's off."""
+         check_seconds: float, policies: list[str]) -> int:  # fmt: skip
+    """The runs on one server (off, then each policy); prints the figures and one ratio line
+    (the first policy against off); 1 if a verified run ended red."""
     pairs = max(1, round(tasks * rate))
     scen, _ = scenario(tasks, pairs, latency)
     results = {}
     with c.prefect_server(kind) as server:
         workers = c.worker_cap(kind, workers)
-        for mode in ("off", "on"):
+        for mode in ("off", *policies):
             work = c.scratch(f"verify-{mode}")
             with c.model_server(scen, work / "model") as (url, _log):
                 params = {"work": str(work), "url": url, "workers": workers, "tasks": tasks,
@@ -219,7 +223,7 @@ def main(script: str, kind: str, workers: int, tasks: int, rate: float, latency:
             res["per_hour"] = per_hour
             share = res["green_share"]
             print(
-                f"verifier {mode:3} [{kind}, W={workers}, {tasks} tasks, {pairs} breaking pairs,"
+                f"verifier {mode:6} [{kind}, W={workers}, {tasks} tasks, {pairs} breaking pairs,"
                 f" check {check_seconds:g} s, model latency {latency:g} s]: {res['landed']} tasks"
                 f" standing in {res['work_seconds']:.1f} s = {c.fmt_rate(per_hour)}/h;"
                 f" ground truth: {res['commits']} commits, {res['breaks']} breaks, green"
@@ -229,12 +233,14 @@ def main(script: str, kind: str, workers: int, tasks: int, rate: float, latency:
                 f" status {res['status']}, CPU {res['cpu']:.0f} s",
                 flush=True,
             )
-    on, off = results["on"], results["off"]
+    on, off = results[policies[0]], results["off"]
     ratio = on["per_hour"] / off["per_hour"] if off["per_hour"] else 0.0
     print(
-        f"ratio: {ratio:.2f} (landings/h verifier on ÷ off; target >= 0.8) · green"
+        f"ratio: {ratio:.2f} (landings/h verifier on, --on-red {policies[0]}, ÷ off; target >= 0.8)"
+        " · green"
         f" {on['green_share']:.1%} of the time with the verifier (target >= 95 %), off"
         f" {off['green_share']:.1%} · mean landings from a break to green"
         f" {on['landings_to_green']}"
     )
-    return 0 if on["tip_green"] and on["still_red"] == 0 else 1
+    verified = [results[p] for p in policies]
+    return 0 if all(r["tip_green"] and r["still_red"] == 0 for r in verified) else 1

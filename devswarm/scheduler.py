@@ -150,10 +150,11 @@ class Scheduler:
             ) as planners,
         ):
             while True:
-                pending = self._start_ready(pending + self._take_inbox(), running, workers)
+                # Tasks given back (a retry, a repair) go first: the tip is red until they land.
+                pending = self._start_ready(self._take_inbox() + pending, running, workers)
                 if not running and self.settle is not None:
                     self.settle()  # the verifier may still give tasks back to this cycle
-                    pending = self._start_ready(pending + self._take_inbox(), running, workers)
+                    pending = self._start_ready(self._take_inbox() + pending, running, workers)
                 if not running:
                     for task in pending:  # waiting on tasks that will never land
                         self._skip(task, "its dependencies never landed")

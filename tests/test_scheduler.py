@@ -271,3 +271,19 @@ def test_an_unlanded_task_skips_its_dependants_that_have_not_started() -> None:
         for r in sched.run([planned("a"), planned("slow"), planned("b", ["a", "slow"])])
     }
     assert reports["a"].status == "reverted" and reports["b"].status == "skipped"
+
+
+def test_a_task_given_back_starts_before_the_tasks_still_waiting() -> None:
+    rec, started = Recorder(), []
+    sched: Scheduler
+
+    def work(task, attempt):
+        started.append(task.key)
+        if task.key == "a":
+            sched.add(planned("repair-a"))
+            time.sleep(0.05)
+        return landed(task, attempt)
+
+    sched = scheduler(rec, work, max_workers=1)
+    sched.run([planned("a"), planned("b"), planned("c")])
+    assert started == ["a", "repair-a", "b", "c"]

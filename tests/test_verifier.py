@@ -163,6 +163,8 @@ def test_a_semantic_break_is_bisected_confirmed_reverted_and_its_task_retried(
         assert "retried" in red[0]["action"]
         (task,) = records(run, "task")
         assert task["task_key"] == "c1.root.caller" and task["status"] == "reverted"
+        # A resume runs the reverted task again, and only that one.
+        assert run.landed_task_keys() == {"c1.root.rename", "c1.root.docs", "c1.root.notes"}
         assert verifier.culprits.fixes["c1.root.caller"] == 1
 
 
