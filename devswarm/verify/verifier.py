@@ -5,7 +5,7 @@ landings since the last check, cached per commit). Green: that tip is the last g
 in the run's state). Red: it bisects the landings since the last green tip with parallel probes
 (devswarm.verify.bisect), confirms the first bad one — the culprit — by checking it a second
 time (a flaky check that passes then is recorded as a flake and nothing is reverted), and acts
-on it at once (devswarm.verify.actions): a revert through the lane and the task back to the
+on it at once (devswarm.verify.culprits): a revert through the lane and the task back to the
 cycle, or a repair task for its planner. It never holds the lane while a check runs, and no
 agent ever waits on it: workers keep landing while it works.
 """
