@@ -73,12 +73,23 @@ class LandingLane:
         whose HEAD or changes are already on the branch is reported as landed (so a retried
         landing is safe).
         """
-        start = time.perf_counter()
         worktree = Path(worktree)
+        return self._through_lane(lambda: self._land_in_lane(worktree, gate))
+
+    def land_made(self, make: Callable[[str], str | LandResult]) -> LandResult:
+        """Land a commit made from the tip inside the lane: `make(tip)` returns a commit whose
+        parent is `tip` (a revert, a candidate the merge queue checked), or a LandResult that
+        refuses; then compare-and-swap and publish as land() does. `make` must be quick (plain
+        git objects, milliseconds): the lane is held while it runs."""
+        return self._through_lane(lambda: self._made_in_lane(make))
+
+    def _through_lane(self, body: Callable[[], LandResult]) -> LandResult:
+        """`body` inside the lane, timed; then publish what landed."""
+        start = time.perf_counter()
         with self._lane:
             waited = time.perf_counter() - start
             try:
-                result = self._land_in_lane(worktree, gate)
+                result = body()
             except GitError as exc:  # e.g. the worktree is gone; the branch was not touched
                 result = LandResult(status="error", reason=str(exc))
         result.wait_ms = waited * 1000
@@ -91,40 +102,19 @@ class LandingLane:
         result.duration_ms = (time.perf_counter() - start) * 1000
         return result
 
-    def land_made(self, make: Callable[[str], str | LandResult]) -> LandResult:
-        """Land a commit made from the tip inside the lane: `make(tip)` returns a commit whose
-        parent is `tip` (a revert, a candidate the merge queue checked), or a LandResult that
-        refuses; then compare-and-swap and publish as land() does. `make` must be quick (plain
-        git objects, milliseconds): the lane is held while it runs."""
-        start = time.perf_counter()
-        with self._lane:
-            waited = time.perf_counter() - start
-            result = LandResult(status="error", reason="not attempted")
-            for retries in range(MAX_CAS_RETRIES + 1):
-                tip = self.tip()
-                try:
-                    made = make(tip)
-                except GitError as exc:
-                    result = LandResult(status="error", old_tip=tip, reason=str(exc))
-                    break
-                if isinstance(made, LandResult):
-                    result = made
-                    break
-                failure = self._swap(made, tip)
-                if failure is None:
-                    result = LandResult(
-                        status="landed", commit=made, old_tip=tip, new_tip=made, cas_retries=retries
-                    )
-                    break
-                result = LandResult(status="error", cas_retries=retries, reason=first_line(failure))
-        result.wait_ms = waited * 1000
-        if result.status == "landed" and self._publishes:
-            try:
-                self.publish()
-                result.published = True
-            except UserError as exc:
-                result.reason = str(exc)
-        result.duration_ms = (time.perf_counter() - start) * 1000
+    def _made_in_lane(self, make: Callable[[str], str | LandResult]) -> LandResult:
+        result = LandResult(status="error", reason="not attempted")
+        for retries in range(MAX_CAS_RETRIES + 1):
+            tip = self.tip()
+            made = make(tip)
+            if isinstance(made, LandResult):
+                return made
+            failure = self._swap(made, tip)
+            if failure is None:
+                return LandResult(
+                    status="landed", commit=made, old_tip=tip, new_tip=made, cas_retries=retries
+                )
+            result = LandResult(status="error", cas_retries=retries, reason=first_line(failure))
         return result
 
     def _land_in_lane(self, wt: Path, gate: Callable[[str], str | None] | None) -> LandResult:

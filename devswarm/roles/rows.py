@@ -99,13 +99,31 @@ def landing_row(
     run: Run, task: PlannedTask, agent_id: str, result: LandResult, started: str, *, resolved: bool
 ) -> str:
     """The landing attempt's row; returns its landing id."""
-    landing_id = span_id(agent_id, "landing", started)
+    return write_landing(
+        run, task.cycle, task.key, agent_id, result, started, resolved=resolved, what="landing"
+    )
+
+
+def write_landing(
+    run: Run,
+    cycle: int | None,
+    task_key: str,
+    agent_id: str,
+    result: LandResult,
+    started: str,
+    *,
+    resolved: bool = False,
+    what: str = "landing",
+) -> str:
+    """A landing's row in `agent_id`'s records (a worker's, or the verifier's revert: `what`
+    tells its landing id apart); returns the landing id."""
+    landing_id = span_id(agent_id, what, started)
     run.agent_log(agent_id).write(
         "landing",
         landing_id=landing_id,
         run_id=run.run_id,
-        cycle=task.cycle,
-        task_key=task.key,
+        cycle=cycle,
+        task_key=task_key,
         agent_id=agent_id,
         branch=run.branch,
         commit_sha=result.new_tip if result.status == "landed" else result.commit,

@@ -3,12 +3,12 @@ tip, each landing's finding (landings.verified), reverted tasks, and its reverts
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from devswarm.git.landing import LandResult
 from devswarm.ids import verifier_id
 from devswarm.records import RecordLog, now, span_id
+from devswarm.roles.rows import write_landing
 
 if TYPE_CHECKING:
     from devswarm.run.run import Run
@@ -52,30 +52,9 @@ class VerifierRows:
 
     def revert_landing(self, task_key: str, cycle: int | None, result: LandResult) -> str:
         """The revert's own landing row (the lane landed it like any other); its landing id."""
-        started = now()
-        landing_id = span_id(self.agent_id, "revert", result.new_tip or "", started)
-        self.log.write(
-            "landing",
-            landing_id=landing_id,
-            run_id=self.run.run_id,
-            cycle=cycle,
-            task_key=task_key,
-            agent_id=self.agent_id,
-            branch=self.run.branch,
-            commit_sha=result.new_tip,
-            old_tip=result.old_tip,
-            new_tip=result.new_tip,
-            status=result.status,
-            cas_retries=result.cas_retries,
-            conflict_files=json.dumps(result.conflict_files),
-            resolved=False,
-            started_at=started,
-            ended_at=now(),
-            duration_ms=result.duration_ms,
-            span_id=landing_id,
-            parent_span_id=span_id(self.agent_id),
+        return write_landing(
+            self.run, cycle, task_key, self.agent_id, result, now(), what=f"revert {result.new_tip}"
         )
-        return landing_id
 
     def flush(self) -> None:
         """Into the run's store soon (off the verifier's thread)."""
