@@ -161,8 +161,7 @@ def test_a_semantic_break_is_bisected_confirmed_reverted_and_its_task_retried(
         assert len(red) == 1 and red[0]["culprit_sha"] == culprit and red[0]["confirmed"]
         assert red[0]["batch_size"] == 4 and red[0]["bisect_steps"] >= 1
         assert "retried" in red[0]["action"]
-        (task,) = records(run, "task")
-        assert task["task_key"] == "c1.root.caller" and task["status"] == "reverted"
+        assert records(run, "task") == []  # retried: its next attempt's rows say how it went
         # A resume runs the reverted task again, and only that one.
         assert run.landed_task_keys() == {"c1.root.rename", "c1.root.docs", "c1.root.notes"}
         assert verifier.culprits.fixes["c1.root.caller"] == 1
@@ -366,3 +365,22 @@ def test_a_config_file_sets_the_policy_and_refuses_an_unknown_one(tmp_path: Path
     bad.write_text('on_red = "ignore"\n')
     with pytest.raises(UserError, match=r"bad.toml: on_red: Input should be 'revert' or 'repair'"):
         read_file(bad)
+
+
+def test_a_landing_between_a_culprit_and_its_revert_was_a_red_tip(tmp_path: Path) -> None:
+    """Judged with the culprit undone it is green, but as a tip it was red: landings.verified
+    (and tip_health) record what the tip was, as git's first-parent line shows it."""
+    with a_run(tmp_path, {"lib.py": LIB, "test_lib.py": LIB_TEST}) as run:
+        verifier = Verifier(run, width=2)
+        verifier.verify(run.workspace.tip())
+        verifier.serve(Cycle([planned(run, n) for n in ("rename", "caller", "notes")]))  # type: ignore[arg-type]
+        land(run, "rename", RENAMED, verifier)
+        culprit = land(run, "caller", CALLER, verifier)
+        land(run, "notes", {"notes.txt": "n\n"}, verifier)  # lands before the verifier acts
+        verifier.verify(culprit)  # the tip it saw: the culprit's; the revert goes on top of notes
+        tip = run.workspace.tip()
+        verifier.verify(tip)
+        assert run.state.last_green == tip
+        found = {r["landing_id"]: r["verified"] for r in records(run, "landing") if "verified" in r}
+        assert found["landing-caller"] == "reverted" and found["landing-notes"] == "red"
+        assert found["landing-rename"] == "green"

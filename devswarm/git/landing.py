@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from devswarm.errors import UserError
 from devswarm.git.conflict import in_conflict, unmerged_paths
 from devswarm.git.plumbing import GitError, first_line, git, git_out, worktree_head
+from devswarm.records import now
 
 MAX_CAS_RETRIES = 50
 
@@ -41,6 +42,7 @@ class LandResult(BaseModel):
     published: bool = False  # the user's refs/heads/<branch> reached new_tip
     wait_ms: float = 0.0  # time spent waiting for the landing lane
     duration_ms: float = 0.0
+    landed_at: str | None = None  # when the branch moved (inside the lane: in branch order)
 
 
 class Lander(Protocol):
@@ -112,7 +114,12 @@ class LandingLane:
             failure = self._swap(made, tip)
             if failure is None:
                 return LandResult(
-                    status="landed", commit=made, old_tip=tip, new_tip=made, cas_retries=retries
+                    status="landed",
+                    commit=made,
+                    old_tip=tip,
+                    new_tip=made,
+                    cas_retries=retries,
+                    landed_at=now(),
                 )
             result = LandResult(status="error", cas_retries=retries, reason=first_line(failure))
         return result
@@ -172,6 +179,7 @@ class LandingLane:
                     old_tip=tip,
                     new_tip=candidate,
                     cas_retries=retries,
+                    landed_at=now(),
                 )
             # Another process moved the branch (or holds its lock): read the tip again.
             retries += 1

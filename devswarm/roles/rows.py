@@ -134,7 +134,8 @@ def write_landing(
         conflict_files=json.dumps(result.conflict_files),
         resolved=resolved and result.status == "landed",
         started_at=started,
-        ended_at=now(),
+        # When the branch moved, if it did: landings' rows then order as the branch does.
+        ended_at=result.landed_at or now(),
         duration_ms=result.duration_ms,
         span_id=landing_id,
         parent_span_id=span_id(agent_id),

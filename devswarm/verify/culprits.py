@@ -84,7 +84,6 @@ class Culprits:
         new_tip = result.new_tip or ""
         self.landed(new_tip, self.rows.revert_landing(key, task.cycle if task else None, result))
         self.mark({culprit.last: "reverted"})
-        self.rows.task_reverted(key, f"reverted by the verifier: `{self.check}` failed with it")
         run.progress.bump("landed", -1)
         if may_fix and task is not None and scheduler is not None:
             self.fixes[root] += 1
@@ -94,6 +93,9 @@ class Culprits:
         else:
             if scheduler is not None:
                 scheduler.unland(key)
+            # Only a task that is not retried ends "reverted": a retry's own rows follow at once,
+            # and an older record would fill the reason they leave empty (the store's merge).
+            self.rows.task_reverted(key, f"reverted by the verifier: `{self.check}` failed with it")
             run.progress.bump("reverted")
             done = f"reverted by {new_tip[:10]}; not retried"
         self.rows.flush()

@@ -26,6 +26,11 @@ class Suspects:
         self.indices = [i for i in range(len(units)) if i not in self.reverted]
         self._probes: dict[int, str] = {}
 
+    def shadowed(self, i: int) -> bool:
+        """Whether landing i was a tip while an earlier culprit of the range was still on the
+        branch (between the culprit and its revert): a red tip, whatever its own change."""
+        return any(j < i < at for j, at in self.reverted.items())
+
     def __len__(self) -> int:
         return len(self.indices)
 

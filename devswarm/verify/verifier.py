@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from devswarm.records import now
 from devswarm.verify.bisect import first_bad
 from devswarm.verify.culprits import Culprits
-from devswarm.verify.landings import Landing, landings_since
+from devswarm.verify.landings import landings_since
 from devswarm.verify.rows import VerifierRows
 from devswarm.verify.suspects import Suspects
 
@@ -148,7 +148,7 @@ class Verifier:
             self.verified = tip
             return
         if result.passed:
-            self._green(tip, units)
+            self._green(tip, Suspects(self.ws.clone, units))
             self.rows.verification(
                 tip, started, _ms(t0), verdict="green", batch_size=len(units), bisect_steps=0
             )
@@ -187,7 +187,7 @@ class Verifier:
         if again is not None and again.passed:
             self._flake(tip, suspects, index, started, t0, found, result.output)
             return
-        self._found(units, suspects.indices[index])
+        self._found(suspects, suspects.indices[index])
         if self.red_since is None:
             self.red_since = time.monotonic()
         action, moved = self.culprits.act(culprit, (again or result).output, tip)
@@ -212,10 +212,10 @@ class Verifier:
 
     # -- findings ----------------------------------------------------------------------------
 
-    def _green(self, tip: str, units: list[Landing]) -> None:
+    def _green(self, tip: str, suspects: Suspects) -> None:
         self.run.state.last_green = tip
         self.run.save_state()
-        self._mark({u.last: "green" for u in units if u.last not in self.findings})
+        self._mark(self._tips(suspects, range(len(suspects.units))))
         self.run.progress.set_tip(f"green at {tip[:10]}")
         if self.red_since is not None:
             self.run.progress.emit(
@@ -224,13 +224,24 @@ class Verifier:
             )
             self.red_since = None
 
-    def _found(self, units: list[Landing], index: int) -> None:
-        """Before the culprit green, the culprit itself, after it red (it is on the tip)."""
-        verdicts = {u.last: "green" for u in units[:index] if u.last not in self.findings}
+    def _found(self, suspects: Suspects, index: int) -> None:
+        """Before the culprit green (but where an earlier culprit was still on the branch), the
+        culprit itself, after it red (it is on the tip)."""
+        units = suspects.units
+        verdicts = self._tips(suspects, range(index))
         verdicts[units[index].last] = "culprit"
         verdicts |= {u.last: "red" for u in units[index + 1 :]}
         self._mark(verdicts)
         self.run.progress.set_tip(f"red since task {units[index].task}")
+
+    def _tips(self, suspects: Suspects, indices: range) -> dict[str, str]:
+        """What the landings not judged yet were as tips: green, or red while an earlier
+        culprit was still on the branch."""
+        return {
+            suspects.units[i].last: "red" if suspects.shadowed(i) else "green"
+            for i in indices
+            if suspects.units[i].last not in self.findings
+        }
 
     def _mark(self, verdicts: dict[str, str]) -> None:
         self.findings.update(verdicts)
