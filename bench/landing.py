@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
+import landing_verify  # noqa: E402
 
 BRANCH = "devswarm/bench"
 
@@ -405,33 +406,15 @@ def main() -> int:
     parser.add_argument("--no-product", action="store_true")
     parser.add_argument("--product-only", action="store_true")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--verify", action="store_true", help="the verifier on vs off")
-    parser.add_argument("--verify-tasks", type=int, default=40)
-    parser.add_argument("--verify-workers", type=int, default=4)
-    parser.add_argument("--verify-break-rate", type=float, default=0.05)
-    parser.add_argument("--verify-latency", type=float, default=10.0, help="s per model reply")
-    parser.add_argument("--check-seconds", type=float, default=1.0)
-    parser.add_argument("--verify-policies", default="revert", help="e.g. revert,repair")
+    landing_verify.add_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         params = json.loads(args.child)
-        if params.pop("verify", False):
-            import landing_verify
-
-            landing_verify.child(params)
-        else:
-            child(params)
+        (landing_verify.child if params.pop("verify", False) else child)(params)
         return 0
     if args.verify:
-        import landing_verify
-
-        kinds = c.server_kinds(args.server)
-        return landing_verify.main(
-            __file__, kinds[-1], args.verify_workers, args.verify_tasks,
-            args.verify_break_rate, args.verify_latency, args.check_seconds,
-            args.verify_policies.split(","),
-        )  # fmt: skip
+        return landing_verify.main_from(__file__, args)
     W = args.workers  # noqa: N806
     results: list[Outcome] = []
     print(f"W={W} concurrent workers; lane and naive: {args.rounds} commits each; "

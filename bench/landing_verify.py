@@ -16,6 +16,7 @@ breaks together (pairs/a<k>.txt and pairs/b<k>.txt with "B-old" break the check)
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -244,3 +245,24 @@ def main(script: str, kind: str, workers: int, tasks: int, rate: float, latency:
     )
     verified = [results[p] for p in policies]
     return 0 if all(r["tip_green"] and r["still_red"] == 0 for r in verified) else 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """bench/landing.py's flags for this bench."""
+    parser.add_argument("--verify", action="store_true", help="the verifier on vs off")
+    parser.add_argument("--verify-tasks", type=int, default=40)
+    parser.add_argument("--verify-workers", type=int, default=4)
+    parser.add_argument("--verify-break-rate", type=float, default=0.05)
+    parser.add_argument("--verify-latency", type=float, default=10.0, help="s per model reply")
+    parser.add_argument("--check-seconds", type=float, default=1.0)
+    parser.add_argument("--verify-policies", default="revert", help="e.g. revert,repair")
+
+
+def main_from(script: str, args: argparse.Namespace) -> int:
+    """main() with bench/landing.py's parsed flags (PostgreSQL where installed, with --server
+    both)."""
+    return main(
+        script, c.server_kinds(args.server)[-1], args.verify_workers, args.verify_tasks,
+        args.verify_break_rate, args.verify_latency, args.check_seconds,
+        args.verify_policies.split(","),
+    )  # fmt: skip
