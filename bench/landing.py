@@ -4,6 +4,7 @@
     python bench/landing.py --workers 8 --rounds 2 --no-product
     python bench/landing.py --product-only --server postgres --product-tasks 64
     python bench/landing.py --profile             # where the landing path's time goes, per git command
+    python bench/landing.py --verify              # the verifier on vs off (bench/landing_verify.py)
 
 Three ways to land, in the same run, on the same kind of repository:
 - lane:    devswarm's landing path alone (devswarm.git.workspace.Workspace: worktree at the tip →
@@ -37,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
+import landing_verify  # noqa: E402
 
 BRANCH = "devswarm/bench"
 
@@ -404,11 +406,15 @@ def main() -> int:
     parser.add_argument("--no-product", action="store_true")
     parser.add_argument("--product-only", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    landing_verify.add_arguments(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(json.loads(args.child))
+        params = json.loads(args.child)
+        (landing_verify.child if params.pop("verify", False) else child)(params)
         return 0
+    if args.verify:
+        return landing_verify.main_from(__file__, args)
     W = args.workers  # noqa: N806
     results: list[Outcome] = []
     print(f"W={W} concurrent workers; lane and naive: {args.rounds} commits each; "

@@ -153,6 +153,13 @@ class SwarmConfig(BaseModel):
     conflict_turns: Turns = 2
     check_turns: Turns = 2
     command_timeout: Amount = 300.0
+    # The verifier (devswarm.verify): checks the tip after landings, bisects a red one to its
+    # culprit and acts on it during the cycle. Needs `check`.
+    verify: bool = True
+    on_red: Literal["revert", "repair"] = "revert"  # what happens to a confirmed culprit
+    max_repairs: Turns = 2  # retries of a reverted task, or repairs, per culprit
+    # Strict mode: the check runs on each landing candidate before the branch moves (merge queue).
+    verify_before_land: bool = False
     # Agents' commands, checks and setup run in a sandbox (bubblewrap); False only when the user
     # says --no-sandbox: then agents can read the key and write the user's files.
     sandbox: bool = True

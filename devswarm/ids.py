@@ -10,6 +10,7 @@ agent ids, so its model calls hit Prefect's cache, and its records upsert the sa
     follow-up  <planner id>/followup-<task id>
     worker     worker/<run>/c<cycle>/<plan path>/<task id>/a<attempt>
     judge      judge/<run>/c<cycle>
+    verifier   verifier/<run>                             (its reverts' Devswarm-Agent)
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ _SLUG = re.compile(r"[^a-z0-9-]+")
 _FILE_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 # Commit trailers: git history joins DuckDB through them (field name -> trailer key).
-TRAILERS = {"run": "Devswarm-Run", "task": "Devswarm-Task", "agent": "Devswarm-Agent"}
+TRAILERS = {
+    "run": "Devswarm-Run",
+    "task": "Devswarm-Task",
+    "agent": "Devswarm-Agent",
+    "revert": "Devswarm-Revert",  # on the verifier's reverts: the commit reverted
+}
 
 # Prefect run names (templates over the flow's parameters; Prefect fills them in), in ASCII:
 # the Prefect UI's older run graph drops every other character. They are lookup keys too:
@@ -96,9 +102,23 @@ def probe_id(run_id: str, model: str) -> str:
     return f"preflight/{run_id}/{model}"
 
 
+def verifier_id(run_id: str) -> str:
+    return f"verifier/{run_id}"
+
+
+def repair_task_id(task_id: str) -> str:
+    """The id of the repair task for a culprit's task (its key: task_key(...) of it)."""
+    return slug(f"repair-{task_id}")
+
+
 def trailers(run_id: str, task: str, agent_id: str) -> dict[str, str]:
     """The trailers of a worker's commit."""
     return {TRAILERS["run"]: run_id, TRAILERS["task"]: task, TRAILERS["agent"]: agent_id}
+
+
+def revert_trailers(run_id: str, task: str, reverted: str) -> dict[str, str]:
+    """The trailers of the verifier's revert of `reverted`, a landing of task `task`."""
+    return {**trailers(run_id, task, verifier_id(run_id)), TRAILERS["revert"]: reverted}
 
 
 def swarm_run_names(run_id: str) -> list[str]:

@@ -26,6 +26,7 @@ def _panel(started: float) -> Table:
         "US$",
         "conflicts",
         "sandbox",
+        "tip",
         "elapsed",
     ):
         table.add_column(col)
@@ -40,13 +41,14 @@ def _panel(started: float) -> Table:
             str(b["conflicts"]),
             # Turned off, it is what the user should not miss: in capitals, in red.
             "on" if run.config.sandbox else "[bold red]OFF[/bold red]",
+            run.progress.tip,
             f"{time.monotonic() - started:.0f} s",
         ]
     for row in _last_rows.values():
         table.add_row(*row)
     if not _last_rows:
         table.add_row(
-            "(starting Prefect)", "", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
+            "(starting Prefect)", "", "", "", "", "", "", "", f"{time.monotonic() - started:.0f} s"
         )
     return table
 

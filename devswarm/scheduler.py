@@ -6,11 +6,14 @@ updated, and the handoff given to the planner that owns the task, which may add 
 (bounded per cycle) while other workers still run. The cycle ends when nothing is pending or
 running and nobody holds it open.
 
-Tasks join a running cycle through one thread-safe entry, `Scheduler.add(tasks)`: planners hand
-their tasks to it the moment they return them (while sub-planners and siblings still plan), and
-anything else that finds work during the cycle (the verifier's retries and repairs) does the
-same. Whoever may still add tasks holds the cycle open with `Scheduler.hold()`; the scheduler's
-producers (run(producers=...): the cycle's planner tree) are held for as long as they run.
+Tasks join a running cycle through thread-safe entries: `add(tasks)` — planners hand their
+tasks to it the moment they return them (while sub-planners and siblings still plan), and the
+verifier a repair task; `retry(task)` — the verifier gives a reverted task back as its next
+attempt; `unland(key)` — a reverted task that will not run again. Tasks given back start before
+those still waiting (the tip is red until they land). Whoever may still add tasks holds the
+cycle open with `hold()`; the scheduler's producers (run(producers=...): the cycle's planner
+tree) are held for as long as they run; and when nothing is pending or running, `settle` (the
+verifier's) is waited for before the cycle ends, so what it gives back still runs in it.
 """
 
 from __future__ import annotations
@@ -75,9 +78,11 @@ class Scheduler:
         landed: set[str] | None = None,
         on_landed_before: Callable[[PlannedTask], None] | None = None,
         on_branch: Callable[[], set[str]] = set,
+        settle: Callable[[], None] | None = None,
     ) -> None:
         """`landed`: task keys already on the branch (a resumed run's); `on_branch`: the task
-        keys on the branch now, read before a crashed worker's task is resubmitted."""
+        keys on the branch now, read before a crashed worker's task is resubmitted; `settle`:
+        waited for when nothing is pending or running (the verifier)."""
         self.work, self.followup = work, followup
         self.should_stop, self.tip = should_stop, tip
         self.on_report, self.on_skip = on_report, on_skip
@@ -89,20 +94,48 @@ class Scheduler:
         self.landed: set[str] = set(landed or ())  # task keys already on the branch (resume)
         self.on_landed_before = on_landed_before
         self.on_branch = on_branch
+        self.settle = settle
         self.reports: dict[str, WorkerReport] = {}
+        self.tasks: dict[str, PlannedTask] = {}  # every task of the cycle by key
+        self.attempts: dict[str, int] = {}  # key -> the last attempt started
         self.followups = 0
         self._lock = threading.Lock()
-        self._inbox: list[PlannedTask] = []  # added, not yet seen by the run loop
+        self._inbox: list[tuple[str, PlannedTask | str]] = []  # not yet seen by the run loop
+        self._deferred: list[PlannedTask] = []  # retries waiting for their last attempt's report
+        self._active: set[str] = set()  # keys with an attempt running
         self._holds = 0
         self._wake: Future[None] = Future()  # completed by add and by a hold's release
 
-    def add(self, tasks: Iterable[PlannedTask]) -> None:
+    def add(self, tasks: Iterable[PlannedTask], *, first: bool = False) -> None:
         """Thread-safe: `tasks` join the cycle and start as soon as their dependencies (keys of
         tasks added with them or before) have landed and a worker is free; a key already on the
         branch counts as landed and does not run again. Added before `run`, they start with it;
-        added after the cycle ended, they are never run (hold the cycle open to add later)."""
+        added after the cycle ended, they are never run (hold the cycle open to add later).
+        `first`: ahead of the tasks still waiting (a repair: the tip is red until it lands)."""
+        self._post([("first" if first else "add", t) for t in tasks])
+
+    def retry(self, task: PlannedTask) -> None:
+        """Thread-safe: a task that landed, run again as its next attempt (its landing was
+        reverted); it starts once its last attempt has reported."""
+        self._post([("retry", task)])
+
+    def unland(self, key: str) -> None:
+        """Thread-safe: a landed task's landing was reverted and it will not run again: its
+        dependants that have not started are skipped."""
+        self._post([("unland", key)])
+
+    def task(self, key: str) -> PlannedTask | None:
+        """The cycle's task with this key (None if it is not this cycle's)."""
+        return self.tasks.get(key)
+
+    def settled(self, key: str) -> bool:
+        """Whether no attempt of this task is running (its last report is in)."""
         with self._lock:
-            self._inbox.extend(tasks)
+            return key not in self._active
+
+    def _post(self, items: list[tuple[str, PlannedTask | str]]) -> None:
+        with self._lock:
+            self._inbox.extend(items)
             self._wake_up()
 
     @contextlib.contextmanager
@@ -141,6 +174,10 @@ class Scheduler:
             while True:
                 wake, held = self._take(pending)
                 pending = self._start_ready(pending, running, workers)
+                if not running and not held and self.settle is not None:
+                    self.settle()  # the verifier may still give tasks back to this cycle
+                    wake, held = self._take(pending)
+                    pending = self._start_ready(pending, running, workers)
                 if not running and not held:
                     for task in pending:  # waiting on tasks that will never land
                         self._skip(task, "its dependencies never landed")
@@ -155,12 +192,10 @@ class Scheduler:
                         continue
                     report = self._work_result(fut, task, attempt)
                     if report is None:  # its process died once: resubmitted, fresh worktree
-                        running[submit(workers, self.work, task, attempt + 1)] = (
-                            "work",
-                            task,
-                            attempt + 1,
-                        )
+                        self._submit(workers, running, task, attempt + 1)
                         continue
+                    with self._lock:
+                        self._active.discard(task.key)
                     self.reports[task.key] = report
                     if report.status == "landed":
                         self.landed.add(task.key)
@@ -197,14 +232,33 @@ class Scheduler:
             self._wake_up()
 
     def _take(self, pending: list[PlannedTask]) -> tuple[Future, bool]:
-        """Move added tasks to `pending`; the future that the next add or release completes,
-        and whether the cycle is held open."""
+        """Move what arrived to `pending` (tasks given back first); the future that the next
+        arrival or release completes, and whether the cycle is held open."""
         with self._lock:
             if self._wake.done():
                 self._wake = Future()
-            pending.extend(self._inbox)
-            self._inbox.clear()
-            return self._wake, self._holds > 0
+            items, self._inbox = self._inbox, []
+            active, wake, held = set(self._active), self._wake, self._holds > 0
+        items = [("retry", t) for t in self._deferred] + items
+        self._deferred = []
+        first: list[PlannedTask] = []
+        for kind, item in items:
+            if isinstance(item, str):  # unland
+                self.landed.discard(item)
+                if item in self.reports:
+                    self.reports[item] = self.reports[item].model_copy(
+                        update={"status": "reverted", "reason": "its landing was reverted"}
+                    )
+            elif kind == "retry" and item.key in active:
+                self._deferred.append(item)
+            else:
+                if kind == "retry":
+                    self.landed.discard(item.key)
+                    self.reports.pop(item.key, None)
+                self.tasks[item.key] = item
+                (first if kind in ("retry", "first") else pending).append(item)
+        pending[:0] = first
+        return wake, held
 
     def _wake_up(self) -> None:
         """Wake the run loop (called with the lock held)."""
@@ -230,11 +284,19 @@ class Scheduler:
             elif all(d in self.landed for d in task.depends_on) and busy < self.max_workers:
                 if task.depends_on:  # start from the tip that holds its dependencies
                     task.base_commit = self.tip()
-                running[submit(pool, self.work, task, 1)] = ("work", task, 1)
+                self._submit(pool, running, task, self.attempts.get(task.key, 0) + 1)
                 busy += 1
             else:
                 left.append(task)
         return left
+
+    def _submit(
+        self, pool: ThreadPoolExecutor, running: dict, task: PlannedTask, attempt: int
+    ) -> None:
+        self.attempts[task.key] = attempt
+        with self._lock:
+            self._active.add(task.key)
+        running[submit(pool, self.work, task, attempt)] = ("work", task, attempt)
 
     def _skip(self, task: PlannedTask, reason: str) -> None:
         self.reports[task.key] = WorkerReport(

@@ -8,13 +8,13 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from devswarm.git.landing import LandResult
-from devswarm.git.workspace import Workspace
+from devswarm.git.landing import Lander, LandResult
 from devswarm.ids import LAND_RUN_NAME
 
 
 @task(name="land", task_run_name=LAND_RUN_NAME, cache_policy=NO_CACHE, retries=0)
-def land(workspace: Workspace, worktree: Path, agent_id: str) -> LandResult:
-    """Land a worker's commit on the branch through the process's landing lane (`agent_id`,
-    the worker's, names the Prefect task run)."""
-    return workspace.land(worktree)
+def land(lane: Lander, worktree: Path, agent_id: str) -> LandResult:
+    """Land a worker's commit on the branch through the process's landing lane, or in strict
+    mode through the verifier's merge queue (`agent_id`, the worker's, names the Prefect task
+    run)."""
+    return lane.land(worktree)

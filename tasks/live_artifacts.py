@@ -63,7 +63,7 @@ def tip_state(run: Run) -> str:
     tip = run.workspace.tip()
     if not run.config.check:
         return f"`{tip[:10]}` (no repository check)"
-    check = run.checks.cached(tip)
+    check = run.checks.known(tip)
     state = "not checked yet" if check is None else "passes" if check.passed else "fails"
     return f"`{tip[:10]}` {state} `{run.config.check}`"
 

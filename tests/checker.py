@@ -8,7 +8,8 @@ hide itself by being used to check its own work.
 What it verifies (`check` lists every problem; `assert_sound` fails with all of them):
 - every commit reported landed (tasks, landings, runs) is reachable from the branch tip, in the
   user's repository and in devswarm's private clone, and the two tips agree;
-- no task landed twice (the `Devswarm-Run` / `Devswarm-Task` trailers on the branch);
+- no task landed twice (the `Devswarm-Run` / `Devswarm-Task` trailers on the branch), except
+  after its own revert (a commit with `Devswarm-Revert: <its last landing>`);
 - DuckDB matches git: the tasks a run says landed are exactly the tasks whose trailers are on
   the branch; every task ended landed or with a reason;
 - DuckDB matches the model server: one model_calls row per HTTP attempt the orchestrator saw,
@@ -82,19 +83,50 @@ def reachable(repo: Path, commit: str, tip: str) -> bool:
 
 def trailers(repo: Path, tip: str) -> list[tuple[str, str | None, str | None]]:
     """(commit, run, task) for every commit reachable from `tip` (None where a trailer is absent)."""
+    return [(c, run, task) for c, run, task, _revert in trailers_with_reverts(repo, tip)]
+
+
+def trailers_with_reverts(
+    repo: Path, tip: str
+) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(commit, run, task, reverted commit) for every commit reachable from `tip`, newest first;
+    the last is the `Devswarm-Revert` trailer of a verifier's revert (None on other commits)."""
     fmt = (
         "%H%x1f%(trailers:key=Devswarm-Run,valueonly,separator=%x2C)%x1f"
-        "%(trailers:key=Devswarm-Task,valueonly,separator=%x2C)%x1e"
+        "%(trailers:key=Devswarm-Task,valueonly,separator=%x2C)%x1f"
+        "%(trailers:key=Devswarm-Revert,valueonly,separator=%x2C)%x1e"
     )
     out = git(repo, "log", f"--format={fmt}", tip)
     found = []
     for record in out.split("\x1e"):
         parts = record.strip("\n").split("\x1f")
-        if len(parts) != 3:
+        if len(parts) != 4:
             continue
-        commit, run, task = (p.strip() for p in parts)
-        found.append((commit, run or None, task or None))
+        commit, run, task, revert = (p.strip() for p in parts)
+        found.append((commit, run or None, task or None, revert or None))
     return found
+
+
+def landings_per_task(
+    on_branch: list[tuple[str, str | None, str | None, str | None]],
+) -> tuple[dict[tuple[str | None, str], bool], list[str]]:
+    """From trailers_with_reverts (newest first): whether each (run, task) stands landed at the
+    tip, and the tasks that landed twice without their own revert in between."""
+    standing: dict[tuple[str | None, str], str | None] = {}  # -> its standing landing, or None
+    twice = []
+    for commit, run, task, revert in reversed(on_branch):
+        if not task:
+            continue
+        key = (run, task)
+        if revert:
+            if standing.get(key) != revert:
+                twice.append(f"{run}/{task} (a revert of {revert[:12]}, not its landing)")
+            standing[key] = None
+        elif standing.get(key):
+            twice.append(f"{run}/{task}")
+        else:
+            standing[key] = commit
+    return {k: v is not None for k, v in standing.items()}, sorted(twice)
 
 
 # -- the request log ------------------------------------------------------------------------------
@@ -353,12 +385,12 @@ def _check_git_and_store(
         if theirs is not None and theirs != tip:
             f.problem(f"the clone's {branch} is {theirs[:12]}, the user's is {tip[:12]}")
 
-    on_branch = trailers(repo, tip)
-    pairs = Counter((run, task) for _c, run, task in on_branch if task)
-    twice = sorted(f"{run}/{task}" for (run, task), n in pairs.items() if n > 1)
+    on_branch = trailers_with_reverts(repo, tip)
+    standing, twice = landings_per_task(on_branch)
     if twice:
         f.problem(f"tasks landed more than once: {twice}")
-    f.facts["commits_with_trailers"] = sum(pairs.values())
+    f.facts["commits_with_trailers"] = sum(1 for _c, _r, task, _v in on_branch if task)
+    f.facts["reverts"] = sum(1 for *_x, revert in on_branch if revert)
 
     marks = ",".join("?" * len(run_ids)) or "NULL"
     reported: set[str] = set()
@@ -381,7 +413,7 @@ def _check_git_and_store(
                 "SELECT task_key FROM tasks WHERE run_id = ? AND status = 'landed'", [run_id]
             ).fetchall()
         }
-        landed_git = {task for (run, task) in pairs if run == run_id}
+        landed_git = {task for (run, task), up in standing.items() if run == run_id and up}
         if landed_db != landed_git:
             f.problem(
                 f"run {run_id}: DuckDB says landed {sorted(landed_db - landed_git)} not on the "

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEVSWARM = Path(sys.executable).parent / "devswarm"
 CHARTS = [
     "chart-landings",
+    "chart-tip",
     "chart-tokens-role",
     "chart-cost-role",
     "chart-tokens-agent",

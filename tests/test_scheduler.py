@@ -345,3 +345,87 @@ def test_start_gate_lets_a_few_subflows_start_at_once_and_opens_on_failure() -> 
     assert (
         time.monotonic() - t0 < 1.5
     )  # bodies overlap: 6 × 0.05 s of starts + 0.2 s, not 12 × 0.25
+
+
+# -- tasks added to a running cycle (the verifier's retries and repairs) ----------------------
+
+
+def test_a_retry_runs_as_the_next_attempt_after_its_last_attempt_reported() -> None:
+    """A landing reverted while its worker still writes its report: the retry waits for that
+    report, then runs as attempt 2 and its report replaces the first."""
+    rec, started = Recorder(), []
+    sched: Scheduler
+
+    def work(task, attempt):
+        started.append((task.key, attempt))
+        if attempt == 1 and task.key == "a":
+            sched.retry(task)  # posted before this attempt has returned its report
+            time.sleep(0.1)
+        return landed(task, attempt)
+
+    sched = scheduler(rec, work)
+    reports = {r.task_key: r for r in sched.run([planned("a"), planned("b", ["a"])])}
+    assert started.count(("a", 1)) == 1 and ("a", 2) in started
+    assert reports["a"].agent_id == "w-a-2" and sched.attempts["a"] == 2
+    assert sched.settled("a")
+
+
+def test_settle_is_waited_for_and_what_it_adds_runs_in_the_cycle() -> None:
+    rec, calls = Recorder(), []
+    sched: Scheduler
+
+    def settle() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:  # the verifier found a culprit: a repair task for its planner
+            sched.add([planned("repair-a")], first=True)
+
+    sched = scheduler(rec, landed, settle=settle)
+    reports = {r.task_key: r.status for r in sched.run([planned("a")])}
+    assert reports == {"a": "landed", "repair-a": "landed"}
+    assert len(calls) == 2 and sched.task("repair-a") is not None
+
+
+def test_an_unlanded_task_skips_its_dependants_that_have_not_started() -> None:
+    rec = Recorder()
+    sched: Scheduler
+    go = threading.Event()
+
+    def work(task, attempt):
+        if task.key == "slow":
+            go.wait(5)
+        return landed(task, attempt)
+
+    def settle() -> None:
+        return None
+
+    sched = scheduler(rec, work, settle=settle)
+
+    def revert_then_release() -> None:
+        while "a" not in sched.landed:
+            time.sleep(0.01)
+        sched.unland("a")
+        time.sleep(0.1)
+        go.set()
+
+    threading.Thread(target=revert_then_release, daemon=True).start()
+    reports = {
+        r.task_key: r
+        for r in sched.run([planned("a"), planned("slow"), planned("b", ["a", "slow"])])
+    }
+    assert reports["a"].status == "reverted" and reports["b"].status == "skipped"
+
+
+def test_a_task_given_back_starts_before_the_tasks_still_waiting() -> None:
+    rec, started = Recorder(), []
+    sched: Scheduler
+
+    def work(task, attempt):
+        started.append(task.key)
+        if task.key == "a":
+            sched.add([planned("repair-a")], first=True)
+            time.sleep(0.05)
+        return landed(task, attempt)
+
+    sched = scheduler(rec, work, max_workers=1)
+    sched.run([planned("a"), planned("b"), planned("c")])
+    assert started == ["a", "repair-a", "b", "c"]

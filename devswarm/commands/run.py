@@ -102,6 +102,24 @@ def run(
         str | None,
         typer.Option(help="Shared git remote for --executor deployment (default: one in <home>)"),
     ] = None,
+    on_red: Annotated[
+        str | None,
+        typer.Option(
+            help="When a landing turns the check red: revert it and retry its task, or give "
+            "its planner a repair task [default: revert]"
+        ),
+    ] = None,
+    max_repairs: Annotated[
+        int | None,
+        typer.Option(help="Retries of a reverted task, or repair tasks, per culprit [default: 2]"),
+    ] = None,
+    verify_before_land: Annotated[
+        bool,
+        typer.Option(
+            "--verify-before-land",
+            help="Strict mode: run the check on each landing candidate before the branch moves",
+        ),
+    ] = False,
 ) -> None:
     """Run a swarm on a repository against any OpenAI-compatible endpoint."""
     from devswarm import settings
@@ -116,6 +134,10 @@ def run(
         blocks_layer, key = _blocks(repository_block, provider_block, warehouse_block)
         if executor is not None and executor not in ("local", "deployment"):
             raise UserError(f"--executor must be local or deployment, not {executor!r}")
+        if on_red is not None and on_red not in ("revert", "repair"):
+            raise UserError(f"--on-red must be revert or repair, not {on_red!r}")
+        if max_repairs is not None and max_repairs < 0:
+            raise UserError(f"--max-repairs must be 0 or more, not {max_repairs}")
         if remote is not None:
             from devswarm.git.remote import remote_url
 
@@ -135,6 +157,9 @@ def run(
             "executor": executor,
             "remote": remote,
             "sandbox": False if no_sandbox else None,
+            "on_red": on_red,
+            "max_repairs": max_repairs,
+            "verify_before_land": True if verify_before_land else None,
             "models": settings.models_layer(model, planner_model, worker_model, judge_model),
             "budget": {"max_cost_usd": max_cost, "max_tokens": max_tokens},
         }

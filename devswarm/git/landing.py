@@ -16,15 +16,18 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel
 
 from devswarm.errors import UserError
+from devswarm.git.changes import Merged, revert_change
 from devswarm.git.conflict import in_conflict, unmerged_paths
 from devswarm.git.plumbing import GitError, first_line, git
 from devswarm.git.refs import worktree_head
 from devswarm.git.replay import replay
+from devswarm.git.trailers import message_with_trailers
+from devswarm.records import now
 
 MAX_CAS_RETRIES = 50
 
@@ -49,6 +52,13 @@ class LandResult(BaseModel):
     publish_error: str | None = None
     wait_ms: float = 0.0  # time spent waiting for the landing lane
     duration_ms: float = 0.0
+    landed_at: str | None = None  # when the branch moved (inside the lane: in branch order)
+
+
+class Lander(Protocol):
+    """What lands a worker's worktree: the workspace's lane, or the verifier's merge queue."""
+
+    def land(self, worktree: Path) -> LandResult: ...
 
 
 class LandingLane:
@@ -79,12 +89,23 @@ class LandingLane:
         whose HEAD or changes are already on the branch is reported as landed (so a retried
         landing is safe).
         """
-        start = time.perf_counter()
         worktree = Path(worktree)
+        return self._through_lane(lambda: self._land_in_lane(worktree, gate))
+
+    def land_made(self, make: Callable[[str], str | LandResult]) -> LandResult:
+        """Land a commit made from the tip inside the lane: `make(tip)` returns a commit whose
+        parent is `tip` (a revert, a candidate the merge queue checked), or a LandResult that
+        refuses; then compare-and-swap and publish as land() does. `make` must be quick (plain
+        git objects, milliseconds): the lane is held while it runs."""
+        return self._through_lane(lambda: self._made_in_lane(make))
+
+    def _through_lane(self, body: Callable[[], LandResult]) -> LandResult:
+        """`body` inside the lane, timed; then publish what landed."""
+        start = time.perf_counter()
         with self._lane:
             waited = time.perf_counter() - start
             try:
-                result = self._land_in_lane(worktree, gate)
+                result = body()
             except GitError as exc:  # e.g. the worktree is gone; the branch was not touched
                 result = LandResult(status="error", reason=str(exc))
         result.wait_ms = waited * 1000
@@ -97,6 +118,46 @@ class LandingLane:
                 result.reason = str(exc)
         result.duration_ms = (time.perf_counter() - start) * 1000
         return result
+
+    def _made_in_lane(self, make: Callable[[str], str | LandResult]) -> LandResult:
+        result = LandResult(status="error", reason="not attempted")
+        for retries in range(MAX_CAS_RETRIES + 1):
+            tip = self.tip()
+            made = make(tip)
+            if isinstance(made, LandResult):
+                return made
+            failure = self._swap(made, tip)
+            if failure is None:
+                return LandResult(
+                    status="landed",
+                    commit=made,
+                    old_tip=tip,
+                    new_tip=made,
+                    cas_retries=retries,
+                    landed_at=now(),
+                )
+            result = LandResult(status="error", cas_retries=retries, reason=first_line(failure))
+        return result
+
+    def revert(self, first: str, last: str, message: str, trailers: dict[str, str]) -> LandResult:
+        """Land, through the lane, a commit on the tip that undoes the commits `first..last`
+        (first included): status "conflict" with the files when later landings changed the
+        same lines (nothing lands then)."""
+        text = message_with_trailers(message, trailers)
+
+        def make(tip: str) -> str | LandResult:
+            made = revert_change(self.clone, first, last, tip, text)
+            if isinstance(made, Merged):
+                return LandResult(
+                    status="conflict",
+                    commit=last,
+                    old_tip=tip,
+                    conflict_files=made.conflicts,
+                    reason=f"the revert of {last[:12]} conflicts in {', '.join(made.conflicts)}",
+                )
+            return made
+
+        return self.land_made(make)
 
     def _land_in_lane(self, wt: Path, gate: Callable[[str], str | None] | None) -> LandResult:
         if in_conflict(wt):
@@ -144,6 +205,7 @@ class LandingLane:
                     new_tip=candidate,
                     cas_retries=retries,
                     how=how,
+                    landed_at=now(),
                 )
             # Another process moved the branch (or holds its lock): read the tip again.
             retries += 1

@@ -39,7 +39,7 @@ def message_with_trailers(message: str, trailers: dict[str, str]) -> str:
 
 def read_trailers(clone: Path, rev_range: str) -> list[dict[str, str | None]]:
     """Commits in `rev_range`, oldest first, with their devswarm trailers: {"commit",
-    "subject", "run", "task", "agent"} (None when a trailer is absent)."""
+    "subject", "run", "task", "agent", "revert"} (None when a trailer is absent)."""
     fields = ["%H", "%s"] + [f"%(trailers:key={k},valueonly,unfold)" for k in TRAILERS.values()]
     fmt = "%x1f".join(fields) + "%x1e"
     out = git(
@@ -156,6 +156,10 @@ class LandedTasks:
                 "--",
             ).stdout.strip()
         for row in read_trailers(self.clone, f"{since}..{tip}" if since else tip):
-            if row["run"] and row["task"]:  # the first landing of a task, if it ever landed twice
+            if not (row["run"] and row["task"]):
+                continue
+            if row.get("revert"):  # the verifier undid the task's landing: it may land again
+                index.landed.pop((row["run"], row["task"]), None)
+            else:  # the first landing of a task, if it ever landed twice
                 index.landed.setdefault((row["run"], row["task"]), str(row["commit"]))
         index.tip = tip

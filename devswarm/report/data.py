@@ -53,6 +53,8 @@ class RunReport(BaseModel):
     latency: list[dict[str, Any]]  # model_latency
     tool_errors: list[dict[str, Any]]
     prefect: dict[str, Any]  # counts from the imported Prefect history (zeros if none)
+    tips: list[dict[str, Any]] = []  # each tip a landing made: seconds, verified, is_revert
+    tip_health: dict[str, Any] = {}  # tip_health (empty without a verifier)
 
 
 def _rows(store: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -119,4 +121,14 @@ def load_report(store: Any, run_id: str | None = None) -> RunReport:
             " FROM prefect_task_runs WHERE run_id = $1",
             p,
         )[0],
+        tips=_rows(
+            store,
+            "SELECT date_diff('microsecond', r.started_at, l.ended_at) / 1e6 AS seconds,"
+            " l.verified, starts_with(coalesce(l.agent_id, ''), 'verifier/') AS is_revert"
+            " FROM landings l JOIN runs r USING (run_id)"
+            " WHERE l.run_id = ? AND l.status = 'landed' AND l.ended_at IS NOT NULL"
+            " AND l.new_tip IS DISTINCT FROM l.old_tip ORDER BY l.ended_at",
+            p,
+        ),
+        tip_health=next(iter(_rows(store, "SELECT * FROM tip_health WHERE run_id = ?", p)), {}),
     )

@@ -12,7 +12,14 @@ from typing import Any
 
 from devswarm.report.data import RunReport, load_report
 from devswarm.report.formats import money, percent, seconds, short_agent, thousands
-from devswarm.report.svg import COLORS, STATUS_COLORS, escape, hbar_chart, timeline_chart
+from devswarm.report.svg import (
+    COLORS,
+    STATUS_COLORS,
+    escape,
+    hbar_chart,
+    timeline_chart,
+    tip_chart,
+)
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1100px;
@@ -90,6 +97,13 @@ def render_html(report: RunReport) -> str:
     charts = {
         "landings": timeline_chart(
             "chart-landings", "Landings over time", landed, conflicts, r["wall_seconds"] or 0.0
+        ),
+        "tip": tip_chart(
+            "chart-tip",
+            "The branch tip: green, red, not checked (ticks: landings; dark: the verifier's reverts)",
+            [(x["seconds"], _tip_state(x["verified"]), x["is_revert"]) for x in report.tips],
+            r["wall_seconds"] or 0.0,
+            _tip_note(report.tip_health),
         ),
         "tokens-role": hbar_chart(
             "chart-tokens-role",
@@ -227,6 +241,7 @@ def render_html(report: RunReport) -> str:
 <details><summary>Goal</summary><pre>{escape(r["goal"] or "")}</pre></details>
 <h2>Progress</h2>
 {charts["landings"]}
+{charts["tip"]}
 <h2>Spend</h2>
 <div class="grid2">{charts["tokens-role"]}{charts["cost-role"]}</div>
 {roles}
@@ -242,6 +257,23 @@ def render_html(report: RunReport) -> str:
 devswarm sql "SELECT * FROM role_metrics WHERE run_id = '{escape(rid)}'"</p>
 </body></html>
 """
+
+
+def _tip_state(verified: str | None) -> str | None:
+    if verified is None:
+        return None
+    return "green" if verified == "green" else "red"
+
+
+def _tip_note(health: dict[str, Any]) -> str:
+    if not health or health.get("green_share") is None:
+        return "no verifier findings"
+    to_green = health.get("mean_seconds_to_green")
+    return (
+        f"green {percent(health['green_share'])} of the time · {health['breaks']} break(s), "
+        f"{health['reverts']} revert(s), {health['flakes']} flake(s)"
+        + (f" · green again after {seconds(to_green)} on average" if to_green is not None else "")
+    )
 
 
 def write_html_report(db: Path, run_id: str | None, out: Path) -> Path:

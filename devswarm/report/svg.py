@@ -1,4 +1,5 @@
-"""Charts as inline SVG: horizontal bars and the landings timeline (no script, no network)."""
+"""Charts as inline SVG: horizontal bars, the landings timeline and the tip's health (no
+script, no network)."""
 
 from __future__ import annotations
 
@@ -171,5 +172,46 @@ def timeline_chart(
     parts.append(
         f'<text x="{left + pw}" y="12" text-anchor="end" class="small">'
         f"{len(landed)} landed, {len(conflicts)} conflict(s) · time since the run started</text>"
+    )
+    return _figure(chart_id, title, "".join(parts), height)
+
+
+TIP_COLORS = {"green": "#5a9e6f", "red": "#b5534f", None: "#cccccc"}
+
+
+def tip_chart(
+    chart_id: str, title: str, tips: list[tuple[float, str | None, bool]], end: float, note: str
+) -> str:
+    """The branch tip over the run: a band green where the check passed on the tip, red where
+    it failed, grey where nobody checked; a tick per landing, a dark one per revert.
+    `tips`: (seconds since the start, "green" | "red" | None, is a revert), in time order."""
+    if not tips:
+        return _empty(chart_id, title, "no landings")
+    left, right, top, band, height = 50, 20, 22, 28, 86
+    span = max([end, *(t for t, _, _ in tips), 1e-9])
+    pw = _W - left - right
+
+    def px(t: float) -> float:
+        return left + pw * min(t, span) / span
+
+    parts = [f'<rect x="{left}" y="{top}" width="{pw}" height="{band}" fill="#eeeeee"/>']
+    for i, (t, state, _revert) in enumerate(tips):
+        until = tips[i + 1][0] if i + 1 < len(tips) else span
+        parts.append(
+            f'<rect x="{px(t):.1f}" y="{top}" width="{max(px(until) - px(t), 0.5):.1f}"'
+            f' height="{band}" fill="{TIP_COLORS.get(state, TIP_COLORS[None])}">'
+            f"<title>{escape(state or 'not checked')} from {t:.1f} s</title></rect>"
+        )
+    for t, _state, revert in tips:
+        color = "#222222" if revert else "#ffffff"
+        parts.append(
+            f'<line x1="{px(t):.1f}" y1="{top + band}" x2="{px(t):.1f}" y2="{top + band + 8}"'
+            f' stroke="{color if revert else "#999999"}" stroke-width="{2 if revert else 1}"/>'
+        )
+    parts.append(
+        f'<text x="{left}" y="{top + band + 24}" class="small">0 s</text>'
+        f'<text x="{left + pw}" y="{top + band + 24}" text-anchor="end" class="small">'
+        f"{span:.0f} s</text>"
+        f'<text x="{left + pw}" y="14" text-anchor="end" class="small">{escape(note)}</text>'
     )
     return _figure(chart_id, title, "".join(parts), height)

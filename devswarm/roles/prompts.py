@@ -181,3 +181,48 @@ def red_tip(check: str, output: str, commits: list[str]) -> str:
         f"Its output (end):\n{output}\n"
         f"Commits landed since the check last passed:\n{listing}"
     )
+
+
+# The line that starts the verifier's note in a retried task's description (notes of earlier
+# retries are replaced, not stacked).
+REVERTED_NOTE = "YOUR EARLIER LANDING OF THIS TASK WAS REVERTED."
+
+
+def reverted(check: str, output: str) -> str:
+    """Added to a task the verifier reverted and gives back: why, and what to do now."""
+    return (
+        f"{REVERTED_NOTE} With it on the branch, together with other workers' changes that "
+        f"landed around the same time, the repository check `{check}` failed (it passed "
+        "without it). You start again from the branch tip, which no longer has your change. "
+        "Do the task again so that it works with what is on the branch now, and run the "
+        f"check before you finish. The check's output (end):\n{output}"
+    )
+
+
+def repair(check: str, output: str, title: str, diff: str) -> str:
+    return (
+        f"The repository check `{check}` fails on the branch tip since the landing of the task "
+        f"'{title}' (it passed before that landing). That change is probably fine on its own "
+        "and clashes with something else that landed (a renamed function, a changed "
+        "signature, a moved file). Make the check pass again with the smallest change that "
+        "keeps both intentions; do not revert the other work, and do not weaken or skip tests.\n"
+        f"The check's output (end):\n{output}\n\nThe landing's diff:\n{diff}"
+    )
+
+
+def red_gate(check: str, output: str) -> str:
+    return (
+        f"The repository check `{check}` fails on the branch tip right now (another landing "
+        "broke it; it is being handled). Your change cannot land: applied to the last commit "
+        "where the check passed it makes the check fail, so it adds a failure of its own, and "
+        "it does not make the tip pass either. Output of the check with your change on the "
+        f"last passing commit:\n\n{output}\n\nFix your change, then call `finish` again."
+    )
+
+
+def candidate_failed(check: str, reason: str) -> str:
+    return (
+        f"Your change was put on the current branch tip, and the repository check `{check}` "
+        f"fails there, so it cannot land (strict mode checks what would land):\n\n{reason}\n\n"
+        "Make your change work with what is on the branch now, then call `finish` again."
+    )

@@ -97,13 +97,33 @@ def task_row(
 
 def landing_row(
     run: Run, task: PlannedTask, agent_id: str, result: LandResult, started: str, *, resolved: bool
-) -> None:
+) -> str:
+    """The landing attempt's row; returns its landing id."""
+    return write_landing(
+        run, task.cycle, task.key, agent_id, result, started, resolved=resolved, what="landing"
+    )
+
+
+def write_landing(
+    run: Run,
+    cycle: int | None,
+    task_key: str,
+    agent_id: str,
+    result: LandResult,
+    started: str,
+    *,
+    resolved: bool = False,
+    what: str = "landing",
+) -> str:
+    """A landing's row in `agent_id`'s records (a worker's, or the verifier's revert: `what`
+    tells its landing id apart); returns the landing id."""
+    landing_id = span_id(agent_id, what, started)
     run.agent_log(agent_id).write(
         "landing",
-        landing_id=span_id(agent_id, "landing", started),
+        landing_id=landing_id,
         run_id=run.run_id,
-        cycle=task.cycle,
-        task_key=task.key,
+        cycle=cycle,
+        task_key=task_key,
         agent_id=agent_id,
         branch=run.branch,
         commit_sha=result.new_tip if result.status == "landed" else result.commit,
@@ -116,11 +136,13 @@ def landing_row(
         conflict_files=json.dumps(result.conflict_files),
         resolved=resolved and result.status == "landed",
         started_at=started,
-        ended_at=now(),
+        # When the branch moved, if it did: landings' rows then order as the branch does.
+        ended_at=result.landed_at or now(),
         duration_ms=result.duration_ms,
-        span_id=span_id(agent_id, "landing", started),
+        span_id=landing_id,
         parent_span_id=span_id(agent_id),
     )
+    return landing_id
 
 
 def record_landed_before(run: Run, task: PlannedTask) -> None:

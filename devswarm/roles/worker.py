@@ -12,8 +12,8 @@ from typing import Any
 
 from devswarm.agent.loop import Agent
 from devswarm.git.conflict import ConflictError
-from devswarm.git.landing import LandResult
-from devswarm.git.workspace import CommitRefused, Workspace
+from devswarm.git.landing import Lander, LandResult
+from devswarm.git.workspace import CommitRefused
 from devswarm.ids import file_safe, trailers, worker_id
 from devswarm.model.errors import ModelCallError
 from devswarm.records import now
@@ -24,16 +24,18 @@ from devswarm.run.run import Run
 from devswarm.scheduler import already_landed
 from devswarm.schemas import PlannedTask, WorkerReport
 from devswarm.tools.toolbox import Toolbox
+from devswarm.verify.gate import repository_gate
 
-LandFn = Callable[[Workspace, Path, str], LandResult]  # (workspace, worktree, agent id)
+# (the lane: the workspace, or the merge queue in strict mode; worktree; agent id)
+LandFn = Callable[[Lander, Path, str], LandResult]
 
 
 def task_worker_id(run: Run, task: PlannedTask, attempt: int = 1) -> str:
     return worker_id(run.run_id, task.cycle, task.plan_path, task.spec.id, attempt)
 
 
-def _land_plain(workspace: Workspace, worktree: Path, _agent_id: str) -> LandResult:
-    return workspace.land(worktree)
+def _land_plain(lane: Lander, worktree: Path, _agent_id: str) -> LandResult:
+    return lane.land(worktree)
 
 
 def work_task(
@@ -143,8 +145,9 @@ def _settle(report: WorkerReport, outcome: Any) -> None:
 def _finish(
     run: Run, agent: Agent, task: PlannedTask, wt: Path, report: WorkerReport, land: LandFn
 ) -> LandResult | None:
-    """After the agent finishes: checks (with turns back to the agent), commit, land, conflicts.
-    The landing when it landed."""
+    """After the agent finishes: its task's check, commit, the repository gate, land; a failed
+    check, a refused commit or a conflict goes back to the agent within bounds. The landing
+    when it landed."""
     cfg = run.config
     ws = run.workspace
     check_turns = conflict_turns = 0
@@ -153,22 +156,37 @@ def _finish(
         if o.status != "finished":
             report.status, report.reason = o.status, o.reason
             return None
-        # The task's own check, then the repository check in no-regression mode.
         failure: str | None = None
-        if task.check:
+        if task.check:  # the task's own check
             res = run.checks.run(task.check, wt)
             narrate.check(run, "worker", agent.agent_id, "task check", res)
             if not res.passed:
                 failure = prompts.check_failed(task.check, res.output)
                 report.reason = f"task check `{task.check}` failed"
-        if failure is None and cfg.check:
-            before = run.checks.at(task.base_commit)
-            if before is not None and before.passed:
-                res = run.checks.run(cfg.check, wt)
-                narrate.check(run, "worker", agent.agent_id, "repository check", res)
-                if not res.passed:
-                    failure = prompts.regression(cfg.check, res.output)
-                    report.reason = f"the change turns the passing check `{cfg.check}` red"
+        if failure is None:
+            try:
+                sha = ws.commit(
+                    wt, _commit_message(task), trailers(run.run_id, task.key, report.agent_id)
+                )
+            except ConflictError as exc:  # the agent finished with conflict markers left
+                if conflict_turns > cfg.conflict_turns:
+                    report.status = "abandoned"
+                    report.reason = f"conflict markers left in {', '.join(exc.files)}"
+                    return None
+                conflict_turns += 1
+                agent.tell(prompts.conflict(exc.files, []))
+                agent.run()
+                continue
+            except CommitRefused as exc:  # e.g. a repository inside the worktree: it can go
+                failure, report.reason = str(exc), str(exc)
+            else:
+                if sha is None and not ws.changed_files(wt, task.base_commit):
+                    report.status = "failed"
+                    report.reason = "the worker finished without changing anything"
+                    return None
+                # The repository check, gated on the last green tip while the tip is red.
+                if refused := repository_gate(run, wt):
+                    failure, report.reason = refused
         if failure is not None:
             if check_turns >= cfg.check_turns:
                 report.status = "failed"
@@ -177,39 +195,25 @@ def _finish(
             agent.tell(failure)
             agent.run()
             continue
-        try:
-            sha = ws.commit(
-                wt, _commit_message(task), trailers(run.run_id, task.key, report.agent_id)
-            )
-        except ConflictError as exc:  # the agent finished with conflict markers left
-            if conflict_turns > cfg.conflict_turns:
-                report.status = "abandoned"
-                report.reason = f"conflict markers left in {', '.join(exc.files)}"
-                return None
-            conflict_turns += 1
-            agent.tell(prompts.conflict(exc.files, []))
-            agent.run()
-            continue
-        except CommitRefused as exc:  # e.g. a repository inside the worktree: it can remove it
-            if check_turns >= cfg.check_turns:
-                report.status, report.reason = "failed", str(exc)
-                return None
-            check_turns += 1
-            agent.tell(str(exc))
-            agent.run()
-            continue
-        if sha is None and not ws.changed_files(wt, task.base_commit):
-            report.status, report.reason = "failed", "the worker finished without changing anything"
-            return None
         started = now()
-        result = land(ws, wt, report.agent_id)
-        landing_row(run, task, report.agent_id, result, started, resolved=conflict_turns > 0)
+        result = land(run.merge_queue or ws, wt, report.agent_id)
+        landing_id = landing_row(
+            run, task, report.agent_id, result, started, resolved=conflict_turns > 0
+        )
         narrate.landing(run, task, report.agent_id, result, conflict_turns)
         if result.status == "landed":
+            if run.verifier is not None and result.new_tip != result.old_tip:
+                run.verifier.landed(landing_id, result.new_tip)
             report.status, report.commit, report.reason = "landed", result.new_tip, None
             report.published, report.publish_error = result.published, result.publish_error
             report.conflicts = conflict_turns
             return result
+        if result.status == "refused" and check_turns < cfg.check_turns:
+            # Strict mode: the check failed on the landing candidate (the change on the tip).
+            check_turns += 1
+            agent.tell(prompts.candidate_failed(cfg.check or "", result.reason or ""))
+            agent.run()
+            continue
         if result.status != "conflict":
             report.status, report.reason = "failed", f"landing {result.status}: {result.reason}"
             return None

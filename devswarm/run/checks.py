@@ -71,25 +71,31 @@ class Checks:
             output=self.redact(result.output),
         )
 
-    def at(self, commit: str) -> CheckResult | None:
-        """The repository check at a commit, run once per commit in a scratch worktree."""
+    def at(self, commit: str, *, fresh: bool = False) -> CheckResult | None:
+        """The repository check at a commit, run once per commit in a scratch worktree;
+        `fresh` runs it again and keeps the new result (the verifier's confirmation of a red)."""
         command = self.config.check
         if not command:
             return None
         with self._lock:
             lock = self._check_locks.setdefault(commit, threading.Lock())
         with lock:
-            if commit not in self._results:
+            if fresh or commit not in self._results:
                 name = f"check-{commit[:12]}-{threading.get_ident()}"
                 with self.workspace.worktree(name, commit) as wt:
                     self.setup(wt, commit)
                     self._results[commit] = self.run(command, wt)
             return self._results[commit]
 
-    def cached(self, commit: str) -> CheckResult | None:
-        """The repository check at `commit` if it already ran (never runs it)."""
+    def known(self, commit: str) -> CheckResult | None:
+        """The cached result of the repository check at a commit, without running it."""
+        return self._results.get(commit)
+
+    def forget(self, commits: list[str]) -> None:
+        """Drop cached results (red ones a flaky check may have given): checked anew next time."""
         with self._lock:
-            return self._results.get(commit)
+            for commit in commits:
+                self._results.pop(commit, None)
 
     def setup(self, worktree: Path, base: str) -> CheckResult | None:
         """The setup command in a fresh worktree at commit `base`.

@@ -6,6 +6,7 @@ of a cycle is what the next cycle's planners start from (a summary, not transcri
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from devswarm.run.run import Run
 from devswarm.scheduler import DRAINED, FollowupFn, Scheduler, WorkFn
 from devswarm.schemas import PlannedTask, Verdict, WorkerReport
 from devswarm.settings import api_key_from_env
+from devswarm.verify.queue import MergeQueue
+from devswarm.verify.verifier import Verifier
 
 
 def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
@@ -45,11 +48,33 @@ def start_run(config: SwarmConfig, flow_run_id: str | None = None) -> Run:
             f"spent before this resume: {spent:,} tokens, ${run.ledger.cost:.4f}; "
             "calls answered then replay free"
         )
+    start_verifier(run)
     return run
+
+
+def start_verifier(run: Run) -> None:
+    """The verifier beside the landing lane, and in strict mode the merge queue in front of it:
+    only where this process lands (workers of --executor deployment land through the shared
+    remote, out of this process's sight), and only with a repository check."""
+    cfg = run.config
+    if not cfg.check or cfg.executor != "local":
+        return
+    if cfg.verify_before_land:
+        run.merge_queue = MergeQueue(run, width=max(1, min(4, os.cpu_count() or 1)))
+    if cfg.verify:
+        run.verifier = Verifier(run).start()
+
+
+def stop_verifier(run: Run) -> None:
+    if run.merge_queue is not None:
+        run.merge_queue.stop()
+    if run.verifier is not None:
+        run.verifier.stop()
 
 
 def end_run(run: Run, status: str, flow_run_id: str | None = None) -> Path | None:
     """Record the run's end, import every record, merge into the warehouse; the HTML report."""
+    stop_verifier(run)
     run.record_run(status, len(run.state.cycles), flow_run_id)
     try:  # landings a failed publish left in the clone get another try before the run ends
         run.workspace.publish()
@@ -81,6 +106,8 @@ def cycle_scheduler(
 
     def on_report(task: PlannedTask, report: WorkerReport) -> None:
         run.progress.count_report(report)
+        if run.verifier is not None:
+            run.verifier.task_ended(task.key, report.status)
         files = [run.dir / "records" / "swarm.jsonl"] + (
             [Path(report.records)] if report.records else []
         )
@@ -91,7 +118,7 @@ def cycle_scheduler(
         settled_event(run, report)
 
     followup_fn: FollowupFn = lambda task, report: followup(run.run_id, task, report)  # noqa: E731
-    return Scheduler(
+    scheduler = Scheduler(
         work=work,
         followup=followup_fn,
         should_stop=run.should_stop,
@@ -104,7 +131,11 @@ def cycle_scheduler(
         landed=run.landed_task_keys(),
         on_landed_before=lambda task: record_landed_before(run, task),
         on_branch=run.landed_task_keys,
+        settle=run.verifier.settle if run.verifier is not None else None,
     )
+    if run.verifier is not None:
+        run.verifier.serve(scheduler)  # it gives reverted tasks and repairs back to this cycle
+    return scheduler
 
 
 def settled_event(run: Run, report: WorkerReport) -> None:
@@ -154,6 +185,8 @@ def plan_and_work(
 
 def finish_cycle(run: Run, cycle: int, verdict: Verdict, reports: list[WorkerReport]) -> None:
     """Record the cycle and what the next one starts from (a summary, not transcripts)."""
+    if run.verifier is not None:
+        run.verifier.serve(None)  # what it finds from now on is the next cycle's first job
     tip = run.workspace.tip()
     check = run.checks.at(tip)
     if check is None or check.passed:

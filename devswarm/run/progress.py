@@ -18,6 +18,7 @@ from devswarm.schemas import WorkerReport
 
 # Counters that are not a task's outcome (the rest are report statuses: landed, failed, ...).
 NOT_OUTCOMES = frozenset({"landed", "planned", "planning", "working", "conflicts"})
+# "reverted" is an outcome: a task whose landing the verifier reverted and that is not retried.
 
 EventName = Literal[
     "task.landed",  # a worker's commit reached the branch
@@ -47,6 +48,11 @@ class Progress:
         self.hot_files: Counter[str] = Counter()  # conflicts per file, this run and earlier ones
         self.listeners = list(listeners)
         self.sinks = list(sinks)
+        self.tip = "unchecked"  # the tip's state, as the verifier last said (the live panel)
+
+    def set_tip(self, state: str) -> None:
+        """The branch tip's state in a few words (green at ..., red since task ..., checking)."""
+        self.tip = state
 
     def emit(self, line: str) -> None:
         """One event line for whoever watches (the live panel, CI logs, the swarm run's log)."""

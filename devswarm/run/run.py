@@ -39,6 +39,10 @@ from devswarm.server.folder import ROOT_DEFAULT_DIR, server_dir
 from devswarm.store.warehouse import publish_run, run_store_path
 
 if TYPE_CHECKING:
+    from devswarm.verify.queue import MergeQueue
+    from devswarm.verify.verifier import Verifier
+
+if TYPE_CHECKING:
     from devswarm.scheduler import Scheduler
 
 _log = logging.getLogger("devswarm")
@@ -129,6 +133,10 @@ class Run:
         self.scheduler: Scheduler | None = None  # the running cycle's (run.cycles.plan_and_work)
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()  # one state.json writer at a time
+        # The orchestrator's verifier and, in strict mode, its merge queue (run/cycles.py
+        # start_run starts them; a worker process has neither).
+        self.verifier: Verifier | None = None
+        self.merge_queue: MergeQueue | None = None
         self._logs: dict[str, RecordLog] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         if worker_clones is None:  # the orchestrator's files; a worker process leaves them be

@@ -133,6 +133,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE landings ADD COLUMN publish_error VARCHAR",
         ),
     ),
+    Migration(
+        7,
+        "verifications",
+        (
+            # The verifier (devswarm.verify): one row per tip it verified, and what each
+            # landing turned out to be (green, red, culprit, reverted).
+            "CREATE TABLE IF NOT EXISTS verifications (verification_id VARCHAR, run_id VARCHAR,"
+            " commit_sha VARCHAR, verdict VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,"
+            " duration_ms DOUBLE, batch_size INTEGER, bisect_steps INTEGER, culprit_sha VARCHAR,"
+            " culprit_task_key VARCHAR, culprit_landing_id VARCHAR, confirmed BOOLEAN,"
+            " flake BOOLEAN, action VARCHAR, action_commit VARCHAR, output_excerpt VARCHAR,"
+            " recorded_at TIMESTAMP, PRIMARY KEY (verification_id))",
+            "ALTER TABLE landings ADD COLUMN verified VARCHAR",
+        ),
+    ),
 )
 
 

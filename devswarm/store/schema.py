@@ -116,7 +116,18 @@ TABLES: dict[str, Table] = {
                 " ended_at:timestamp duration_ms:double"
                 + _SPAN
                 + _LATER_COLUMNS
-                + " published:bool publish_error"
+                + " published:bool publish_error verified"  # verified: green | red | culprit | reverted
+            ),
+        ),
+        # The verifier's checks of the tip: one row per verified tip (devswarm.verify).
+        Table(
+            "verifications",
+            ("verification_id",),
+            _cols(
+                "verification_id run_id commit_sha verdict started_at:timestamp"
+                " ended_at:timestamp duration_ms:double batch_size:int bisect_steps:int"
+                " culprit_sha culprit_task_key culprit_landing_id confirmed:bool flake:bool"
+                " action action_commit output_excerpt"
             ),
         ),
         # Prefect's view of a run, copied from its API by `devswarm history import`. Keyed by
@@ -164,6 +175,7 @@ _ALIASES |= {o: n for n, o in RENAMED_TABLES.items()}
 TEXT_LIMITS: dict[tuple[str, str], int] = {
     ("tool_calls", "arguments"): 4096,
     ("tool_calls", "output_excerpt"): 2048,
+    ("verifications", "output_excerpt"): 4096,
 }
 
 

@@ -24,6 +24,7 @@ VIEWS: tuple[str, ...] = (
     "hot_files",
     "tool_errors",
     "model_latency",
+    "tip_health",
 )
 
 
