@@ -122,6 +122,8 @@ def test_a_semantic_break_is_bisected_confirmed_reverted_and_its_task_retried(
     tmp_path: Path,
 ) -> None:
     with a_run(tmp_path, {"lib.py": LIB, "test_lib.py": LIB_TEST}) as run:
+        events: list[tuple[str, dict]] = []
+        run.progress.sinks.append(lambda name, fields: events.append((name, fields)))
         verifier = Verifier(run, width=2)
         verifier.verify(run.workspace.tip())
         green = run.state.last_green
@@ -145,8 +147,12 @@ def test_a_semantic_break_is_bisected_confirmed_reverted_and_its_task_retried(
         assert prompts.REVERTED_NOTE in retry.spec.description
         assert "sum_of" in retry.spec.description or "total" in retry.spec.description
 
+        assert events == [("tip.turned-red", {"commit": red_tip, "culprit": culprit,
+                                              "task": "c1.root.caller"})]  # fmt: skip
         verifier.verify(tip)  # the revert's tip is green: the last green tip moves there
         assert run.state.last_green == tip
+        assert [name for name, _ in events] == ["tip.turned-red", "tip.turned-green"]
+        assert events[1][1]["commit"] == tip and events[1][1]["red_seconds"] >= 0
         found = {r["landing_id"]: r["verified"] for r in records(run, "landing") if "verified" in r}
         (revert_row,) = [r for r in records(run, "landing") if "verified" not in r]
         assert revert_row["agent_id"] == "verifier/v1" and revert_row["new_tip"] == tip

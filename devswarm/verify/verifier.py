@@ -12,6 +12,7 @@ agent ever waits on it: workers keep landing while it works.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -60,7 +61,10 @@ class Verifier:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Verifier:
-        self._thread = threading.Thread(target=self._loop, name="verifier", daemon=True)
+        # In the caller's context: what it sends (events, logs) goes where the caller's would.
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), name="verifier",
+                                        daemon=True)  # fmt: skip
         self._thread.start()
         return self
 
@@ -190,6 +194,9 @@ class Verifier:
         self._found(suspects, suspects.indices[index])
         if self.red_since is None:
             self.red_since = time.monotonic()
+            self.run.progress.notify(
+                "tip.turned-red", commit=tip, culprit=culprit.last, task=culprit.task
+            )
         action, moved = self.culprits.act(culprit, (again or result).output, tip)
         self.rows.verification(
             tip, started, _ms(t0), verdict="red", confirmed=True, flake=False, action=action,
@@ -218,10 +225,11 @@ class Verifier:
         self._mark(self._tips(suspects, range(len(suspects.units))))
         self.run.progress.set_tip(f"green at {tip[:10]}")
         if self.red_since is not None:
+            red_seconds = round(time.monotonic() - self.red_since, 1)
             self.run.progress.emit(
-                f"verifier: tip green again at {tip[:10]} after"
-                f" {time.monotonic() - self.red_since:.0f} s"
+                f"verifier: tip green again at {tip[:10]} after {red_seconds:.0f} s"
             )
+            self.run.progress.notify("tip.turned-green", commit=tip, red_seconds=red_seconds)
             self.red_since = None
 
     def _found(self, suspects: Suspects, index: int) -> None:
