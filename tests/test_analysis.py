@@ -128,7 +128,8 @@ def test_role_and_agent_metrics_equal_the_request_log(demo: SimpleNamespace) -> 
         if r["usage"]:
             costs[role] += cost(r["usage"])
     roles = {x["role"]: x for x in query(demo.db, "SELECT * FROM role_metrics")}
-    assert set(roles) == {"planner", "worker", "judge"}
+    # The capabilities probe at preflight is a model call too (it costs tokens): role preflight.
+    assert set(roles) == {"preflight", "planner", "worker", "judge"}
     total_tokens = sum(c["in"] + c["out"] for c in per_role.values())
     for role, c in per_role.items():
         row = roles[role]
@@ -139,7 +140,9 @@ def test_role_and_agent_metrics_equal_the_request_log(demo: SimpleNamespace) -> 
     assert roles["planner"]["failed_calls"] == 1  # the injected 429
     assert sum(x["cost_share"] for x in roles.values()) == pytest.approx(1.0)
     agents = {x["agent_id"]: x for x in query(demo.db, "SELECT * FROM agent_metrics")}
-    assert set(agents) == set(per_agent)
+    # The probe is no agent: agent_metrics holds the planners, workers and judges.
+    assert set(agents) == {a for a in per_agent if not a.startswith("preflight/")}
+    per_agent = {a: c for a, c in per_agent.items() if a in agents}
     for agent, c in per_agent.items():
         row = agents[agent]
         assert (row["calls"], row["input_tokens"], row["output_tokens"]) == (
@@ -245,8 +248,11 @@ def test_prefect_history_joins_tasks_agents_and_calls(demo: SimpleNamespace) -> 
         " FROM prefect_task_runs p LEFT JOIN model_calls l USING (agent_id, step)"
         " WHERE p.task_name = 'model-call' GROUP BY ALL",
     )
-    steps = {(r["agent"], r["step"]) for r in demo.requests}
-    assert {(c["agent_id"], c["step"]) for c in calls} == steps
+    # The preflight probe runs before the swarm flow: a model call, not a Prefect task run.
+    steps = {
+        (r["agent"], r["step"]) for r in demo.requests if not r["agent"].startswith("preflight/")
+    }
+    assert len(steps) < len(demo.requests) and {(c["agent_id"], c["step"]) for c in calls} == steps
     assert all(c["run_count"] == c["attempts"] == c["retries"] + 1 for c in calls)
     assert sorted(c["attempts"] for c in calls)[-2:] == [1, 2]
     lands = query(
@@ -266,8 +272,13 @@ def test_each_model_call_row_records_the_cache_key_prefect_stored_its_answer_und
 ) -> None:
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
 
-    keys = query(demo.db, "SELECT cache_key, http_status FROM model_calls")
-    assert len(keys) == len(demo.requests) and all(k["cache_key"] for k in keys)
+    keys = query(demo.db, "SELECT cache_key, http_status, agent_id FROM model_calls")
+    assert len(keys) == len(demo.requests)
+    # The capabilities probe is asked afresh each run (the server may have changed): no cache.
+    probes = [k for k in keys if k["agent_id"].startswith("preflight/")]
+    assert len(probes) == 1 and probes[0]["cache_key"] is None
+    keys = [k for k in keys if k not in probes]
+    assert keys and all(k["cache_key"] for k in keys)
     # Prefect names each cached answer's file by its cache key (the 429 and its retry share one).
     stored = {p.name for p in Path(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value()).iterdir()}
     ours = {k for k in stored if k.startswith(f"devswarm-{demo.run_id}-")}
