@@ -264,8 +264,9 @@ def test_example_automation_pauses_the_nightly_deployment_when_its_swarm_runs_ou
                 lambda: client.read_deployment_by_name("swarm-from-blocks/nightly"),
                 lambda found: found.paused,
             )
-        finished = nightly.events("devswarm.run.finished")
-        triggered = nightly.events("prefect.automation.triggered")
+        # The automation acts on the event stream; the events' rows may be written after.
+        finished = eventually(lambda: nightly.events("devswarm.run.finished"), bool)
+        triggered = eventually(lambda: nightly.events("prefect.automation.triggered"), bool)
     worker_output = (tmp_path / "worker.log").read_text()
     assert flow_run.state.is_failed(), f"{flow_run.state}\n{worker_output[-3000:]}"
     assert flow_run.state.message.startswith("budget exhausted (tokens); 0 task(s) landed")

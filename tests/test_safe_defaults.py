@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from devswarm.config import Models, SwarmConfig
+from devswarm.offline.server import ModelServer, Scenario
 from devswarm.records import read_records
 from devswarm.run.cycles import start_run
 from devswarm.run.run import Run
@@ -61,7 +62,7 @@ def _config(tmp_path: Path, repo: Path, **options: object) -> SwarmConfig:
     return SwarmConfig(
         goal="Test goal.",
         repo=repo,
-        base_url="http://127.0.0.1:9/v1",  # never called: these runs start no agent
+        base_url=options.pop("base_url", "http://127.0.0.1:9/v1"),  # unless given: never called
         models=Models.single("offline-model"),
         home=options.pop("home", tmp_path / "data"),
         run_id=options.pop("run_id", "safe"),
@@ -185,7 +186,9 @@ def test_the_key_leaves_the_environment_once_read(
     # The flow's start reads it the same way when the CLI handed nothing over.
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     repo = make_repo(tmp_path / "user", {"a.txt": "a\n"})
-    run = start_run(_config(tmp_path, repo, run_id="key-env"))
+    # The start probes the endpoint with the key it read: a real (offline) server answers.
+    with ModelServer(Scenario.from_data({"agents": []})) as server:
+        run = start_run(_config(tmp_path, repo, run_id="key-env", base_url=server.url))
     try:
         assert run.config.api_key.get_secret_value() == KEY
         assert "OPENAI_API_KEY" not in os.environ
