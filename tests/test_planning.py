@@ -306,7 +306,9 @@ def test_no_barrier_fast_workers_report_and_follow_up_before_the_slow_one_ends(
     swarm_run, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path / "user", FILES)
-    slow = [{**s, "latency": 6.0} for s in write_and_finish("slow.txt", "slow\n")]
+    # Slow enough that the fast ones start, land and are followed up on a loaded machine too
+    # (work flow runs have taken up to 15 s to start on the temporary server under load).
+    slow = [{**s, "latency": 15.0} for s in write_and_finish("slow.txt", "slow\n")]
     scenario = {
         "agents": [
             {"match": "planner/*/root/followup-fast0", "steps": [plan_reply()]},
