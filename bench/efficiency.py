@@ -9,8 +9,8 @@ model calls in flight (the swarm's max_model_calls_at_once) and W workers at onc
 the swarm's max_workers; default C). With W > C, workers beyond C start while others' calls are
 in flight and wait for a slot, oldest worker first (devswarm.model.client.ModelSlots). Each
 worker's calls are k − 1 `list_files` steps and a last step that writes its file and finishes,
-so every worker also commits and lands. The planner and the judge answer at once (latency 0),
-unless `--planner-latency P`: then every planner answers after P s, and with `--sub-planners S`
+so every worker also commits and lands. The planner, the judge and the capability probe answer
+at once (latency 0), unless `--planner-latency P`: then every planner answers after P s, and with `--sub-planners S`
 the root planner keeps 1/(S+1) of the tasks and hands the rest to S sub-planners (one scope
 each). It also prints the time from the run's start to the first worker start: P when the
 root's tasks need not wait for the sub-planners, 2 P when they do. The ideal is the model
@@ -78,6 +78,9 @@ def scenario(
         agents.append({"match": f"worker/*/{name}/*", "steps": steps})
     agents[1:1] = planners(specs, planner_latency, subs)
     agents.append(c.JUDGE_DONE)
+    # The capability probe at the run's start is a one-token answer: at once, like the judge's
+    # (with the workers' L it would add L seconds to the run's start that no real server takes).
+    agents.append({"match": "preflight/*", "steps": [{"content": "ok", "latency": 0}]})
     return {"latency": latency, "agents": agents}
 
 

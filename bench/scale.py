@@ -49,10 +49,14 @@ def child(params: dict) -> None:
         FlowRunFilterParentFlowRunId,
     )
 
+    from devswarm.ids import swarm_run_names
+
     states: dict[str, int] = {}
     with get_client(sync_client=True) as client:
         frontier = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["swarm · bench-efficiency"]))
+            flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=swarm_run_names("bench-efficiency"))
+            )
         )
         while frontier:  # the whole tree, page by page (hundreds of worker subflows)
             for fr in frontier:
@@ -176,7 +180,9 @@ def main() -> int:
             verdicts[kind] = None
             continue
         states = res["flow_run_states"]
-        bad_flows = sum(n for s, n in states.items() if s != "COMPLETED")
+        # The swarm, its planner, its judge and a work run per agent; a missing one is an error.
+        missing = max(0, args.N + 3 - sum(states.values()))
+        bad_flows = sum(n for s, n in states.items() if s != "COMPLETED") + missing
         errors = res["failed_calls"] + (args.N - res["landed"]) + bad_flows
         cores = res["cpu"] / res["wall"]
         verdicts[kind] = (errors, cores, res["peak_rss"])
