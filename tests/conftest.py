@@ -23,17 +23,38 @@ GIT_ENV = {
 }
 
 
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+# The tests' own git: no hooks, no fsmonitor, no signing, and no machine's global or system
+# config (so no driver, filter or identity of whoever runs the tests, and none planted by one).
+_SAFE = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "commit.gpgsign=false",
+)
+
+
+def git(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
     """Run git as the user would (their identity), returning stdout."""
-    out = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV, **(env or {})},
-        check=True,
-        capture_output=True,
-        text=True,
+    full = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", **GIT_ENV}
+    proc = subprocess.run(
+        ["git", *_SAFE, *args], cwd=cwd, env={**full, **(env or {})}, capture_output=True, text=True
     )
-    return out.stdout.strip()
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {args} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+@pytest.fixture
+def isolated_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No global or system git config from the machine running the tests, for devswarm's git
+    too (a module opts in: `pytestmark = pytest.mark.usefixtures("isolated_git_config")`)."""
+    home = tmp_path / "userhome"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
 
 
 def make_repo(path: Path, files: dict[str, str], branch: str = "main") -> Path:

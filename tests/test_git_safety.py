@@ -21,6 +21,7 @@ import pytest
 from devswarm.git.refs import worktree_git_dir
 from devswarm.git.workspace import CommitRefused, Workspace
 from devswarm.tools.toolbox import Toolbox
+from tests.conftest import git
 
 BRANCH = "devswarm/run1"
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
@@ -28,25 +29,7 @@ HOOKS = ("pre-commit", "commit-msg", "post-commit", "post-checkout", "post-rewri
          "reference-transaction", "pre-rebase", "post-index-change")  # fmt: skip
 
 
-def git(cwd: Path, *args: str, check: bool = True) -> str:
-    """The test's own git: its identity, and none of the hostile config planted here."""
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    env.update(GIT_AUTHOR_NAME="U", GIT_AUTHOR_EMAIL="u@x.invalid")
-    env.update(GIT_COMMITTER_NAME="U", GIT_COMMITTER_EMAIL="u@x.invalid")
-    safe = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
-    proc = subprocess.run(["git", *safe, *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {args} failed: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def isolated_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "userhome"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_git_config")
 
 
 @pytest.fixture

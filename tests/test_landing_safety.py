@@ -19,35 +19,13 @@ import pytest
 from devswarm.errors import UserError
 from devswarm.git.refs import worktree_head
 from devswarm.git.workspace import BACKUP_REFS, Workspace
+from tests.conftest import git
 
 BRANCH = "devswarm/run1"
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
 
 
-def git(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-    """The test's own git: its identity, no global config (so no driver of the user's)."""
-    full = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    full.update(GIT_AUTHOR_NAME="U", GIT_AUTHOR_EMAIL="u@x.invalid")
-    full.update(GIT_COMMITTER_NAME="U", GIT_COMMITTER_EMAIL="u@x.invalid", **(env or {}))
-    proc = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", *args],
-        cwd=cwd,
-        env=full,
-        capture_output=True,
-        text=True,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {args} failed: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def isolated_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "userhome"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_git_config")
 
 
 def make_repo(path: Path, files: dict[str, str]) -> Path:

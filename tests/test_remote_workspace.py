@@ -19,13 +19,7 @@ from tests.test_workspace import TRAILERS, git, is_ancestor, snapshot, user_tip
 BRANCH = "devswarm/remote1"
 
 
-@pytest.fixture(autouse=True)
-def isolated_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "userhome"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_git_config")
 
 
 @pytest.fixture

@@ -15,40 +15,13 @@ from devswarm.errors import UserError
 from devswarm.git.conflict import ConflictError
 from devswarm.git.plumbing import check_branch_name
 from devswarm.git.workspace import Workspace
+from tests.conftest import git
 
 BRANCH = "devswarm/run1"
 TRAILERS = {"Devswarm-Run": "run1", "Devswarm-Task": "t1", "Devswarm-Agent": "a1"}
 
 
-def git(cwd: Path, *args: str, check: bool = True) -> str:
-    """The test's own git: explicit identity, no hooks, no signing."""
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "User",
-        "GIT_AUTHOR_EMAIL": "user@example.com",
-        "GIT_COMMITTER_NAME": "User",
-        "GIT_COMMITTER_EMAIL": "user@example.com",
-    }
-    proc = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"git {args} failed: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def isolated_git_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No global or system git config from the machine running the tests."""
-    home = tmp_path / "userhome"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_git_config")
 
 
 @pytest.fixture
