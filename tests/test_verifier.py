@@ -226,6 +226,32 @@ def test_policy_repair_gives_the_culprits_planner_a_repair_task(tmp_path: Path) 
         )
 
 
+def test_a_red_tip_checked_before_the_repair_landed_gets_no_second_repair(tmp_path: Path) -> None:
+    """The repair lands while the verifier checks an older red tip that blames the same culprit:
+    that tip proves nothing about the fix, so no second repair; a tip with the fix decides."""
+    fixed = {"report.py": CALLER["report.py"].replace("import total", "import sum_of as total")}
+    with a_run(tmp_path, {"lib.py": LIB, "test_lib.py": LIB_TEST}, on_red="repair") as run:
+        verifier = Verifier(run, width=2)
+        verifier.verify(run.workspace.tip())
+        cycle = Cycle([planned(run, n) for n in ("rename", "caller", "docs", "repair-caller")])
+        verifier.serve(cycle)  # type: ignore[arg-type]
+        land(run, "rename", RENAMED, verifier)
+        verifier.verify(land(run, "caller", CALLER, verifier))
+        assert [task.key for _, task in cycle.given] == ["c1.root.repair-caller"]
+        stale = land(run, "docs", {"docs.txt": "docs\n"}, verifier)  # red: the fix is not in
+        fix = land(run, "repair-caller", fixed, verifier)
+        verifier.task_ended("c1.root.repair-caller", "landed", fix)
+        verifier.verify(stale)  # checked before the fix landed: it still blames the caller
+        assert len(cycle.given) == 1
+        (red,) = [r for r in records(run, "verification") if r["commit_sha"] == stale]
+        assert (
+            red["action"].startswith("none: its fix")
+            and red["culprit_task_key"] == "c1.root.caller"
+        )
+        verifier.verify(fix)
+        assert run.state.last_green == fix and len(cycle.given) == 1
+
+
 def test_on_a_red_tip_a_second_failure_is_refused_and_a_fix_lands(tmp_path: Path) -> None:
     with a_run(tmp_path, {"lib.py": LIB, "test_lib.py": LIB_TEST}) as run:
         ws = run.workspace

@@ -84,6 +84,11 @@ def merge_base(clone: Path, a: str, b: str) -> str:
     return git_out(clone, "merge-base", a, b)
 
 
+def contains(clone: Path, tip: str, commit: str) -> bool:
+    """Whether `commit` is `tip` or one of its ancestors."""
+    return git(clone, "merge-base", "--is-ancestor", commit, tip, check=False).returncode == 0
+
+
 def changed_paths(clone: Path, first: str, last: str) -> list[str]:
     """The paths the commits `first..last` (first included) change."""
     out = git(clone, "diff", "--name-only", "--no-renames", f"{first}^", last, "--").stdout

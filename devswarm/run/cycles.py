@@ -107,7 +107,7 @@ def cycle_scheduler(
     def on_report(task: PlannedTask, report: WorkerReport) -> None:
         run.progress.count_report(report)
         if run.verifier is not None:
-            run.verifier.task_ended(task.key, report.status)
+            run.verifier.task_ended(task.key, report.status, report.commit)
         files = [run.dir / "records" / "swarm.jsonl"] + (
             [Path(report.records)] if report.records else []
         )

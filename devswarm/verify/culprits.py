@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from devswarm.git.changes import contains
 from devswarm.ids import revert_trailers
 from devswarm.schemas import PlannedTask
 from devswarm.verify.actions import repair_key, repair_task, retry_task, revert_message
@@ -46,12 +47,16 @@ class Culprits:
         self.fixes: Counter[str] = Counter()  # retries and repairs given, per culprit task
         self.origin: dict[str, str] = {}  # a repair task's key -> the task it repairs
         self.awaiting: dict[str, str] = {}  # culprit commit -> the task in flight fixing it
+        self.fixed: dict[str, str] = {}  # culprit commit -> the commit its fix landed as
 
-    def ended(self, key: str) -> bool:
-        """A task's report arrived; True if it was fixing a culprit (now free to act on)."""
+    def ended(self, key: str, landed_as: str | None = None) -> bool:
+        """A task's report arrived; True if it was fixing a culprit (now free to act on).
+        `landed_as`: the fix's commit, when it landed (a tip without it proves nothing)."""
         freed = [c for c, k in self.awaiting.items() if k == key]
         for commit in freed:
             del self.awaiting[commit]
+            if landed_as:
+                self.fixed[commit] = landed_as
         return bool(freed)
 
     def act(self, culprit: Landing, output: str, tip: str) -> tuple[str, str | None]:
@@ -62,6 +67,10 @@ class Culprits:
             return "none: not a landing of this run's tasks", None
         if culprit.last in self.awaiting:
             return f"none: {self.awaiting[culprit.last]} is fixing it", None
+        fix = self.fixed.pop(culprit.last, None)
+        if fix and not contains(self.ws.clone, tip, fix):  # checked before its fix landed
+            self.fixed[culprit.last] = fix
+            return f"none: its fix {fix[:10]} landed after this tip; a newer tip decides", None
         root = self.origin.get(key, key)
         scheduler = self.scheduler
         task = scheduler.task(key) if scheduler is not None else None

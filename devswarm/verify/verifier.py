@@ -91,10 +91,12 @@ class Verifier:
             self._dirty = True
             self._cond.notify_all()
 
-    def task_ended(self, key: str, status: str) -> None:
-        """A task's report arrived: a fix in flight that did not land frees its culprit."""
+    def task_ended(self, key: str, status: str, commit: str | None = None) -> None:
+        """A task's report arrived (`commit`: what it landed as): a fix in flight that did not
+        land frees its culprit."""
         with self._cond:
-            if self.culprits.ended(key) and status != "landed":
+            landed = status == "landed"
+            if self.culprits.ended(key, commit if landed else None) and not landed:
                 self.verified, self._dirty = None, True  # act on that culprit again
                 self._cond.notify_all()
 
