@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import signal
 import subprocess
@@ -122,6 +123,17 @@ def drill(prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.drill
 @pytest.mark.slow
+def binomial_plausible(k: int, n: int, p: float, alpha: float = 1e-3) -> bool:
+    """Whether k successes in n tries are plausible at rate p: neither tail below alpha."""
+    pmf = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
+    return sum(pmf[: k + 1]) >= alpha and sum(pmf[k:]) >= alpha
+
+
+def test_binomial_plausible_refuses_what_a_rate_cannot_explain() -> None:
+    assert binomial_plausible(4, 21, 0.2) and binomial_plausible(8, 21, 0.2)
+    assert not binomial_plausible(12, 21, 0.2) and not binomial_plausible(0, 100, 0.2)
+
+
 def test_run_completes_through_model_faults_and_malformed_tool_arguments(
     drill, tmp_path: Path
 ) -> None:
@@ -158,7 +170,9 @@ def test_run_completes_through_model_faults_and_malformed_tool_arguments(
     failing = sum(1 for r in first if r["fault"] and r["fault"] != "malformed_arguments")
     assert faults["status:429"] and faults["status:500"] and faults["timeout"], faults
     assert faults["malformed_arguments"], faults  # some tool call's JSON was cut in half
-    assert 0.08 <= failing / len(first) <= 0.35, (failing, len(first))
+    # About 20 % fail (rate 0.25 × 20 of 25 weights): each request's fault is seeded by its
+    # content, which moves with the commit times, so the count is a binomial sample of ~21.
+    assert binomial_plausible(failing, len(first), 0.25 * 20 / 25), (failing, len(first))
 
     db = d.home / "devswarm.duckdb"
     statuses = dict(rows(db, "SELECT task_key, status FROM tasks"))
