@@ -246,7 +246,9 @@ def test_a_run_killed_at_60_percent_of_its_budget_and_resumed_stops_at_the_budge
     assert rows(db, "SELECT sum(cost_usd) FROM model_calls")[0][0] == pytest.approx(paid)
     assert rows(db, "SELECT status FROM runs")[0][0] == "budget_exhausted"
     # Calls answered before the kill replayed from the cache: not sent, not paid again.
-    answered = {_key(r) for r in before if r["status"] == 200}
+    # (An answer in the last second before the kill may not have been persisted yet: a loaded
+    # machine can take that long, and such a call is honestly sent again.)
+    answered = {_key(r) for r in before if r["status"] == 200 and _answered(r) <= killed_at - 1.0}
     assert not [r for r in after if _key(r) in answered]
     assert len(dead) <= 2  # at most one call in flight per worker, paid at the server only
 
