@@ -15,7 +15,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typer.testing import CliRunner
 from devswarm.cli import app
 from devswarm.offline.server import ModelServer, Scenario
 from tests.conftest import git, make_repo, snapshot
-from tests.helpers import JUDGE_DONE, plan_reply, task, write_and_finish
+from tests.helpers import JUDGE_DONE, plan_reply, serving, task, write_and_finish
 
 DEAD = "http://127.0.0.1:9/v1"  # nothing listens: a refusal that should come first does
 # Variables the CLI reads or sets, cleared for each in-process call (and restored after it).
@@ -328,11 +327,8 @@ def refusing_prefect() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    server.shutdown()
-    server.server_close()
+    with serving(Refuse) as url:
+        yield f"{url}/api"
 
 
 @pytest.mark.parametrize("prefect", ["unreachable", "refusing"])

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from devswarm.run.run import Run
 from devswarm.sandbox.probe import sandbox_works
 from devswarm.settings import api_key_from_env
 from tests.conftest import chat_requests, make_repo
-from tests.helpers import JUDGE_DONE, plan_reply, rows, task, write_and_finish
+from tests.helpers import JUDGE_DONE, plan_reply, rows, serving, task, write_and_finish
 from tests.test_worker import KEY, calls, finish, planned, running, tc, tool_outputs, work
 
 needs_bwrap = pytest.mark.skipif(not sandbox_works(), reason="bubblewrap does not work here")
@@ -51,11 +50,8 @@ def loopback() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with serving(Hello) as url:
+        yield f"{url}/"
 
 
 def _config(tmp_path: Path, repo: Path, **options: object) -> SwarmConfig:
